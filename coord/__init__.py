@@ -1,0 +1,1 @@
+"""ddfs: coord package."""

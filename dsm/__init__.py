@@ -1,0 +1,1 @@
+"""ddfs: dsm package."""

@@ -1,0 +1,1 @@
+"""ddfs: fs package."""

@@ -1,0 +1,4 @@
+#ifndef DDFS_NATIVE_H
+#define DDFS_NATIVE_H
+int ddfs_native_abi(void);
+#endif

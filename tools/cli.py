@@ -2,9 +2,11 @@
 
 Every sub-command lives in its own module that exposes
 `add_arguments(parser)` and `run(args) -> int`; this file only maps names to
-modules, imported lazily so `ddfs --help` stays fast and one broken role
-cannot stop the others from starting.  Configuration (CLI, TOML, env) is read
-only under `tools/`; libraries receive config objects.
+modules.  Sub-command modules keep their top-level imports light (heavy
+imports go inside `run`), and a module that fails to import only breaks its
+own command, so one broken role cannot stop the others from starting.
+Configuration (CLI, TOML, env) is read only under `tools/`; libraries receive
+config objects.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def _build_parser() -> argparse.ArgumentParser:
         for depth in range(1, len(path)):
             prefix = path[:depth]
             if prefix not in groups:
-                group_parser = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                group_parser = groups[prefix[:-1]].add_parser(
+                    prefix[-1], help=f"{prefix[-1]} commands"
+                )
                 groups[prefix] = group_parser.add_subparsers(
                     dest="_".join(prefix) + "_command", required=True, metavar="COMMAND"
                 )
@@ -48,7 +52,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_lazy_arguments(sub: argparse.ArgumentParser, module: str) -> None:
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        # Reported when (and only when) this command is run.
+        sub.set_defaults(_import_error=f"{module}: {exc}")
+        return
     mod.add_arguments(sub)
 
 
@@ -59,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    broken = getattr(args, "_import_error", None)
+    if broken is not None:
+        print(f"ddfs: this command is unavailable ({broken})", file=sys.stderr)
+        return 2
     mod = importlib.import_module(args._module)
     try:
         rc: int = mod.run(args)

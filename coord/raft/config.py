@@ -1,0 +1,63 @@
+"""Raft tuning knobs as one frozen value with a `validate()` that checks their relations.
+
+Invariants enforced by `validate()`:
+* 0 < heartbeat_interval < election_timeout_min <= election_timeout_max, so a live
+  leader's heartbeats reach followers several times per election timeout;
+* the byte and count limits are positive, so replication always makes progress
+  (one entry larger than `max_append_bytes` is still sent alone).
+
+Times are plain numbers in the same unit as the `now` the driver passes to the
+core (seconds for real drivers, ticks in the simulator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A RaftConfig whose fields contradict each other."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    election_timeout_min: float = 1.0  # randomized timeout is drawn from [min, max)
+    election_timeout_max: float = 2.0
+    heartbeat_interval: float = 0.1  # leader -> follower heartbeat period
+    max_append_entries: int = 256  # entries per AppendEntries message
+    max_append_bytes: int = 1 << 20  # payload bytes per AppendEntries message
+    max_inflight: int = 64  # unacknowledged AppendEntries per follower (pipelining)
+    max_inflight_bytes: int = 8 << 20  # unacknowledged payload bytes per follower
+    max_uncommitted_bytes: int = 64 << 20  # leader refuses proposals beyond this
+    max_apply_bytes: int = 4 << 20  # committed payload handed out per Ready
+    check_quorum: bool = True  # leader steps down without a recent majority (§6.2)
+    pre_vote: bool = True  # pre-vote phase before a real election (thesis §9.6)
+
+    def validate(self) -> RaftConfig:
+        """Return self if consistent, else raise ConfigError naming the broken relation."""
+        if not 0 < self.heartbeat_interval < self.election_timeout_min:
+            raise ConfigError(
+                f"need 0 < heartbeat_interval ({self.heartbeat_interval}) < "
+                f"election_timeout_min ({self.election_timeout_min})"
+            )
+        if self.election_timeout_max < self.election_timeout_min:
+            raise ConfigError(
+                f"election_timeout_max ({self.election_timeout_max}) < "
+                f"election_timeout_min ({self.election_timeout_min})"
+            )
+        for name in (
+            "max_append_entries",
+            "max_append_bytes",
+            "max_inflight",
+            "max_inflight_bytes",
+            "max_uncommitted_bytes",
+            "max_apply_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_inflight_bytes < self.max_append_bytes:
+            raise ConfigError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) < "
+                f"max_append_bytes ({self.max_append_bytes}): one full append could never fly"
+            )
+        return self

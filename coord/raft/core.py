@@ -1,0 +1,577 @@
+"""The Raft consensus core: a sans-IO state machine (Ongaro & Ousterhout; Ongaro's thesis).
+
+Inputs are `step(msg, now)`, `tick(now)`, `propose(data)` and
+`read_index(ctx)`; the output is a `Ready` batch taken with `ready()` and
+acknowledged with `advance(ready)` (see `coord.raft.ready` for the driver's
+order).  Durable state is read through `coord.raft.logview.LogView`; nothing
+here does I/O, reads a clock or draws randomness other than the injected rng.
+
+Safety invariants this module maintains (fig. 2 and §5):
+* term never decreases; `vote` is set at most once per term (§5.2);
+* a leader only appends to its own log (§5.3) and commits an index by
+  counting replicas only if that entry has the leader's term (§5.4.2);
+* a node grants a vote only to a candidate whose log is at least as
+  up-to-date as its own (§5.4.1);
+* the leader counts itself towards a commit quorum only for entries the
+  driver reported persisted (advance), never for merely proposed ones;
+* every message is emitted after the state it depends on is in the same or
+  an earlier Ready, so persist-before-send in the driver is sufficient.
+
+Liveness extensions: pre-vote (thesis §9.6), check-quorum (§6.2), leader
+stickiness (§4.2.3: ignore vote requests while a leader was heard from within
+the minimum election timeout), fast log backtracking, batching, pipelining
+and a cap on uncommitted bytes.  Roles are an explicit enum with one step
+function per role; an illegal role change raises `IllegalTransition` with the
+node's recent history.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from coord.raft.config import RaftConfig
+from coord.raft.logview import LogUnavailable, LogView, entry_size
+from coord.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    ReadCtx,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+)
+from coord.raft.progress import Progress, ProgressState
+from coord.raft.quorum import MajorityConfig, VoteResult
+from coord.raft.raftlog import RaftLog
+from coord.raft.readindex import PendingRead, ReadIndexTracker, ReadState
+from coord.raft.ready import (
+    NotLeader,
+    Overloaded,
+    Proposed,
+    ProposeResult,
+    ReadQueued,
+    ReadResult,
+    Ready,
+    Role,
+    SoftState,
+)
+from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
+
+# Legal role changes (§5.2 and thesis §9.6); anything else is a bug in the core.
+_TRANSITIONS: dict[Role, frozenset[Role]] = {
+    Role.FOLLOWER: frozenset({Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE}),
+    Role.PRE_CANDIDATE: frozenset({Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE}),
+    Role.CANDIDATE: frozenset({Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE, Role.LEADER}),
+    Role.LEADER: frozenset({Role.FOLLOWER}),
+}
+
+_NO_INDEX = LogIndex(0)
+
+#: The "no time yet" value for `last_leader_contact`.
+_NEVER = float("-inf")
+
+
+class IllegalTransition(RuntimeError):
+    """A role change the protocol forbids; carries the node's recent history."""
+
+
+class ReadyOutstanding(RuntimeError):
+    """`ready()` was called before the previous Ready was advanced (or advance misused)."""
+
+
+class RaftNode:
+    """One Raft member.  Not thread-safe; the driver serialises all calls."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        peers: Iterable[NodeId],
+        config: RaftConfig,
+        *,
+        log: LogView,
+        hard_state: HardState,
+        rng: random.Random,
+        now: float,
+        applied: LogIndex = _NO_INDEX,
+    ) -> None:
+        self.id = node_id
+        self.config = config.validate()
+        self.rng = rng
+        self.voters = MajorityConfig(frozenset({node_id, *peers}))
+        self.peers: tuple[NodeId, ...] = tuple(sorted(self.voters.voters - {node_id}))
+        self.term = hard_state.term  # latest term seen (persisted)
+        self.vote = hard_state.vote  # candidate voted for in `term` (persisted)
+        self.log = RaftLog(log, hard_state.commit, applied)
+        self.role = Role.FOLLOWER
+        self.leader: NodeId | None = None  # leader of `term`, if known
+        self.last_leader_contact = _NEVER  # when the leader of `term` was last heard from
+        self.election_deadline = 0.0  # FOLLOWER/candidates: campaign when now reaches it
+        self.heartbeat_deadline = 0.0  # LEADER: next heartbeat broadcast
+        self.quorum_deadline = 0.0  # LEADER: next check-quorum evaluation
+        self.votes: dict[NodeId, bool] = {}  # (pre-)candidate: answers this round
+        self.progress: dict[NodeId, Progress] = {}  # LEADER: per-follower replication
+        self.term_start = LogIndex(0)  # LEADER: index of this term's no-op
+        self.uncommitted: deque[tuple[LogIndex, int]] = deque()  # LEADER: own uncommitted sizes
+        self.uncommitted_bytes = 0
+        self.reads = ReadIndexTracker()
+        self._outbox: list[Message] = []
+        self._failed_reads: list[ReadCtx] = []
+        self._needs_flush = False  # LEADER: appends/read rounds may be due at ready()
+        self._persisted = hard_state  # the hard state last handed to the driver
+        self._outstanding: Ready | None = None
+        self._history: deque[str] = deque(maxlen=24)
+        self._steppers: dict[Role, Callable[[Message, float], None]] = {
+            Role.FOLLOWER: self._step_follower,
+            Role.PRE_CANDIDATE: self._step_candidate,
+            Role.CANDIDATE: self._step_candidate,
+            Role.LEADER: self._step_leader,
+        }
+        self._reset_election_timer(now)
+        self._note(now, f"start term={self.term} vote={self.vote} commit={self.log.committed}")
+
+    # ------------------------------------------------------------------ inputs
+    def tick(self, now: float) -> None:
+        """Advance timers to `now`: heartbeats and check-quorum (leader), elections (others)."""
+        if self.role is Role.LEADER:
+            if now >= self.heartbeat_deadline:
+                self.heartbeat_deadline = now + self.config.heartbeat_interval
+                self._heartbeat_round()
+            if self.config.check_quorum and now >= self.quorum_deadline:
+                self.quorum_deadline = now + self.config.election_timeout_min
+                self._check_quorum(now)
+        elif now >= self.election_deadline:
+            self._campaign(now, pre_vote=self.config.pre_vote)
+
+    def step(self, msg: Message, now: float) -> None:
+        """Handle one message from a peer (duplicates, delays and reordering are fine)."""
+        if msg.dst != self.id or msg.src not in self.voters.voters or msg.src == self.id:
+            return
+        if msg.term > self.term:
+            if not self._adopt_higher_term(msg, now):
+                return
+        elif msg.term < self.term:
+            self._answer_stale(msg)
+            return
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg, now)
+        else:
+            self._steppers[self.role](msg, now)
+
+    def propose(self, data: bytes) -> ProposeResult:
+        """Append a command if leader; the caller learns its fate from the applied entry."""
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        size = len(data) + entry_size(Entry(Term(0), LogIndex(0), EntryKind.COMMAND))
+        limit = self.config.max_uncommitted_bytes
+        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
+            return Overloaded(self.uncommitted_bytes, limit)
+        entry = Entry(self.term, LogIndex(self.log.last_index() + 1), EntryKind.COMMAND, data)
+        self._leader_append(entry)
+        return Proposed(entry.index, entry.term)
+
+    def read_index(self, ctx: ReadCtx) -> ReadResult:
+        """Start a linearizable read; its ReadState appears in a later Ready (thesis §6.4)."""
+        if self.role is Role.LEADER:
+            self.reads.request(PendingRead(ctx, self.id), self._committed_in_term())
+            self._needs_flush = True
+            return ReadQueued(ctx)
+        if self.leader is not None:
+            self._send(ReadIndexRequest(self.id, self.leader, self.term, ctx))
+            return ReadQueued(ctx)
+        return NotLeader(None)
+
+    # ------------------------------------------------------------------ outputs
+    def has_ready(self) -> bool:
+        if self._outstanding is not None:
+            return False
+        return bool(
+            self._outbox
+            or self._needs_flush
+            or self.log.unstable
+            or self.log.committed > self.log.applied
+            or self._failed_reads
+            or self.reads.waiting_apply
+            or self._hard_state() != self._persisted
+        )
+
+    def ready(self) -> Ready:
+        """Collect every pending effect; the driver handles it, then calls advance()."""
+        if self._outstanding is not None:
+            raise ReadyOutstanding("advance() the previous Ready first")
+        if self.role is Role.LEADER and self._needs_flush:
+            self._flush()
+        self._needs_flush = False
+        hard_state = self._hard_state()
+        changed = hard_state != self._persisted
+        entries = tuple(self.log.unstable)
+        stored_last = self.log.store.last_index()
+        committed = tuple(self.log.next_committed(self.config.max_apply_bytes))
+        applied = committed[-1].index if committed else self.log.applied
+        must_sync = bool(entries) or (
+            hard_state.term != self._persisted.term or hard_state.vote != self._persisted.vote
+        )
+        rd = Ready(
+            hard_state=hard_state if changed else None,
+            must_sync=must_sync,
+            entries=entries,
+            truncate_from=entries[0].index if entries and entries[0].index <= stored_last else None,
+            messages=tuple(self._outbox),
+            committed_entries=committed,
+            read_states=tuple(self.reads.take_ready(applied)),
+            failed_reads=tuple(self._failed_reads),
+            soft_state=SoftState(self.role, self.leader, self.term),
+        )
+        self._outbox, self._failed_reads = [], []
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver persisted, sent and applied `rd`."""
+        if rd is not self._outstanding:
+            raise ReadyOutstanding("advance() must be given the Ready last returned by ready()")
+        self._outstanding = None
+        if rd.hard_state is not None:
+            self._persisted = rd.hard_state
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            self.log.applied = rd.committed_entries[-1].index
+        if self.role is Role.LEADER and rd.entries:
+            self._maybe_commit()  # our own persisted entries now count towards the quorum
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def commit_index(self) -> LogIndex:
+        return self.log.committed
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.role, self.leader, self.term)
+
+    def history(self) -> list[str]:
+        return list(self._history)
+
+    def next_deadline(self) -> float:
+        """The earliest `now` at which tick() has something to do (for a driver's sleep)."""
+        if self.role is Role.LEADER:
+            if self.config.check_quorum:
+                return min(self.heartbeat_deadline, self.quorum_deadline)
+            return self.heartbeat_deadline
+        return self.election_deadline
+
+    # ------------------------------------------------------------------ terms and roles
+    def _adopt_higher_term(self, msg: Message, now: float) -> bool:
+        """Fig. 2 "all servers": a higher term makes us a follower; False = drop msg."""
+        if isinstance(msg, RequestVote):
+            if self._in_lease(now):
+                return False  # leader stickiness: a live leader exists, ignore the disruption
+            if msg.pre_vote:
+                return True  # a pre-vote never changes our term
+        elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+            return True  # granted pre-votes carry the term we are about to campaign in
+        leader = msg.src if isinstance(msg, AppendEntries | Heartbeat) else None
+        self._become_follower(now, msg.term, leader, "higher term")
+        return True
+
+    def _answer_stale(self, msg: Message) -> None:
+        """Tell a node stuck in an older term about ours, so a deposed leader steps
+        down and a pre-candidate gives up; other stale messages are dropped."""
+        if isinstance(msg, AppendEntries | Heartbeat):
+            self._send(AppendEntriesResponse(self.id, msg.src, self.term, success=False))
+        elif isinstance(msg, RequestVote):
+            self._send(RequestVoteResponse(self.id, msg.src, self.term, False, msg.pre_vote))
+
+    def _in_lease(self, now: float) -> bool:
+        if self.role is Role.LEADER:
+            return True
+        return (
+            self.leader is not None
+            and now - self.last_leader_contact < self.config.election_timeout_min
+        )
+
+    def _set_role(self, now: float, role: Role, why: str) -> None:
+        if role not in _TRANSITIONS[self.role]:
+            raise IllegalTransition(
+                f"node {self.id}: {self.role.value} -> {role.value} ({why}) in term {self.term}; "
+                f"recent history: {list(self._history)}"
+            )
+        self._note(now, f"{self.role.value}->{role.value} term={self.term} ({why})")
+        if self.role is Role.LEADER:
+            self._leave_leadership()
+        self.role = role
+
+    def _become_follower(
+        self, now: float, term: Term, leader: NodeId | None, why: str
+    ) -> None:
+        if term > self.term:
+            self.term, self.vote = term, None
+        self._set_role(now, Role.FOLLOWER, why)
+        self.leader = leader
+        self.votes = {}
+        self._reset_election_timer(now)
+
+    def _leave_leadership(self) -> None:
+        self.progress = {}
+        self.uncommitted.clear()
+        self.uncommitted_bytes = 0
+        self._needs_flush = False
+        self._failed_reads.extend(r.ctx for r in self.reads.abandon() if r.origin == self.id)
+
+    def _reset_election_timer(self, now: float) -> None:
+        lo, hi = self.config.election_timeout_min, self.config.election_timeout_max
+        self.election_deadline = now + lo + self.rng.random() * (hi - lo)
+
+    def _note(self, now: float, what: str) -> None:
+        self._history.append(f"t={now:g} {what}")
+
+    # ------------------------------------------------------------------ elections
+    def _campaign(self, now: float, pre_vote: bool) -> None:
+        """Election timeout elapsed (§5.2), or a pre-vote round was won (§9.6)."""
+        if pre_vote:
+            self._set_role(now, Role.PRE_CANDIDATE, "election timeout")
+            term = Term(self.term + 1)  # the term we would use; ours stays unchanged
+        else:
+            self._set_role(now, Role.CANDIDATE, "start election")
+            self.term, self.vote = Term(self.term + 1), self.id
+            term = self.term
+        self.leader = None
+        self.votes = {self.id: True}
+        self._reset_election_timer(now)
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for peer in self.peers:
+            self._send(RequestVote(self.id, peer, term, last_index, last_term, pre_vote))
+        self._tally(now)
+
+    def _handle_vote_request(self, m: RequestVote, now: float) -> None:
+        up_to_date = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if m.pre_vote:
+            granted = m.term > self.term and up_to_date
+        else:
+            granted = self._can_vote_for(m.src) and up_to_date
+            if granted:
+                self.vote = m.src
+                self._reset_election_timer(now)
+        self._note(now, f"vote{'(pre)' if m.pre_vote else ''} for {m.src}@{m.term}: {granted}")
+        term = m.term if m.pre_vote and granted else self.term
+        self._send(RequestVoteResponse(self.id, m.src, term, granted, m.pre_vote))
+
+    def _can_vote_for(self, candidate: NodeId) -> bool:
+        """§5.2: at most one vote per term; none once this term's leader is known."""
+        return self.vote == candidate or (self.vote is None and self.leader is None)
+
+    def _tally(self, now: float) -> None:
+        result = self.voters.vote_result(self.votes)
+        if result is VoteResult.WON:
+            if self.role is Role.PRE_CANDIDATE:
+                self._campaign(now, pre_vote=False)
+            else:
+                self._become_leader(now)
+        elif result is VoteResult.LOST:
+            self._become_follower(now, self.term, None, "election lost")
+
+    def _become_leader(self, now: float) -> None:
+        self._set_role(now, Role.LEADER, "won election")
+        self.leader = self.id
+        self.votes = {}
+        last = self.log.last_index()
+        self.progress = {p: Progress(last) for p in self.peers}
+        self.heartbeat_deadline = now + self.config.heartbeat_interval
+        self.quorum_deadline = now + self.config.election_timeout_min
+        # §5.4.2 / §8: a no-op of our term lets us commit (and serve reads) soon.
+        self.term_start = LogIndex(last + 1)
+        self._leader_append(Entry(self.term, self.term_start, EntryKind.NOOP))
+
+    # ------------------------------------------------------------------ per-role steps
+    def _step_follower(self, m: Message, now: float) -> None:
+        if isinstance(m, AppendEntries):
+            self._heard_from_leader(m.src, now)
+            self._handle_append(m)
+        elif isinstance(m, Heartbeat):
+            self._heard_from_leader(m.src, now)
+            self.log.commit_to(LogIndex(min(m.commit, self.log.last_index())))
+            self._send(HeartbeatResponse(self.id, m.src, self.term, m.read_round))
+        elif isinstance(m, ReadIndexResponse):
+            self.reads.waiting_apply.append(ReadState(m.ctx, m.index))
+
+    def _step_candidate(self, m: Message, now: float) -> None:
+        if isinstance(m, AppendEntries | Heartbeat):
+            # §5.2: a leader of our term exists; recognise it and process the message.
+            self._become_follower(now, self.term, m.src, "leader of this term found")
+            self._step_follower(m, now)
+        elif isinstance(m, RequestVoteResponse):
+            if m.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                return  # an answer to an earlier round of the other kind
+            self.votes.setdefault(m.src, m.granted)
+            self._tally(now)
+
+    def _step_leader(self, m: Message, now: float) -> None:
+        if isinstance(m, ReadIndexRequest):
+            self.reads.request(PendingRead(m.ctx, m.src), self._committed_in_term())
+            self._needs_flush = True
+            return
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if isinstance(m, AppendEntriesResponse):
+            self._handle_append_response(m, pr)
+        elif isinstance(m, HeartbeatResponse) and m.read_round > pr.read_round:
+            pr.read_round = m.read_round
+            self._confirm_reads()
+
+    def _heard_from_leader(self, leader: NodeId, now: float) -> None:
+        self.leader = leader
+        self.last_leader_contact = now
+        self._reset_election_timer(now)
+
+    # ------------------------------------------------------------------ replication
+    def _handle_append(self, m: AppendEntries) -> None:
+        """Fig. 2 AppendEntries receiver implementation."""
+        reply = AppendEntriesResponse
+        if m.prev_log_index < self.log.committed:
+            # Everything up to our commit index is the leader's already (§5.4).
+            self._send(reply(self.id, m.src, self.term, True, match_index=self.log.committed))
+            return
+        match = self.log.maybe_append(m.prev_log_index, m.prev_log_term, m.entries)
+        if match is not None:
+            self.log.commit_to(LogIndex(min(m.leader_commit, match)))
+            self._send(reply(self.id, m.src, self.term, True, match_index=match))
+            return
+        probe_at = LogIndex(min(m.prev_log_index, self.log.last_index()))
+        hint = self.log.find_conflict_by_term(probe_at, m.prev_log_term)
+        self._send(
+            reply(
+                self.id,
+                m.src,
+                self.term,
+                False,
+                reject_index=m.prev_log_index,
+                hint_index=hint,
+                hint_term=self.log.term(hint),
+            )
+        )
+
+    def _handle_append_response(self, m: AppendEntriesResponse, pr: Progress) -> None:
+        if m.success:
+            if pr.acked(m.match_index):
+                self._maybe_commit()
+        else:
+            retry = self.log.find_conflict_by_term(m.hint_index, m.hint_term) + 1
+            pr.rejected(m.reject_index, LogIndex(retry))
+        self._needs_flush = True
+
+    def _leader_append(self, entry: Entry) -> None:
+        self.log.append([entry])
+        size = entry_size(entry)
+        self.uncommitted.append((entry.index, size))
+        self.uncommitted_bytes += size
+        self._needs_flush = True
+
+    def _self_match(self) -> LogIndex:
+        """The leader's own replica counts only up to what the driver persisted."""
+        return LogIndex(self.log.offset - 1)
+
+    def _may_commit(self, index: LogIndex) -> bool:
+        """§5.4.2: only entries of the leader's own term are committed by counting."""
+        return self.log.term(index) == self.term
+
+    def _maybe_commit(self) -> None:
+        match = {p: pr.match for p, pr in self.progress.items()}
+        match[self.id] = self._self_match()
+        index = self.voters.committed_index(match)
+        if index <= self.log.committed or not self._may_commit(index):
+            return
+        had_term_commit = self._committed_in_term()
+        self.log.commit_to(index)
+        while self.uncommitted and self.uncommitted[0][0] <= index:
+            self.uncommitted_bytes -= self.uncommitted.popleft()[1]
+        if not had_term_commit and self._committed_in_term():
+            self.reads.term_committed()
+        self._needs_flush = True
+
+    def _committed_in_term(self) -> bool:
+        return self.role is Role.LEADER and self.log.committed >= self.term_start
+
+    def _flush(self) -> None:
+        """Batch everything queued since the last Ready into as few messages as allowed."""
+        last = self.log.last_index()
+        for peer, pr in self.progress.items():
+            self._send_appends(peer, pr, last)
+        round_id = self.reads.start_round(self.log.committed)
+        if round_id is not None:
+            self._broadcast_heartbeats()
+            self._confirm_reads()
+
+    def _send_appends(self, peer: NodeId, pr: Progress, last: LogIndex) -> None:
+        cfg = self.config
+        if pr.state is ProgressState.PROBE:
+            if not pr.probe_sent and pr.match < last:
+                self._send_append(peer, pr, last)
+            return
+        while pr.next <= last and pr.can_send(cfg.max_inflight, cfg.max_inflight_bytes):
+            self._send_append(peer, pr, last)
+        if pr.match == last and pr.commit_sent < self.log.committed:
+            # Nothing else is due: an empty append tells the follower the new commit
+            # index now rather than at the next heartbeat (its apply latency).
+            self._send_append(peer, pr, last)
+
+    def _send_append(self, peer: NodeId, pr: Progress, last: LogIndex) -> None:
+        prev = LogIndex(pr.next - 1)
+        try:
+            prev_term = self.log.term(prev)
+        except LogUnavailable as exc:  # compacted: needs InstallSnapshot (Raft part 2)
+            raise NotImplementedError(f"follower {peer} needs a snapshot at {prev}") from exc
+        hi = LogIndex(min(last + 1, pr.next + self.config.max_append_entries))
+        entries = tuple(self.log.entries(pr.next, hi, self.config.max_append_bytes))
+        nbytes = sum(entry_size(e) for e in entries)
+        self._send(
+            AppendEntries(self.id, peer, self.term, prev, prev_term, entries, self.log.committed)
+        )
+        pr.sent(entries[-1].index if entries else prev, nbytes)
+        pr.commit_sent = self.log.committed
+
+    # ------------------------------------------------------------------ heartbeats, reads
+    def _heartbeat_round(self) -> None:
+        last = self.log.last_index()
+        for pr in self.progress.values():
+            pr.heartbeat_tick(last)
+        self._broadcast_heartbeats()
+        self._needs_flush = True  # a probe may be due again
+
+    def _broadcast_heartbeats(self) -> None:
+        commit, round_id = self.log.committed, self.reads.last_round
+        for peer, pr in self.progress.items():
+            self._send(Heartbeat(self.id, peer, self.term, min(commit, pr.match), round_id))
+
+    def _confirm_reads(self) -> None:
+        """Release every read round acknowledged by a quorum (ourselves included)."""
+        if not self.reads.rounds:
+            return
+        acked = {p: pr.read_round for p, pr in self.progress.items()}
+        acked[self.id] = self.reads.last_round
+        confirmed = self.voters.quorum_value(acked)
+        for read in self.reads.confirm(confirmed):
+            if read.origin == self.id:
+                self.reads.waiting_apply.append(ReadState(read.ctx, read.index))
+            else:
+                self._send(ReadIndexResponse(self.id, read.origin, self.term, read.ctx, read.index))
+
+    def _check_quorum(self, now: float) -> None:
+        """§6.2: a leader that has not heard from a majority for an election timeout steps down."""
+        active = [self.id] + [p for p, pr in self.progress.items() if pr.recent_active]
+        for pr in self.progress.values():
+            pr.recent_active = False
+        if not self.voters.has_quorum(active):
+            self._become_follower(now, self.term, None, "check-quorum failed")
+
+    # ------------------------------------------------------------------ helpers
+    def _send(self, msg: Message) -> None:
+        self._outbox.append(msg)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)

@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
 from array import array
 from collections.abc import Sequence
 from itertools import accumulate
@@ -65,12 +66,13 @@ __all__ = [
 Impl = Literal["auto", "hw", "sw"]
 _IMPLS: dict[str, int] = {"auto": lib.DDFS_CRC_AUTO, "sw": lib.DDFS_CRC_SW, "hw": lib.DDFS_CRC_HW}
 _U32 = 0xFFFFFFFF
-# Output buffers are allocated without zero-filling: C writes every byte it
-# reports, and untouched pages of a worst-case-sized buffer are never faulted in.
-_alloc = ffi.new_allocator(should_clear_after_alloc=False)
-# A page_diff_many call covers at most this much worst-case output, so a huge
-# batch does not reserve gigabytes of address space at once.
-_DIFF_BATCH_BYTES = 64 << 20
+# Diffs are written into a per-thread scratch buffer that is reused, because
+# fresh output memory costs a page fault per 4 KiB written (as much as the
+# diffing itself); per-thread because C runs without the GIL.  A batch is cut
+# into C calls of at most _SCRATCH_BYTES of worst-case output, which bounds
+# the scratch memory and keeps it cache-warm.
+_SCRATCH_BYTES = 4 << 20
+_scratch = threading.local()
 assert array("I").itemsize == 4, "array('I') must hold uint32 on this platform"
 
 
@@ -94,6 +96,20 @@ def _writable(data: Buffer, what: str) -> tuple[Any, int]:
     if view.readonly:
         raise TypeError(f"{what} must be a writable buffer (bytearray, memoryview, mmap)")
     return ffi.from_buffer("uint8_t[]", view, require_writable=True), view.nbytes
+
+
+def _scratch_buffer(nbytes: int) -> Any:
+    """A uint8_t[] of at least nbytes (contents undefined), reused per thread.
+
+    Only huge single pages need more than _SCRATCH_BYTES; their buffer is
+    not kept, so a thread never pins more than _SCRATCH_BYTES.
+    """
+    if nbytes > _SCRATCH_BYTES:
+        return ffi.new("uint8_t[]", nbytes)
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = ffi.new("uint8_t[]", _SCRATCH_BYTES)
+    return buf
 
 
 def _impl(impl: str) -> int:
@@ -195,7 +211,7 @@ def _page_size(page_size: int) -> int:
 
 
 def page_diff_bound(page_size: int) -> int:
-    """The largest diff a page of `page_size` bytes can produce."""
+    """Output room C needs for one page's diff: the largest diff plus 8 bytes of slack."""
     return int(lib.ddfs_page_diff_bound(_page_size(page_size)))
 
 
@@ -207,7 +223,7 @@ def page_diff(page: Buffer, twin: Buffer) -> bytes:
         raise ValueError(f"page is {n} bytes but twin is {tn}")
     if n > MAX_PAGE_SIZE:
         raise ValueError("page too large for the diff format")
-    out = _alloc("uint8_t[]", lib.ddfs_page_diff_bound(n))
+    out = _scratch_buffer(lib.ddfs_page_diff_bound(n))
     used = lib.ddfs_page_diff(pbuf, tbuf, n, out)
     diff: bytes = ffi.buffer(out, used)[:]
     return diff
@@ -245,12 +261,12 @@ def page_diff_many(pages: Buffer, twins: Buffer, page_size: int) -> list[bytes]:
         raise ValueError(f"pages is {n} bytes but twins is {tn}")
     count = _page_count(n, size, "pages")
     bound = lib.ddfs_page_diff_bound(size)
-    per_call = max(1, _DIFF_BATCH_BYTES // bound)
+    per_call = max(1, _SCRATCH_BYTES // bound)
+    out = _scratch_buffer(min(count, per_call) * bound)
+    ends = ffi.new("uint64_t[]", min(count, per_call))
     diffs: list[bytes] = []
     for first in range(0, count, per_call):
         todo = min(per_call, count - first)
-        out = _alloc("uint8_t[]", todo * bound)
-        ends = _alloc("uint64_t[]", todo)
         off = first * size
         done = lib.ddfs_page_diff_many(pbuf + off, tbuf + off, size, todo, out, todo * bound, ends)
         assert done == todo, "C ran out of room in a worst-case-sized buffer"

@@ -25,6 +25,9 @@
 #else
 #define DDFS_HAVE_X86_CRC 0
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define CRC32C_POLY 0x82F63B78u /* reflected Castagnoli polynomial */
 
@@ -33,6 +36,9 @@
  * and merges them with a table-driven "shift by n zero bytes" operator. */
 #define LANE_LONG 8192
 #define LANE_SHORT 256
+
+/* Spare output bytes so a run of <= 8 bytes is copied with one 8-byte store. */
+#define DIFF_SLACK 8
 
 static uint32_t sw_table[8][256];
 /* shift_tab[k][j][b]: register byte b at position j, shifted by LANE_x bytes
@@ -234,42 +240,49 @@ int64_t ddfs_verify_blocks(int impl, const uint8_t *buf, size_t len, size_t bloc
 size_t ddfs_page_diff_bound(size_t page_size)
 {
     /* r runs need r-1 unchanged gap bytes, so changed <= n-r+1 and
-     * r <= ceil(n/2): header + 8r + changed <= 10 + n + 7*ceil(n/2). */
-    if (page_size == 0)
-        return DDFS_DIFF_HEADER;
-    return 10 + page_size + 7 * ((page_size + 1) / 2);
+     * r <= ceil(n/2): header + 8r + changed <= 10 + n + 7*ceil(n/2).
+     * DIFF_SLACK more bytes let short runs be copied with one 8-byte store. */
+    return 10 + page_size + 7 * ((page_size + 1) / 2) + DIFF_SLACK;
 }
 
-/* First index >= i where a and b differ, or n. */
-static size_t next_diff(const uint8_t *a, const uint8_t *b, size_t i, size_t n)
+/* Bit i set iff a[i] != b[i], for i < n <= 64 (higher bits clear). */
+static inline uint64_t changed_mask(const uint8_t *a, const uint8_t *b, size_t n)
 {
+    uint64_t m = 0;
+    size_t i = 0;
+#if defined(__SSE2__)
+    for (; i + 16 <= n; i += 16) {
+        __m128i eq = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(a + i)),
+                                    _mm_loadu_si128((const __m128i *)(const void *)(b + i)));
+        m |= (uint64_t)(~(unsigned)_mm_movemask_epi8(eq) & 0xFFFFu) << i;
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         uint64_t x = load_le64(a + i) ^ load_le64(b + i);
-        if (x)
-            return i + (size_t)(__builtin_ctzll(x) >> 3);
+        /* high bit of each non-zero byte, then gather the 8 high bits into
+         * one byte (the products land on distinct bits, so nothing carries) */
+        uint64_t nz = (((x & 0x7F7F7F7F7F7F7F7Full) + 0x7F7F7F7F7F7F7F7Full) | x) &
+                      0x8080808080808080ull;
+        m |= (((nz >> 7) * 0x0102040810204080ull) >> 56) << i;
     }
     for (; i < n; i++)
-        if (a[i] != b[i])
-            return i;
-    return n;
+        m |= (uint64_t)(a[i] != b[i]) << i;
+    return m;
 }
 
-/* First index >= i where a and b are equal, or n. */
-static size_t next_same(const uint8_t *a, const uint8_t *b, size_t i, size_t n)
+/* Appends one run [start, end) of `page` at *w. */
+static inline uint8_t *emit_run(uint8_t *w, const uint8_t *page, size_t n, size_t start,
+                                size_t end)
 {
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x = load_le64(a + i) ^ load_le64(b + i);
-        /* Flags every zero byte of x (and possibly bytes above a zero byte,
-         * which never matters because we take the lowest flag). */
-        uint64_t zero = (x - ones) & ~x & highs;
-        if (zero)
-            return i + (size_t)(__builtin_ctzll(zero) >> 3);
-    }
-    for (; i < n; i++)
-        if (a[i] == b[i])
-            return i;
-    return n;
+    size_t len = end - start;
+    put_le32(w, (uint32_t)start);
+    put_le32(w + 4, (uint32_t)len);
+    w += DDFS_DIFF_RUN_HEADER;
+    if (len <= 8 && start + 8 <= n)
+        memcpy(w, page + start, 8); /* scattered writes make most runs tiny */
+    else
+        memcpy(w, page + start, len);
+    return w + len;
 }
 
 size_t ddfs_page_diff(const uint8_t *page, const uint8_t *twin, size_t page_size, uint8_t *out)
@@ -278,22 +291,33 @@ size_t ddfs_page_diff(const uint8_t *page, const uint8_t *twin, size_t page_size
         return 0;
     uint8_t *w = out + DDFS_DIFF_HEADER;
     uint32_t runs = 0;
-    size_t i = next_diff(page, twin, 0, page_size);
-    while (i < page_size) {
-        size_t j = next_same(page, twin, i + 1, page_size);
-        size_t len = j - i;
-        put_le32(w, (uint32_t)i);
-        put_le32(w + 4, (uint32_t)len);
-        w += DDFS_DIFF_RUN_HEADER;
-        if (len <= 8) { /* scattered writes make most runs tiny: skip memcpy's call */
-            for (size_t k = 0; k < len; k++)
-                w[k] = page[i + k];
-        } else {
-            memcpy(w, page + i, len);
+    size_t run_start = 0;
+    uint64_t in_run = 0; /* 1 while the byte before `base` was changed */
+    for (size_t base = 0; base < page_size; base += 64) {
+        size_t nb = page_size - base < 64 ? page_size - base : 64;
+        uint64_t m = changed_mask(page + base, twin + base, nb);
+        /* A run starts where a changed byte follows an unchanged one and
+         * ends (exclusive) at the first unchanged byte after it; bit nb of
+         * `ends` can mark a run that reaches the end of the page. */
+        uint64_t shifted = (m << 1) | in_run;
+        uint64_t starts = m & ~shifted, ends = ~m & shifted;
+        if (in_run && ends) { /* the run carried in from the previous block */
+            w = emit_run(w, page, page_size, run_start, base + (size_t)__builtin_ctzll(ends));
+            runs++;
+            ends &= ends - 1;
         }
-        w += len;
+        /* Starts and ends now alternate, so the k-th start pairs with the
+         * k-th end; a start left over is a run that continues. */
+        for (; starts && ends; starts &= starts - 1, ends &= ends - 1, runs++)
+            w = emit_run(w, page, page_size, base + (size_t)__builtin_ctzll(starts),
+                         base + (size_t)__builtin_ctzll(ends));
+        if (starts)
+            run_start = base + (size_t)__builtin_ctzll(starts);
+        in_run = starts || (in_run && !(~m & shifted));
+    }
+    if (in_run) {
+        w = emit_run(w, page, page_size, run_start, page_size);
         runs++;
-        i = next_diff(page, twin, j, page_size);
     }
     out[0] = DDFS_DIFF_VERSION;
     put_le32(out + 1, (uint32_t)page_size);

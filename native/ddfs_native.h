@@ -50,7 +50,10 @@ void ddfs_checksum_blocks(int impl, const uint8_t *buf, size_t len, size_t block
 int64_t ddfs_verify_blocks(int impl, const uint8_t *buf, size_t len, size_t block_size,
                            const uint32_t *expected);
 
-/* Page diffs. */
+/* Page diffs.  ddfs_page_diff needs ddfs_page_diff_bound(page_size) bytes of
+ * output room (the largest diff plus a few bytes of slack) and returns the
+ * diff's length; ddfs_page_diff_many stops before a page that might not fit
+ * and returns the number of pages done, ends[k] being the end of diff k. */
 size_t ddfs_page_diff_bound(size_t page_size);
 size_t ddfs_page_diff(const uint8_t *page, const uint8_t *twin, size_t page_size, uint8_t *out);
 size_t ddfs_page_diff_many(const uint8_t *pages, const uint8_t *twins, size_t page_size,

@@ -91,9 +91,7 @@ def test_combine_gives_the_crc_of_the_concatenation(a: bytes, b: bytes) -> None:
 
 def test_combine_over_a_large_length() -> None:
     a, b = os.urandom(100), os.urandom(5 << 20)
-    assert native.crc32c_combine(native.crc32c(a), native.crc32c(b), len(b)) == native.crc32c(
-        a + b
-    )
+    assert native.crc32c_combine(native.crc32c(a), native.crc32c(b), len(b)) == native.crc32c(a + b)
 
 
 def test_named_sw_and_hw_functions_agree() -> None:

@@ -135,17 +135,44 @@ __attribute__((constructor)) static void ddfs_native_init(void)
 
 /* ---- CRC-32C: raw register updates (no pre/post inversion) ------------- */
 
+static inline uint32_t sw_step8(uint32_t crc, uint64_t w)
+{
+    w ^= crc;
+    return sw_table[7][w & 0xff] ^ sw_table[6][(w >> 8) & 0xff] ^
+           sw_table[5][(w >> 16) & 0xff] ^ sw_table[4][(w >> 24) & 0xff] ^
+           sw_table[3][(w >> 32) & 0xff] ^ sw_table[2][(w >> 40) & 0xff] ^
+           sw_table[1][(w >> 48) & 0xff] ^ sw_table[0][w >> 56];
+}
+
+/* Merges three lane CRCs: state(c0, A|B|C) = shift(c0', |B|+|C|) ^
+ * shift(c1', |C|) ^ c2' by linearity (c1, c2 started from 0). */
+static inline uint32_t combine_lanes(uint32_t c0, uint32_t c1, uint32_t c2, size_t lane)
+{
+    int k = lane == LANE_LONG ? 0 : 2;
+    return shift_by(shift_tab[k + 1], c0) ^ shift_by(shift_tab[k], c1) ^ c2;
+}
+
+/* Slicing-by-8 is bound by the latency of its table-lookup chain, so three
+ * independent lanes keep the CPU busy while each waits for its loads. */
+static uint32_t crc_sw_lanes(uint32_t c0, const uint8_t *p, size_t lane)
+{
+    uint32_t c1 = 0, c2 = 0;
+    for (size_t i = 0; i < lane; i += 8) {
+        c0 = sw_step8(c0, load_le64(p + i));
+        c1 = sw_step8(c1, load_le64(p + lane + i));
+        c2 = sw_step8(c2, load_le64(p + 2 * lane + i));
+    }
+    return combine_lanes(c0, c1, c2, lane);
+}
+
 static uint32_t crc_sw(uint32_t crc, const uint8_t *p, size_t len)
 {
-    while (len >= 8) {
-        uint64_t w = load_le64(p) ^ crc;
-        crc = sw_table[7][w & 0xff] ^ sw_table[6][(w >> 8) & 0xff] ^
-              sw_table[5][(w >> 16) & 0xff] ^ sw_table[4][(w >> 24) & 0xff] ^
-              sw_table[3][(w >> 32) & 0xff] ^ sw_table[2][(w >> 40) & 0xff] ^
-              sw_table[1][(w >> 48) & 0xff] ^ sw_table[0][w >> 56];
-        p += 8;
-        len -= 8;
-    }
+    for (; len >= 3 * LANE_LONG; p += 3 * LANE_LONG, len -= 3 * LANE_LONG)
+        crc = crc_sw_lanes(crc, p, LANE_LONG);
+    for (; len >= 3 * LANE_SHORT; p += 3 * LANE_SHORT, len -= 3 * LANE_SHORT)
+        crc = crc_sw_lanes(crc, p, LANE_SHORT);
+    for (; len >= 8; p += 8, len -= 8)
+        crc = sw_step8(crc, load_le64(p));
     while (len--)
         crc = (crc >> 8) ^ sw_table[0][(crc ^ *p++) & 0xff];
     return crc;
@@ -161,26 +188,17 @@ __attribute__((target("sse4.2"))) static uint64_t crc_hw_lanes(uint64_t c0, cons
         c1 = _mm_crc32_u64(c1, load_le64(p + lane + i));
         c2 = _mm_crc32_u64(c2, load_le64(p + 2 * lane + i));
     }
-    /* state(c0, A|B|C) = shift(c0', |B|+|C|) ^ shift(c1', |C|) ^ c2' by linearity */
-    int k = lane == LANE_LONG ? 0 : 2;
-    return shift_by(shift_tab[k + 1], (uint32_t)c0) ^ shift_by(shift_tab[k], (uint32_t)c1) ^
-           (uint32_t)c2;
+    return combine_lanes((uint32_t)c0, (uint32_t)c1, (uint32_t)c2, lane);
 }
 
 __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p,
                                                          size_t len)
 {
     uint64_t c = crc;
-    while (len >= 3 * LANE_LONG) {
+    for (; len >= 3 * LANE_LONG; p += 3 * LANE_LONG, len -= 3 * LANE_LONG)
         c = crc_hw_lanes(c, p, LANE_LONG);
-        p += 3 * LANE_LONG;
-        len -= 3 * LANE_LONG;
-    }
-    while (len >= 3 * LANE_SHORT) {
+    for (; len >= 3 * LANE_SHORT; p += 3 * LANE_SHORT, len -= 3 * LANE_SHORT)
         c = crc_hw_lanes(c, p, LANE_SHORT);
-        p += 3 * LANE_SHORT;
-        len -= 3 * LANE_SHORT;
-    }
     for (; len >= 8; p += 8, len -= 8)
         c = _mm_crc32_u64(c, load_le64(p));
     uint32_t c32 = (uint32_t)c;
@@ -375,7 +393,12 @@ static void apply_valid(uint8_t *page, const uint8_t *diff)
     for (uint32_t r = 0; r < runs; r++) {
         uint32_t off = load_le32(p), len = load_le32(p + 4);
         p += DDFS_DIFF_RUN_HEADER;
-        memcpy(page + off, p, len);
+        if (len <= 16) { /* most runs are tiny; a byte loop beats a memcpy call */
+            for (uint32_t k = 0; k < len; k++)
+                page[off + k] = p[k];
+        } else {
+            memcpy(page + off, p, len);
+        }
         p += len;
     }
 }

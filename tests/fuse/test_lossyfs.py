@@ -322,16 +322,20 @@ def _lmdb_items(path: Path) -> dict[bytes, bytes]:
         env.close()
 
 
-@pytest.mark.parametrize("writemap", [False, True], ids=["pwrite", "writemap"])
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"writemap": True}, {"lock": False}],
+    ids=["default", "writemap", "nolock"],
+)
 def test_lmdb_sync_commit_survives_and_nosync_commit_is_lost(
-    lossy_mount: LossyMount, writemap: bool
+    lossy_mount: LossyMount, flags: dict[str, bool]
 ) -> None:
     path = lossy_mount.mountpoint / "db"
-    env = lmdb.open(str(path), map_size=MAP_SIZE, sync=True, writemap=writemap)
+    env = lmdb.open(str(path), map_size=MAP_SIZE, sync=True, **flags)
     with env.begin(write=True) as txn:
         txn.put(b"acked", b"1")
     env.close()
-    env = lmdb.open(str(path), map_size=MAP_SIZE, sync=False, writemap=writemap)
+    env = lmdb.open(str(path), map_size=MAP_SIZE, sync=False, **flags)
     with env.begin(write=True) as txn:
         txn.put(b"unsynced", b"2")
     assert _items_in(env) == {b"acked": b"1", b"unsynced": b"2"}
@@ -339,7 +343,7 @@ def test_lmdb_sync_commit_survives_and_nosync_commit_is_lost(
     lossy_mount.crash()
     assert _lmdb_items(path) == {b"acked": b"1"}
     # The environment is consistent after the crash: it takes new commits.
-    env = lmdb.open(str(path), map_size=MAP_SIZE, sync=True, writemap=writemap)
+    env = lmdb.open(str(path), map_size=MAP_SIZE, sync=True, **flags)
     with env.begin(write=True) as txn:
         txn.put(b"after", b"3")
     env.close()
@@ -384,7 +388,8 @@ def test_killed_lmdb_writer_keeps_every_acknowledged_commit(lossy_mount: LossyMo
         proc.send_signal(signal.SIGKILL)
     lossy_mount.crash()
     keys = sorted(_lmdb_items(lossy_mount.mountpoint / "db"))
-    assert len(keys) >= last_ack + 1 == 40
+    assert last_ack == 39
+    assert len(keys) >= last_ack + 1  # every acknowledged commit survived
     # Transactions are atomic and ordered: what survived is a prefix.
     assert keys == [b"k%06d" % i for i in range(len(keys))]
 

@@ -1,0 +1,120 @@
+"""Handler tables: which function answers which method.
+
+Two equivalent ways to register handlers::
+
+    router = Router()
+    router.add(GetAttr, getattr_handler)
+
+    class MetaService:
+        @handles(GetAttr)
+        async def getattr(self, req: GetAttr, ctx: CallContext) -> GetAttrReply: ...
+
+    router.include(MetaService())
+
+A handler takes (message, CallContext).  Request handlers return the reply
+dataclass (or None when the reply type is None) or raise `RemoteError` to
+send an error reply; notification handlers return None.
+
+Invariants:
+- `async def` handlers run in their own task (concurrent with other calls
+  on the connection, cancelled when the caller's budget runs out or it
+  sends CANCEL).  Plain `def` handlers run inline in the connection's task:
+  cheapest, they cannot block, and must be quick.
+- A method has at most one handler per router.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from coord.rpc.auth import PeerInfo
+from coord.wire.schema import Converter, NotificationSpec, RequestSpec, Semantics, codec, spec_of
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARK = "_ddfs_rpc_handles"
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler knows about the call besides its arguments."""
+
+    peer: PeerInfo  # the authenticated caller
+    method: str
+    request_id: int  # 0 for notifications
+    lamport: int  # our Lamport time after merging the message's stamp
+    budget: float | None  # the caller's remaining budget when the frame arrived (seconds)
+    deadline: float  # the same budget as a trio-clock deadline (inf: none)
+
+    def remaining(self) -> float:
+        """Seconds left before the caller gives up (inf if it set no deadline)."""
+        if self.deadline == math.inf:
+            return math.inf
+        return self.deadline - trio.current_time()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    fn: Callable[[Any, CallContext], Any]
+    is_async: bool
+    decode: Converter  # raw msgpack fields -> message (raises FieldTypeError)
+    semantics: Semantics | None  # None for notifications
+    reply_type: type | None
+    encode_reply: Converter | None  # None for notifications
+
+
+def handles(message_type: type) -> Callable[[F], F]:
+    """Mark a method as the handler of `message_type` (collected by `Router.include`)."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, message_type)
+        return fn
+
+    return mark
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return self._routes
+
+    def add(self, message_type: type, fn: Callable[[Any, CallContext], Any]) -> Router:
+        spec = spec_of(message_type)
+        if spec.method in self._routes:
+            raise ValueError(f"method {spec.method!r} already has a handler")
+        is_async = inspect.iscoroutinefunction(fn)
+        if isinstance(spec, RequestSpec):
+            reply = codec(spec.reply_type)
+            self._routes[spec.method] = Route(
+                spec.method, fn, is_async, codec(spec.request_type).decode,
+                spec.semantics, spec.reply_type, reply.encode,
+            )
+        else:
+            assert isinstance(spec, NotificationSpec)
+            self._routes[spec.method] = Route(
+                spec.method, fn, is_async, codec(spec.notification_type).decode,
+                None, None, None,
+            )
+        return self
+
+    def include(self, service: object) -> Router:
+        """Register every method of `service` marked with `@handles`."""
+        found = 0
+        for name in dir(type(service)):
+            attr = getattr(type(service), name, None)
+            message_type = getattr(attr, _MARK, None)
+            if message_type is not None:
+                self.add(message_type, getattr(service, name))
+                found += 1
+        if not found:
+            raise ValueError(f"{type(service).__qualname__} has no @handles methods")
+        return self

@@ -1,0 +1,182 @@
+"""A trio stream that speaks frames, plus the connector interface.
+
+`FrameStream` is the only place that moves frames between a
+`trio.abc.Stream` and the sans-IO `FrameDecoder`, and the only place that
+touches Lamport time: every frame it builds is stamped with `clock.tick()`
+and every frame it returns has been merged with `clock.observe()`.
+
+Invariants:
+- Outgoing frames are queued synchronously (`queue_frame`) and written by
+  `flush`; at most one task writes at a time.  Frames queued while another
+  task is writing are sent by that task's loop, so small frames from many
+  tasks coalesce into one `send_all` (batching) and nobody waits for a
+  writer task to be scheduled.
+- A send that fails or is interrupted leaves the byte stream in an unknown
+  state, so the stream is marked broken and every later use raises
+  `ConnectionLost`.
+- Large bodies are never concatenated with their header: they are written
+  as separate buffers (no copy of big payloads).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import trio
+
+from coord.clock.lamport import LamportClock
+from coord.wire.errors import ConnectionLost, Unavailable
+from coord.wire.frame import HEADER, VERSION, Frame, FrameDecoder, FrameKind
+
+_REST = HEADER.size - 5
+# Bodies up to this size are copied next to their header (one buffer, one
+# syscall); bigger ones are sent as their own buffer to avoid the copy.
+_COALESCE_LIMIT = 64 * 1024
+
+
+class Connector(Protocol):
+    """Opens a byte stream to a peer address (TCP, memory, ...)."""
+
+    async def connect(self, address: str) -> trio.abc.Stream: ...
+
+
+def parse_tcp_address(address: str) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port")."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"bad address {address!r}, expected host:port")
+    return host.strip("[]"), int(port)
+
+
+class TcpConnector:
+    """Connects to "host:port" addresses over TCP."""
+
+    async def connect(self, address: str) -> trio.abc.Stream:
+        host, port = parse_tcp_address(address)
+        return await trio.open_tcp_stream(host, port)
+
+
+class FrameStream:
+    __slots__ = (
+        "_broken",
+        "_decoder",
+        "_out",
+        "_sending",
+        "clock",
+        "node_id",
+        "stream",
+    )
+
+    def __init__(
+        self, stream: trio.abc.Stream, clock: LamportClock, node_id: int, max_frame_size: int
+    ) -> None:
+        self.stream = stream
+        self.clock = clock
+        self.node_id = node_id
+        self._decoder = FrameDecoder(max_frame_size)
+        self._out: list[bytes] = []  # queued, not yet written
+        self._sending = False  # a task is inside flush()'s write loop
+        self._broken: ConnectionLost | None = None
+
+    @property
+    def broken(self) -> ConnectionLost | None:
+        return self._broken
+
+    def queue_frame(self, kind: FrameKind, request_id: int, budget_us: int, body: bytes) -> None:
+        """Stamp and queue one frame.  Sync: callers may rely on no checkpoint here."""
+        header = HEADER.pack(
+            VERSION, _REST + len(body), kind, 0, request_id, self.node_id,
+            self.clock.tick(), budget_us,
+        )
+        if len(body) <= _COALESCE_LIMIT:
+            self._out.append(header + body)
+        else:
+            self._out.append(header)
+            self._out.append(body)
+
+    async def flush(self) -> None:
+        """Write everything queued (unless another task already is)."""
+        if self._sending or not self._out:
+            if self._broken is not None:
+                raise self._broken
+            return
+        if self._broken is not None:
+            raise self._broken
+        self._sending = True
+        try:
+            while self._out:
+                batch, self._out = self._out, []
+                await self._write(batch)
+        except BaseException as exc:
+            self._out.clear()
+            self._broken = ConnectionLost(f"send failed: {exc!r}")
+            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                raise self._broken from exc
+            raise
+        finally:
+            self._sending = False
+
+    async def _write(self, batch: list[bytes]) -> None:
+        if len(batch) == 1:
+            await self.stream.send_all(batch[0])
+            return
+        small: list[bytes] = []
+        for item in batch:
+            if len(item) > _COALESCE_LIMIT:
+                if small:
+                    await self.stream.send_all(b"".join(small))
+                    small = []
+                await self.stream.send_all(item)
+            else:
+                small.append(item)
+        if small:
+            await self.stream.send_all(b"".join(small))
+
+    def poll(self) -> Frame | None:
+        """The next frame already buffered, without waiting (raises ProtocolError)."""
+        frame = self._decoder.next_frame()
+        if frame is not None:
+            self.clock.observe(frame.lamport)
+        return frame
+
+    async def receive(self) -> Frame | None:
+        """The next frame, or None at a clean end of stream.
+
+        Raises `ProtocolError` subclasses on malformed input (including a
+        stream that ends inside a frame) and `ConnectionLost` if the stream
+        breaks.
+        """
+        decoder = self._decoder
+        while True:
+            frame = decoder.next_frame()
+            if frame is not None:
+                self.clock.observe(frame.lamport)
+                return frame
+            try:
+                data = await self.stream.receive_some(decoder.receive_hint())
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"connection broken: {exc}") from exc
+            if not data:
+                decoder.eof()
+                return None
+            decoder.feed(data if type(data) is bytes else bytes(data))
+
+    async def aclose(self) -> None:
+        if self._broken is None:
+            self._broken = ConnectionLost("connection closed")
+        await trio.aclose_forcefully(self.stream)
+
+
+async def receive_within(fs: FrameStream, deadline: float, what: str) -> Frame:
+    """One frame before `deadline` (used by handshakes); EOF or timeout -> Unavailable."""
+    with trio.move_on_at(deadline):
+        frame = await fs.receive()
+        if frame is None:
+            raise ConnectionLost(f"peer closed the connection during {what}")
+        return frame
+    raise Unavailable(f"{what} timed out")
+
+
+def deadline_after(seconds: float | None) -> float:
+    return math.inf if seconds is None else trio.current_time() + seconds

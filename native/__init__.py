@@ -231,8 +231,10 @@ def page_diff(page: Buffer, twin: Buffer) -> bytes:
 
 def page_validate(diff: Buffer, page_size: int) -> None:
     """Raise DiffError unless `diff` is a well-formed diff for a page of page_size bytes."""
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be in 0..{MAX_PAGE_SIZE}, not {page_size}")
     dbuf, dn = _readable(diff, "diff")
-    err = lib.ddfs_page_validate(dbuf, dn, _page_size(page_size))
+    err = lib.ddfs_page_validate(dbuf, dn, page_size)
     if err:
         raise DiffError(DiffErrorCode(err))
 

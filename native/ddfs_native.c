@@ -31,9 +31,10 @@
 
 #define CRC32C_POLY 0x82F63B78u /* reflected Castagnoli polynomial */
 
-/* The hardware path runs three independent CRC streams over three adjacent
- * lanes (the crc32 instruction has 3-cycle latency but 1-cycle throughput)
- * and merges them with a table-driven "shift by n zero bytes" operator. */
+/* Both CRC paths run three independent streams over three adjacent lanes
+ * (the crc32 instruction has 3-cycle latency but 1-cycle throughput; the
+ * table path waits on dependent loads) and merge them with a table-driven
+ * "advance over n zero bytes" operator.  Short lanes serve buffer tails. */
 #define LANE_LONG 8192
 #define LANE_SHORT 256
 

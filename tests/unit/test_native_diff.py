@@ -251,6 +251,13 @@ def test_page_apply_refuses_a_read_only_page() -> None:
         native.page_apply(bytes(16), _diff(16))
 
 
+def test_empty_pages_have_a_header_only_diff() -> None:
+    diff = native.page_diff(b"", b"")
+    assert diff == reference.page_diff(b"", b"") == b"\x01" + bytes(8)
+    native.page_validate(diff, 0)
+    native.page_apply(bytearray(), diff)
+
+
 def test_page_diff_refuses_pages_of_different_sizes() -> None:
     with pytest.raises(ValueError, match="twin"):
         native.page_diff(bytes(16), bytes(15))

@@ -7,7 +7,8 @@ sees consistent sizes; errors surface as ValueError/TypeError with a message.
 Invariants:
   - Buffers go to C through `ffi.from_buffer` (no copies), and cffi releases
     the GIL for the duration of every C call, so checksumming a 64 MiB chunk
-    does not stall other threads.  Each batch entry point is one C call.
+    does not stall other threads.  Batch entry points cover many blocks
+    or pages per C call (page_diff_many: one call per ~4 MiB of output room).
   - CRC-32C is the Castagnoli CRC (reflected polynomial 0x82F63B78, check
     value 0xE3069283 for b"123456789"); `seed` is a previous finalised CRC,
     so crc32c(b, crc32c(a)) == crc32c(a + b).  impl="hw" uses the SSE4.2

@@ -74,7 +74,7 @@ def numpy_page_diff_many(pages: U8Array, twins: U8Array) -> list[bytes]:
     scattered into one output array and the changed bytes fill the rest
     through a boolean mask.
     """
-    import numpy as np  # noqa: PLC0415  (lazy: the CLI imports this module for --help)
+    import numpy as np  # lazy: the CLI imports this module just to build --help
 
     count, size = pages.shape
     changed = pages != twins
@@ -112,7 +112,7 @@ def numpy_page_diff_many(pages: U8Array, twins: U8Array) -> list[bytes]:
 
 def _make_pages(count: int, size: int, fraction: float, seed: int) -> tuple[U8Array, U8Array]:
     """Random twins, and pages with round(fraction * size) bytes changed per page."""
-    import numpy as np  # noqa: PLC0415  (lazy, as above)
+    import numpy as np  # lazy, as above
 
     rng = np.random.default_rng(seed)
     twins = rng.integers(0, 256, size=(count, size), dtype=np.uint8)
@@ -169,8 +169,7 @@ def _diff_case(args: argparse.Namespace, fraction: float) -> dict[str, float]:
         "numpy": n / _best(lambda: numpy_page_diff_many(pages, twins), r),
         "python": few
         / _best(lambda: reference.page_diff_many(few_pages, few_twins, args.page_size), r),
-        "apply": n
-        / _best(lambda: native.page_apply_many(target, c_diffs, args.page_size), r),
+        "apply": n / _best(lambda: native.page_apply_many(target, c_diffs, args.page_size), r),
     }
 
 
@@ -198,7 +197,7 @@ def _validate(args: argparse.Namespace) -> None:
     if not 1 <= args.page_size <= 1 << 20:
         raise UserError("--page-size must be between 1 and 1 MiB")
     try:
-        import numpy  # noqa: F401, PLC0415  (a test extra, not a runtime dependency)
+        import numpy  # noqa: F401  (a test extra, not a runtime dependency)
     except ImportError:
         raise UserError("ddfs bench native needs numpy (pip install 'ddfs[test]')") from None
 

@@ -1,0 +1,263 @@
+"""LmdbKVStore: the KV state machine's state in its own LMDB environment.
+
+Layout (named DBs in one env, separate from the Raft log's env):
+
+* ``kv``       key bytes -> msgpack [value, version, create_revision, mod_revision]
+* ``sessions`` u64 client id -> msgpack [last_activity, acked, outstanding]
+* ``idle``     u64 last_activity ++ u64 client id -> b"" (sessions by age, for expiry)
+* ``replies``  u64 client id ++ u64 seq -> encoded reply
+* ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
+
+All integers in keys are big-endian so LMDB's byte order is numeric order.
+
+Durability: the env is opened with `sync=True, metasync=False`.  A commit
+fdatasyncs the data pages but writes the meta page without waiting, so LMDB
+keeps atomicity and consistency (never a torn state) while a power loss may
+roll back the last commit(s) - the "ACI without D" mode documented for
+MDB_NOMETASYNC.  That is exactly what `KVStore` promises: committed state
+survives a process crash (page cache), and `checkpoint()` (`env.sync(True)`)
+makes it survive a power loss.  Losing a non-checkpointed commit only means
+re-applying entries that the Raft log still holds.  `MDB_NOSYNC` was not
+chosen because without the data sync LMDB may corrupt the file on a power
+loss when the file system reorders writes.
+
+No transaction outlives a `with` block; a trio driver runs `apply` (and so
+`writer()`) in `trio.to_thread.run_sync`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import lmdb
+import msgpack
+
+from coord.kv.store import KVReadView, KVWriteView
+from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
+from coord.raft.types import LogIndex
+
+FORMAT_VERSION = 1
+DEFAULT_MAP_SIZE = 1 << 30
+
+_U64 = struct.Struct(">Q")
+_PAIR = struct.Struct(">QQ")
+_FORMAT, _APPLIED, _LOG_TIME = b"format", b"applied", b"log_time"
+
+
+class KVStoreError(Exception):
+    """The KV store on disk cannot be used (wrong format, closed)."""
+
+
+def _kv_value(kv: KeyValue) -> bytes:
+    raw: bytes = msgpack.packb(
+        (kv.value, kv.version, kv.create_revision, kv.mod_revision), use_bin_type=True
+    )
+    return raw
+
+
+def _kv_from(key: bytes, raw: bytes) -> KeyValue:
+    value, version, create, mod = msgpack.unpackb(raw, raw=False)
+    return KeyValue(key, value, version, LogIndex(create), LogIndex(mod))
+
+
+def _session_from(raw: bytes) -> SessionRecord:
+    last, acked, outstanding = msgpack.unpackb(raw)
+    return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
+
+
+class _Dbs:
+    """The env's named databases."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.kv = env.open_db(b"kv")
+        self.sessions = env.open_db(b"sessions")
+        self.idle = env.open_db(b"idle")
+        self.replies = env.open_db(b"replies")
+        self.meta = env.open_db(b"meta")
+
+
+class _LmdbView:
+    """KVWriteView over one LMDB transaction (read-only transactions refuse writes)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
+        self._t = txn
+        self._db = dbs
+
+    # reads
+
+    def _meta_u64(self, key: bytes) -> int:
+        raw = self._t.get(key, db=self._db.meta)
+        return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+    def applied_index(self) -> LogIndex:
+        return LogIndex(self._meta_u64(_APPLIED))
+
+    def log_time(self) -> LogTime:
+        return LogTime(self._meta_u64(_LOG_TIME))
+
+    def get(self, key: bytes) -> KeyValue | None:
+        raw = self._t.get(key, db=self._db.kv)
+        return None if raw is None else _kv_from(key, bytes(raw))
+
+    def range(self, start: bytes, end: bytes | None, limit: int) -> tuple[list[KeyValue], bool]:
+        out: list[KeyValue] = []
+        cursor = self._t.cursor(db=self._db.kv)
+        found = cursor.first() if start == b"" else cursor.set_range(start)
+        while found:
+            key = bytes(cursor.key())
+            if end is not None and key >= end:
+                return out, False
+            if limit and len(out) == limit:
+                return out, True
+            out.append(_kv_from(key, bytes(cursor.value())))
+            found = cursor.next()
+        return out, False
+
+    def session(self, client_id: ClientId) -> SessionRecord | None:
+        raw = self._t.get(_U64.pack(client_id), db=self._db.sessions)
+        return None if raw is None else _session_from(bytes(raw))
+
+    def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None:
+        raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.replies)
+        return None if raw is None else bytes(raw)
+
+    def _replies_of(self, client_id: ClientId) -> Iterator[tuple[SeqNo, bytes]]:
+        cursor = self._t.cursor(db=self._db.replies)
+        found = cursor.set_range(_PAIR.pack(client_id, 0))
+        while found:
+            cid, seq = _PAIR.unpack(cursor.key())
+            if cid != client_id:
+                return
+            yield SeqNo(seq), bytes(cursor.value())
+            found = cursor.next()
+
+    def dump(self) -> StateDump:
+        kvs, _ = self.range(b"", None, 0)
+        sessions = []
+        for key, raw in self._t.cursor(db=self._db.sessions).iternext():
+            cid = ClientId(_U64.unpack(key)[0])
+            sessions.append((cid, _session_from(bytes(raw)), tuple(self._replies_of(cid))))
+        return StateDump(self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions))
+
+    # writes
+
+    def set_applied(self, index: LogIndex) -> None:
+        self._t.put(_APPLIED, _U64.pack(index), db=self._db.meta)
+
+    def set_log_time(self, now: LogTime) -> None:
+        self._t.put(_LOG_TIME, _U64.pack(now), db=self._db.meta)
+
+    def put(self, kv: KeyValue) -> None:
+        self._t.put(kv.key, _kv_value(kv), db=self._db.kv)
+
+    def delete(self, key: bytes) -> bool:
+        return bool(self._t.delete(key, db=self._db.kv))
+
+    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
+        old = self.session(client_id)
+        if old is not None:
+            self._t.delete(_PAIR.pack(old.last_activity, client_id), db=self._db.idle)
+        raw = msgpack.packb((record.last_activity, record.acked, record.outstanding))
+        self._t.put(_U64.pack(client_id), raw, db=self._db.sessions)
+        self._t.put(_PAIR.pack(record.last_activity, client_id), b"", db=self._db.idle)
+
+    def delete_session(self, client_id: ClientId) -> None:
+        old = self.session(client_id)
+        if old is None:
+            return
+        self.prune_replies(client_id, SeqNo(2**64 - 1))
+        self._t.delete(_PAIR.pack(old.last_activity, client_id), db=self._db.idle)
+        self._t.delete(_U64.pack(client_id), db=self._db.sessions)
+
+    def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
+        out: list[ClientId] = []
+        cursor = self._t.cursor(db=self._db.idle)
+        found = cursor.first()
+        while found and len(out) < limit:
+            last_activity, cid = _PAIR.unpack(cursor.key())
+            if last_activity >= before:
+                break
+            out.append(ClientId(cid))
+            found = cursor.next()
+        return out
+
+    def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None:
+        self._t.put(_PAIR.pack(client_id, seq), reply, db=self._db.replies)
+
+    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
+        cursor = self._t.cursor(db=self._db.replies)
+        removed = 0
+        found = cursor.set_range(_PAIR.pack(client_id, 0))
+        while found:
+            cid, seq = _PAIR.unpack(cursor.key())
+            if cid != client_id or seq > upto:
+                break
+            cursor.delete()  # moves to the next record, or off the end (empty key)
+            removed += 1
+            found = bool(cursor.key())
+        return removed
+
+
+class LmdbKVStore:
+    """KVStore on LMDB; see the module docstring for the layout and durability."""
+
+    def __init__(self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self._env: lmdb.Environment | None = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=5,
+            sync=True,
+            metasync=False,  # ACI per commit; D at checkpoint() - see the module docstring
+            writemap=False,
+            readahead=False,
+            meminit=False,
+        )
+        self._dbs = _Dbs(self._env)
+        with self._env.begin(write=True, db=self._dbs.meta) as txn:
+            raw = txn.get(_FORMAT)
+            if raw is None:
+                txn.put(_FORMAT, msgpack.packb(FORMAT_VERSION))
+            elif msgpack.unpackb(raw) != FORMAT_VERSION:
+                raise KVStoreError(f"KV store format {msgpack.unpackb(raw)} != {FORMAT_VERSION}")
+
+    def _e(self) -> lmdb.Environment:
+        if self._env is None:
+            raise KVStoreError("KV store closed")
+        return self._env
+
+    def applied_index(self) -> LogIndex:
+        with self.reader() as view:
+            return view.applied_index()
+
+    @contextmanager
+    def _txn(self, write: bool) -> Iterator[_LmdbView]:
+        # lmdb's Transaction context manager commits on normal exit, aborts on error.
+        with self._e().begin(write=write) as txn:
+            yield _LmdbView(txn, self._dbs)
+
+    def reader(self) -> AbstractContextManager[KVReadView]:
+        return self._txn(write=False)
+
+    def writer(self) -> AbstractContextManager[KVWriteView]:
+        return self._txn(write=True)
+
+    def checkpoint(self) -> LogIndex:
+        env = self._e()
+        applied = self.applied_index()  # read first: everything up to it is committed
+        env.sync(True)
+        return applied
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> LmdbKVStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,206 @@
+"""The KV client: a session with the replicated store, leader discovery,
+redirects and retries inside a bounded time.
+
+Exactly-once across leader changes (thesis §6.3): the client registers a
+session, builds each request once with its (client id, seq) and resends that
+same value to whichever member it tries next; the state machine executes a
+(client, seq) at most once and answers duplicates from its reply cache.  A
+reply of SESSION_EXPIRED means the command was not executed (and never will
+be): the client raises, it does not silently re-register and re-run.
+
+Invariants: every public call finishes (result or error) within its
+timeout; retries and backoff live here and nowhere else on the client side.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import trio
+
+from coord.kv.client import ClientSession
+from coord.kv.commands import (
+    Body,
+    Cas,
+    Command,
+    Delete,
+    Get,
+    Put,
+    Query,
+    Range,
+    RegisterClient,
+    Txn,
+    encode_body,
+    encode_query,
+)
+from coord.kv.results import (
+    CasResult,
+    DeleteResult,
+    ErrorCode,
+    ErrorResult,
+    GetResult,
+    PutResult,
+    RangeResult,
+    RegisterResult,
+    Result,
+    TxnResult,
+    decode_result,
+)
+from coord.kv.service import OK, KvRead, KvReply, KvSubmit
+from coord.kv.types import KeyValue
+from coord.rpc import RemoteError, RpcClient, RpcError, is_transient
+
+T = TypeVar("T")
+_Attempt = Callable[[str], Awaitable[KvReply]]
+
+
+class KvError(Exception):
+    """A KV operation failed for good (not a transient condition)."""
+
+
+class KvTimeout(KvError):
+    """No member could complete the operation within the timeout; it may or may not
+    have taken effect (a later read tells)."""
+
+
+class SessionExpired(KvError):
+    """The session expired: the command was not executed."""
+
+
+class KvClient:
+    """Use as `async with KvClient(rpc, endpoints) as kv: await kv.put(b"k", b"v")`."""
+
+    def __init__(
+        self,
+        rpc: RpcClient,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 10.0,
+        attempt_timeout: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self._rpc = rpc
+        self._endpoints = list(endpoints)
+        self._timeout = timeout
+        self._attempt = attempt_timeout
+        self._rng = rng if rng is not None else random.Random()
+        self._leader: str | None = None  # best guess of the leader's address
+        self._turn = 0  # round-robin position when no leader is known
+        self._session: ClientSession | None = None
+        self.retries = 0  # attempts beyond the first, for tests and tools
+
+    async def __aenter__(self) -> KvClient:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def open(self) -> None:
+        """Register a session (one log entry)."""
+        result = await self._submit(RegisterClient())
+        if not isinstance(result, RegisterResult):
+            raise KvError(f"registering a session failed: {result}")
+        self._session = ClientSession(result.client_id)
+
+    # ------------------------------------------------------------------ operations
+    async def put(self, key: bytes, value: bytes) -> PutResult:
+        return _expect(await self._command(Put(key, value)), PutResult)
+
+    async def delete(self, key: bytes) -> DeleteResult:
+        return _expect(await self._command(Delete(key)), DeleteResult)
+
+    async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> CasResult:
+        return _expect(await self._command(Cas(key, expected, new)), CasResult)
+
+    async def txn(self, txn: Txn) -> TxnResult:
+        return _expect(await self._command(txn), TxnResult)
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        return _expect(await self._query(Get(key)), GetResult).kv
+
+    async def range(self, start: bytes, end: bytes | None, limit: int = 0) -> RangeResult:
+        return _expect(await self._query(Range(start, end, limit)), RangeResult)
+
+    # ------------------------------------------------------------------ machinery
+    async def _command(self, command: Command) -> Result:
+        if self._session is None:
+            raise KvError("the client has no session: use `async with KvClient(...)`")
+        req = self._session.request(command)  # built once: retries resend this value
+        result = await self._submit(req)
+        self._session.completed(req.seq)
+        return result
+
+    async def _submit(self, body: Body) -> Result:
+        raw = encode_body(body)
+        reply = await self._retrying(
+            lambda addr: self._rpc.call(addr, KvSubmit(raw), timeout=self._attempt)
+        )
+        return _checked(decode_result(reply.result))
+
+    async def _query(self, query: Query) -> Result:
+        raw = encode_query(query)
+        reply = await self._retrying(
+            lambda addr: self._rpc.call(addr, KvRead(raw), timeout=self._attempt)
+        )
+        return _checked(decode_result(reply.result))
+
+    def _next_address(self) -> str:
+        if self._leader is not None:
+            return self._leader
+        addr = self._endpoints[self._turn % len(self._endpoints)]
+        self._turn += 1
+        return addr
+
+    async def _retrying(self, attempt: _Attempt) -> KvReply:
+        backoff = 0.02
+        last = "no attempt finished"
+        with trio.move_on_after(self._timeout):
+            while True:
+                addr = self._next_address()
+                try:
+                    reply = await attempt(addr)
+                except RpcError as exc:
+                    if not is_transient(exc) and not _retry_elsewhere(exc):
+                        raise KvError(f"{addr}: {exc}") from exc
+                    last = f"{addr}: {exc}"
+                    self._leader = None
+                else:
+                    if reply.status == OK:
+                        self._leader = addr
+                        return reply
+                    last = f"{addr}: {reply.status}"
+                    self._leader = reply.leader or None
+                    if reply.leader and reply.leader != addr:
+                        self.retries += 1
+                        continue  # a fresh redirect: go there at once
+                self.retries += 1
+                await trio.sleep(self._rng.uniform(0, backoff))
+                backoff = min(backoff * 2, 0.5)
+        raise KvTimeout(f"no member answered within {self._timeout:g} s (last: {last})")
+
+
+def _retry_elsewhere(exc: RpcError) -> bool:
+    # A member that is shutting down or was cancelled mid-call: another may serve.
+    return isinstance(exc, RemoteError) and exc.code in {"CANCELLED", "SHUTTING_DOWN"}
+
+
+def _checked(result: Result) -> Result:
+    if isinstance(result, ErrorResult):
+        if result.code is ErrorCode.SESSION_EXPIRED:
+            raise SessionExpired(result.message or "session expired; command not executed")
+        raise KvError(f"{result.code.name}: {result.message}")
+    return result
+
+
+def _expect(result: Result, kind: type[T]) -> T:
+    if not isinstance(result, kind):
+        raise KvError(f"expected {kind.__name__}, got {type(result).__name__}")
+    return result

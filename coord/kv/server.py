@@ -1,0 +1,99 @@
+"""One member of the replicated KV store: LMDB storage, the KV state
+machine, the Raft driver and one RPC server for peers and clients.
+
+Lifecycle: `serve_member` opens the stores, starts the RPC server and the
+driver, reports readiness through `task_status.started(address)` and runs
+until cancelled; on the way out it stops accepting, cancels the driver and
+closes the LMDB environments (no transaction is open at that point: every
+storage call runs to completion in its worker thread before the trio task
+that awaited it can be cancelled).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from coord.kv.lmdb_state import LmdbKVStore
+from coord.kv.machine import Applied, KVStateMachine
+from coord.kv.service import KvService
+from coord.kv.types import KVConfig
+from coord.raft.config import RaftConfig
+from coord.raft.driver import RaftDriver
+from coord.raft.lmdb_store import LmdbRaftStorage
+from coord.raft.rpc import RpcTransport, add_raft_routes
+from coord.raft.types import NodeId
+from coord.rpc import ClientConfig, Router, RpcClient, RpcServer, ServerConfig, TcpConnector
+from coord.rpc.transport import parse_tcp_address
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    node_id: NodeId
+    members: Mapping[NodeId, str]  # every member (self included) -> "host:port"
+    data_dir: Path
+    secret: bytes
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
+
+    def validate(self) -> MemberConfig:
+        if self.node_id not in self.members:
+            raise ValueError(f"node {self.node_id} is not among the members {sorted(self.members)}")
+        if len(self.members) % 2 == 0:
+            raise ValueError(f"{len(self.members)} members: use an odd number (3 or 5)")
+        for address in self.members.values():
+            parse_tcp_address(address)
+        self.raft.validate()
+        self.kv.validate()
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.members[self.node_id]
+
+
+async def serve_member(
+    config: MemberConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    config.validate()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = LmdbRaftStorage(config.data_dir / "raft")
+    kv_store = LmdbKVStore(config.data_dir / "kv")
+    try:
+        fsm = KVStateMachine(kv_store, config.kv)
+        client_cfg = ClientConfig(node_id=config.node_id, secret=config.secret, role="meta")
+        async with RpcClient(client_cfg, TcpConnector()) as peers_rpc:
+            transport = RpcTransport(peers_rpc, config.members)
+            driver: RaftDriver[Applied] = RaftDriver(
+                config.node_id,
+                list(config.members),
+                config.raft,
+                storage,
+                fsm,
+                transport,
+                rng=random.Random(),
+            )
+            router = Router()
+            add_raft_routes(router, driver, {"address": config.address})
+            KvService(driver, fsm, config.members).routes(router)
+            server = RpcServer(
+                ServerConfig(node_id=config.node_id, secret=config.secret, role="meta"), router
+            )
+            host, port = parse_tcp_address(config.address)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve_tcp, host, port)
+                await nursery.start(driver.run)
+                task_status.started(config.address)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await server.shutdown()
+                    nursery.cancel_scope.cancel()
+    finally:
+        storage.close()
+        kv_store.close()

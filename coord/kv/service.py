@@ -1,0 +1,100 @@
+"""The KV store's RPC edge on a metadata server: `kv.submit` and `kv.read`.
+
+`kv.submit` carries one session body (RegisterClient, KeepAlive or a
+ClientRequest); the leader stamps it with its wall clock (the log's notion
+of time for session expiry) and proposes it.  `kv.read` carries a query and
+is served on any member once a ReadIndex barrier says the local state is
+current, so reads are linearizable.  Every reply says where to go next when
+this member cannot serve: status NOT_LEADER with the leader's address,
+BUSY or LOST (retry), UNAVAILABLE (no leader known yet).
+
+Invariant: a reply with status OK for `kv.submit` means the command was
+committed and applied; any other status means it may or may not have been
+— the client retries with the same (client, seq), which the state machine
+executes at most once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coord.kv.codec import CodecError
+from coord.kv.commands import decode_body, decode_query, stamp
+from coord.kv.machine import Applied, KVStateMachine
+from coord.kv.results import encode_result
+from coord.raft.driver import Busy, ProposalLost, RaftDriver, RaftUnavailable
+from coord.raft.types import NodeId
+from coord.rpc import CallContext, RemoteError, Request, Router, Semantics, request
+
+OK, NOT_LEADER, BUSY, LOST, UNAVAILABLE = "OK", "NOT_LEADER", "BUSY", "LOST", "UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class KvReply:
+    status: str  # OK or one of the retry statuses above
+    result: bytes = b""  # coord.kv.results encoding when OK
+    leader: str = ""  # the leader's client address, when known
+
+
+@request("kv.submit", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class KvSubmit(Request[KvReply]):
+    body: bytes  # coord.kv.commands encode_body(...)
+
+
+@request("kv.read", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class KvRead(Request[KvReply]):
+    query: bytes  # coord.kv.commands encode_query(...)
+
+
+class KvService:
+    def __init__(
+        self,
+        driver: RaftDriver[Applied],
+        fsm: KVStateMachine,
+        client_addresses: Mapping[NodeId, str],
+    ) -> None:
+        self._driver = driver
+        self._fsm = fsm
+        self._addresses = dict(client_addresses)
+
+    def routes(self, router: Router) -> None:
+        router.add(KvSubmit, self.submit)
+        router.add(KvRead, self.read)
+
+    def _redirect(self, exc: RaftUnavailable) -> KvReply:
+        hint = self._addresses.get(exc.leader, "") if exc.leader is not None else ""
+        if isinstance(exc, Busy):
+            return KvReply(BUSY, leader=hint)
+        if isinstance(exc, ProposalLost):
+            return KvReply(LOST, leader=hint)
+        return KvReply(NOT_LEADER if hint else UNAVAILABLE, leader=hint)
+
+    async def submit(self, req: KvSubmit, ctx: CallContext) -> KvReply:
+        try:
+            body = decode_body(req.body)
+        except (CodecError, ValueError) as exc:
+            raise RemoteError("BAD_COMMAND", str(exc)) from None
+        try:
+            applied = await self._driver.propose(stamp(body, time.time_ns() // 1_000_000))
+        except RaftUnavailable as exc:
+            return self._redirect(exc)
+        if applied.result is None:
+            raise RemoteError("INTERNAL", f"entry {applied.index} produced no result")
+        return KvReply(OK, encode_result(applied.result))
+
+    async def read(self, req: KvRead, ctx: CallContext) -> KvReply:
+        try:
+            query = decode_query(req.query)
+        except (CodecError, ValueError) as exc:
+            raise RemoteError("BAD_COMMAND", str(exc)) from None
+        try:
+            await self._driver.read_barrier()
+        except RaftUnavailable as exc:
+            return self._redirect(exc)
+        # The barrier returned on the trio thread after the index was applied;
+        # this LMDB read transaction opens and closes without an await.
+        return KvReply(OK, encode_result(self._fsm.read(query)))

@@ -1,0 +1,124 @@
+"""Client sessions inside the replicated state machine (Ongaro's thesis §6.3).
+
+Every mutation arrives as `ClientRequest(client_id, seq, acked, command)`.
+The rules, applied identically by every replica:
+
+* A session is created by a `RegisterClient` entry; its id is that entry's
+  log index, so ids are unique forever and never reused after expiry.
+* Time is the log time of the entry being applied (never a local clock).  A
+  session whose last activity is more than `session_ttl_ms` before the
+  current log time is expired: it is removed, and any command for it (or for
+  an id never registered) gets SESSION_EXPIRED without being executed.
+* `acked` (the client holds every reply up to it) only moves forward; replies
+  with seq <= acked are dropped.  A request with seq <= acked is a stale
+  retransmission: STALE_SEQUENCE, not executed (its effect already happened).
+* A request whose seq has a cached reply is a duplicate: the cached reply is
+  returned and the command is not executed again.
+* Otherwise the command is executed once and its reply cached under seq, so
+  any number of commands may be outstanding; past `max_outstanding` cached
+  replies a new seq is refused (TOO_MANY_OUTSTANDING, not executed, not cached,
+  so the client may send it again once it acknowledges replies).
+* Every entry that names a live session counts as activity.  Idle sessions are
+  collected at most `expire_batch` per applied entry, oldest first; the
+  expiry check on lookup makes the result independent of how far collection
+  has got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from coord.kv.commands import ClientRequest, KeepAlive
+from coord.kv.results import (
+    ErrorCode,
+    ErrorResult,
+    KeepAliveResult,
+    RegisterResult,
+    Result,
+    decode_result,
+    encode_result,
+)
+from coord.kv.store import KVWriteView
+from coord.kv.types import ClientId, KVConfig, LogTime, SeqNo, SessionRecord
+
+
+def is_expired(record: SessionRecord, now: LogTime, config: KVConfig) -> bool:
+    return now > record.last_activity + config.session_ttl_ms
+
+
+def register(view: KVWriteView, client_id: ClientId, now: LogTime, config: KVConfig) -> Result:
+    view.put_session(client_id, SessionRecord(now, SeqNo(0), 0))
+    return RegisterResult(client_id, config.session_ttl_ms)
+
+
+def expire_idle(view: KVWriteView, now: LogTime, config: KVConfig) -> list[ClientId]:
+    """Remove up to `expire_batch` expired sessions; return their ids."""
+    doomed = view.idle_sessions(LogTime(now - config.session_ttl_ms), config.expire_batch)
+    for client_id in doomed:
+        view.delete_session(client_id)
+    return doomed
+
+
+def _live(
+    view: KVWriteView, client_id: ClientId, now: LogTime, config: KVConfig
+) -> SessionRecord | None:
+    """The client's session if it is alive at `now`; an expired one is removed."""
+    record = view.session(client_id)
+    if record is not None and is_expired(record, now, config):
+        view.delete_session(client_id)
+        return None
+    return record
+
+
+def _expired(client_id: ClientId) -> ErrorResult:
+    return ErrorResult(ErrorCode.SESSION_EXPIRED, f"session {client_id} expired or unknown")
+
+
+def _acknowledge(
+    view: KVWriteView, client_id: ClientId, record: SessionRecord, acked: SeqNo, now: LogTime
+) -> SessionRecord:
+    """Advance the low-water mark, drop the replies it covers, and count activity."""
+    if acked > record.acked:
+        dropped = view.prune_replies(client_id, acked)
+        record = replace(record, acked=acked, outstanding=record.outstanding - dropped)
+    return replace(record, last_activity=max(record.last_activity, now))
+
+
+def keep_alive(view: KVWriteView, msg: KeepAlive, now: LogTime, config: KVConfig) -> Result:
+    record = _live(view, msg.client_id, now, config)
+    if record is None:
+        return _expired(msg.client_id)
+    record = _acknowledge(view, msg.client_id, record, msg.acked, now)
+    view.put_session(msg.client_id, record)
+    return KeepAliveResult(LogTime(record.last_activity + config.session_ttl_ms))
+
+
+def run_request(
+    view: KVWriteView,
+    request: ClientRequest,
+    now: LogTime,
+    config: KVConfig,
+    execute: Callable[[], Result],
+) -> Result:
+    """Execute `request.command` (through `execute`) at most once; see the module rules."""
+    cid, seq = request.client_id, request.seq
+    record = _live(view, cid, now, config)
+    if record is None:
+        return _expired(cid)
+    record = _acknowledge(view, cid, record, request.acked, now)
+    result: Result
+    if seq <= record.acked:
+        result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {record.acked}")
+    elif (cached := view.reply(cid, seq)) is not None:
+        result = decode_result(cached)
+    elif record.outstanding >= config.max_outstanding:
+        result = ErrorResult(
+            ErrorCode.TOO_MANY_OUTSTANDING, f"{record.outstanding} replies not acknowledged"
+        )
+    else:
+        result = execute()
+        view.put_reply(cid, seq, encode_result(result))
+        record = replace(record, outstanding=record.outstanding + 1)
+    view.put_session(cid, record)
+    return result

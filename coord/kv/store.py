@@ -1,0 +1,329 @@
+"""Storage for the KV state machine: the Protocols and the in-memory twin.
+
+A `KVStore` holds the keys, the client sessions with their cached replies,
+the applied index and the log time.  The state machine changes it only
+inside `writer()`, one transaction per batch of applied entries, and the
+applied index is written in that same transaction, so "state as of index i"
+and "applied index = i" are never separated.
+
+Durability contract (what the driver and the log compaction rely on):
+
+* A transaction is atomic: on an exception inside `writer()` nothing of it
+  is kept.  A committed transaction survives a *process* crash.
+* It is guaranteed to survive an OS crash or power loss only once
+  `checkpoint()` has returned; until then the store may come back at any
+  earlier committed state (never a torn one).  That is safe because the
+  Raft log still holds every entry after the store's durable applied index,
+  as long as the log is never compacted beyond `checkpoint()`'s result: on
+  restart the driver re-applies from `applied_index() + 1`.
+
+Views are valid only inside their `with` block; none may be kept or used
+across an `await` (the LMDB views are live transactions).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
+from coord.raft.types import LogIndex
+
+
+class KVReadView(Protocol):
+    """A consistent read-only view of the state (one read transaction)."""
+
+    def applied_index(self) -> LogIndex: ...
+
+    def log_time(self) -> LogTime: ...
+
+    def get(self, key: bytes) -> KeyValue | None: ...
+
+    def range(self, start: bytes, end: bytes | None, limit: int) -> tuple[list[KeyValue], bool]:
+        """Records with start <= key < end (end None: no bound) in key order, at most
+        `limit` of them (0: no limit), and whether more matched."""
+        ...
+
+    def session(self, client_id: ClientId) -> SessionRecord | None: ...
+
+    def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None: ...
+
+    def dump(self) -> StateDump:
+        """Everything, in canonical order."""
+        ...
+
+
+class KVWriteView(KVReadView, Protocol):
+    """The read view plus changes; all of them commit or abort together."""
+
+    def set_applied(self, index: LogIndex) -> None: ...
+
+    def set_log_time(self, now: LogTime) -> None: ...
+
+    def put(self, kv: KeyValue) -> None: ...
+
+    def delete(self, key: bytes) -> bool:
+        """Remove the key; False if there was none."""
+        ...
+
+    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
+        """Create or replace a session (and keep the idle index in step)."""
+        ...
+
+    def delete_session(self, client_id: ClientId) -> None:
+        """Remove a session and every reply cached for it."""
+        ...
+
+    def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
+        """Up to `limit` sessions with last_activity < before, oldest first (ties by id)."""
+        ...
+
+    def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None: ...
+
+    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
+        """Drop the client's cached replies with seq <= upto; return how many."""
+        ...
+
+
+class KVStore(Protocol):
+    def applied_index(self) -> LogIndex:
+        """The index of the last entry whose effects are committed here."""
+        ...
+
+    def reader(self) -> AbstractContextManager[KVReadView]: ...
+
+    def writer(self) -> AbstractContextManager[KVWriteView]:
+        """A write transaction: committed when the block exits normally, aborted on error."""
+        ...
+
+    def checkpoint(self) -> LogIndex:
+        """Make every committed transaction durable; return the applied index now durable.
+        The Raft log may be compacted up to (not beyond) this index."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- the in-memory twin -----------------------------------------------------------------------
+
+
+class _Data:
+    """The twin's whole state.  Values are immutable, so a shallow copy is a snapshot."""
+
+    __slots__ = ("applied", "idle", "keys", "kvs", "log_time", "replies", "sessions")
+
+    def __init__(self) -> None:
+        self.applied = LogIndex(0)
+        self.log_time = LogTime(0)
+        self.kvs: dict[bytes, KeyValue] = {}
+        self.keys: list[bytes] = []  # sorted keys of kvs, for range
+        self.sessions: dict[ClientId, SessionRecord] = {}
+        self.idle: list[tuple[LogTime, ClientId]] = []  # sorted (last_activity, id)
+        self.replies: dict[ClientId, dict[SeqNo, bytes]] = {}
+
+    def copy(self) -> _Data:
+        clone = _Data()
+        clone.applied, clone.log_time = self.applied, self.log_time
+        clone.kvs, clone.keys = dict(self.kvs), list(self.keys)
+        clone.sessions, clone.idle = dict(self.sessions), list(self.idle)
+        clone.replies = {cid: dict(r) for cid, r in self.replies.items()}
+        return clone
+
+
+class _MemoryView:
+    """A view on `_Data`; when `undo` is a list, every change appends its inverse."""
+
+    def __init__(self, data: _Data, undo: list[Callable[[], None]] | None) -> None:
+        self._d = data
+        self._undo = undo
+
+    def _writable(self) -> list[Callable[[], None]]:
+        if self._undo is None:
+            raise RuntimeError("write through a read-only view")
+        return self._undo
+
+    # reads
+
+    def applied_index(self) -> LogIndex:
+        return self._d.applied
+
+    def log_time(self) -> LogTime:
+        return self._d.log_time
+
+    def get(self, key: bytes) -> KeyValue | None:
+        return self._d.kvs.get(key)
+
+    def range(self, start: bytes, end: bytes | None, limit: int) -> tuple[list[KeyValue], bool]:
+        keys = self._d.keys
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else max(lo, bisect.bisect_left(keys, end))
+        stop = hi if limit == 0 else min(hi, lo + limit)
+        return [self._d.kvs[k] for k in keys[lo:stop]], stop < hi
+
+    def session(self, client_id: ClientId) -> SessionRecord | None:
+        return self._d.sessions.get(client_id)
+
+    def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None:
+        return self._d.replies.get(client_id, {}).get(seq)
+
+    def dump(self) -> StateDump:
+        d = self._d
+        sessions = tuple(
+            (cid, rec, tuple(sorted(d.replies.get(cid, {}).items())))
+            for cid, rec in sorted(d.sessions.items())
+        )
+        return StateDump(d.applied, d.log_time, tuple(d.kvs[k] for k in d.keys), sessions)
+
+    # writes: each primitive sets one slot and records how to restore it
+
+    def set_applied(self, index: LogIndex) -> None:
+        old = self._d.applied
+        self._writable().append(lambda: setattr(self._d, "applied", old))
+        self._d.applied = index
+
+    def set_log_time(self, now: LogTime) -> None:
+        old = self._d.log_time
+        self._writable().append(lambda: setattr(self._d, "log_time", old))
+        self._d.log_time = now
+
+    def _set_kv(self, key: bytes, kv: KeyValue | None) -> None:
+        undo = self._writable()
+        old = self._d.kvs.get(key)
+        undo.append(lambda: self._set_kv_raw(key, old))
+        self._set_kv_raw(key, kv)
+
+    def _set_kv_raw(self, key: bytes, kv: KeyValue | None) -> None:
+        d = self._d
+        if kv is None:
+            if d.kvs.pop(key, None) is not None:
+                d.keys.pop(bisect.bisect_left(d.keys, key))
+        else:
+            if key not in d.kvs:
+                bisect.insort(d.keys, key)
+            d.kvs[key] = kv
+
+    def put(self, kv: KeyValue) -> None:
+        self._set_kv(kv.key, kv)
+
+    def delete(self, key: bytes) -> bool:
+        existed = key in self._d.kvs
+        self._set_kv(key, None)
+        return existed
+
+    def _set_session_raw(self, cid: ClientId, rec: SessionRecord | None) -> None:
+        d = self._d
+        old = d.sessions.pop(cid, None)
+        if old is not None:
+            d.idle.remove((old.last_activity, cid))
+        if rec is not None:
+            d.sessions[cid] = rec
+            bisect.insort(d.idle, (rec.last_activity, cid))
+
+    def _set_reply_raw(self, cid: ClientId, seq: SeqNo, reply: bytes | None) -> None:
+        replies = self._d.replies.setdefault(cid, {})
+        if reply is None:
+            replies.pop(seq, None)
+        else:
+            replies[seq] = reply
+        if not replies:
+            del self._d.replies[cid]
+
+    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
+        old = self._d.sessions.get(client_id)
+        self._writable().append(lambda: self._set_session_raw(client_id, old))
+        self._set_session_raw(client_id, record)
+
+    def delete_session(self, client_id: ClientId) -> None:
+        self.prune_replies(client_id, SeqNo(2**63))
+        old = self._d.sessions.get(client_id)
+        self._writable().append(lambda: self._set_session_raw(client_id, old))
+        self._set_session_raw(client_id, None)
+
+    def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
+        stop = bisect.bisect_left(self._d.idle, (before, ClientId(-1)))
+        return [cid for _, cid in self._d.idle[: min(stop, limit)]]
+
+    def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None:
+        old = self.reply(client_id, seq)
+        self._writable().append(lambda: self._set_reply_raw(client_id, seq, old))
+        self._set_reply_raw(client_id, seq, reply)
+
+    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
+        undo = self._writable()
+        doomed = [(s, r) for s, r in self._d.replies.get(client_id, {}).items() if s <= upto]
+        for seq, reply in doomed:
+            undo.append(functools.partial(self._set_reply_raw, client_id, seq, reply))
+            self._set_reply_raw(client_id, seq, None)
+        return len(doomed)
+
+
+class MemoryKVStore:
+    """KVStore in memory: the simulator's twin of LmdbKVStore.
+
+    It keeps two images: `committed` (what a process crash keeps: LMDB's
+    committed pages live in the OS page cache) and `durable` (what a power loss
+    keeps: the image at the last `checkpoint()`).  A write transaction changes
+    `committed` in place and keeps an undo list, replayed backwards on error.
+    Single-threaded: opening a view while a write is open raises, so a test
+    cannot accidentally read uncommitted state.
+    """
+
+    def __init__(self, data: _Data | None = None) -> None:
+        self._data: _Data | None = data if data is not None else _Data()
+        self._durable = self._data.copy()
+        self._writing = False
+
+    def _d(self) -> _Data:
+        if self._data is None:
+            raise RuntimeError("KV store closed")
+        if self._writing:
+            raise RuntimeError("KV store: a write transaction is open")
+        return self._data
+
+    def applied_index(self) -> LogIndex:
+        return self._d().applied
+
+    @contextmanager
+    def _read(self) -> Iterator[KVReadView]:
+        yield _MemoryView(self._d(), None)
+
+    def reader(self) -> AbstractContextManager[KVReadView]:
+        return self._read()
+
+    @contextmanager
+    def _write(self) -> Iterator[KVWriteView]:
+        data = self._d()
+        undo: list[Callable[[], None]] = []
+        self._writing = True
+        try:
+            yield _MemoryView(data, undo)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        finally:
+            self._writing = False
+
+    def writer(self) -> AbstractContextManager[KVWriteView]:
+        return self._write()
+
+    def checkpoint(self) -> LogIndex:
+        data = self._d()
+        self._durable = data.copy()
+        return data.applied
+
+    def close(self) -> None:
+        self._data = None
+
+    def crash(self, power_loss: bool = False) -> MemoryKVStore:
+        """Die and restart.  A process crash keeps every committed transaction; a
+        power loss goes back to the last checkpoint.  This handle is closed."""
+        data = self._d()
+        survivor = self._durable.copy() if power_loss else data
+        self._data = None
+        store = MemoryKVStore(survivor)
+        store._durable = self._durable.copy()
+        return store

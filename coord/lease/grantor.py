@@ -92,10 +92,12 @@ class LeaseGrantor:
     ) -> LeaseGrantor:
         """A grantor restarted from persisted state (or a new leader taking over).
 
-        `holders` may be given only if every grant and release was persisted
-        before it was answered (as when the lease table lives in Raft state);
-        a stale table could let a superseded holder renew.  Those holders may
-        renew at once; every other resource waits `config.recovery_wait`.
+        `holders` may be given only if every new grant was persisted before it
+        was answered (as when the lease table lives in Raft state): a table
+        missing a later grant could let a superseded holder renew.  (A missing
+        release is harmless: the released holder is still the only candidate.)
+        Recorded holders may renew at once; every other resource waits
+        `config.recovery_wait`.
         """
         self = cls(config, token_block=token_block)
         self._reserved = high_water
@@ -151,20 +153,26 @@ class LeaseGrantor:
     ) -> GrantResult:
         """Acquire `resource` for `holder` for `duration` (clamped to max_duration).
 
-        If `holder` already holds an unexpired lease this is a renewal and keeps
-        its token (so a retried request is harmless).  `token`, if given, is used
-        for a new lease instead of the internal counter (e.g. a Raft log index);
-        it must exceed every token issued so far.
+        An acquire says "I hold nothing": if `holder` already holds the lease
+        (a retried request, or a re-acquire after a release still in flight),
+        that lease ends and a new one with a new token replaces it, so a
+        delayed release of the old token can never free the new lease.
+        `token`, if given, is used for the new lease instead of the internal
+        counter (e.g. a Raft log index); it must exceed every token issued so far.
         """
         term = self._term(duration)
         if term is None:
             return self._deny(resource, holder, DenyReason.INVALID, None, 0.0)
         lease = self._live(resource, now)
         if lease is not None:
-            if lease.holder == holder:
-                return self._extend(resource, lease, now, term)
             wait = lease.expires_at - now
-            return self._deny(resource, holder, DenyReason.HELD, lease.holder, wait)
+            if lease.holder != holder:
+                return self._deny(resource, holder, DenyReason.HELD, lease.holder, wait)
+            if lease.revoked:
+                return self._deny(resource, holder, DenyReason.REVOKED, holder, wait)
+            # The holder may yet receive the old grant and act on it until its
+            # old expiry, so the replacement must not end any earlier.
+            return self._grant_new(resource, holder, now, term, token, lease.expires_at)
         wait = self._recovery_left(now)
         if wait > 0:
             return self._deny(resource, holder, DenyReason.RECOVERING, None, wait)
@@ -277,6 +285,7 @@ class LeaseGrantor:
         now: float,
         term: float,
         token: FencingToken | None,
+        not_before: float = -math.inf,
     ) -> Granted:
         persist: FencingToken | None = None
         if token is None:
@@ -290,7 +299,7 @@ class LeaseGrantor:
         else:
             self._reserved = max(self._reserved, token)
         self._next = FencingToken(token + 1)
-        expires_at = now + term + self._config.epsilon
+        expires_at = max(not_before, now + term + self._config.epsilon)
         self._put(resource, _Lease(holder, token, expires_at))
         return Granted(resource, holder, token, term, expires_at, renewal=False,
                        persist_high_water=persist)

@@ -86,11 +86,32 @@ def test_shorter_renewal_never_pulls_grantor_expiry_earlier() -> None:
     assert granted(g.renew(R, A, FencingToken(1), 101.0, 2.0)).expires_at == 110.5
 
 
-def test_repeated_request_by_holder_is_a_renewal_with_same_token() -> None:
+def test_repeated_acquire_by_holder_replaces_lease_with_new_token() -> None:
     g = LeaseGrantor(CFG)
     g.request(R, A, 0.0, 10.0)
     got = granted(g.request(R, A, 3.0, 10.0))
-    assert (got.token, got.renewal, got.expires_at, got.persist_high_water) == (1, True, 13.5, None)
+    assert (got.token, got.renewal, got.expires_at, got.persist_high_water) == (2, False, 13.5, 2)
+    assert g.holder_of(R, 3.0) == LeaseRecord(R, A, FencingToken(2))
+
+
+def test_reacquire_never_ends_before_the_lease_it_replaces() -> None:
+    """A's first grant (10 s) may still reach A; a short re-acquire must not cut it."""
+    g = LeaseGrantor(CFG)
+    g.request(R, A, 0.0, 10.0)
+    got = granted(g.request(R, A, 1.0, 2.0))
+    assert (got.duration, got.expires_at) == (2.0, 10.5)
+    assert denied(g.request(R, B, 10.4)).reason is DenyReason.HELD
+
+
+def test_delayed_release_of_old_token_cannot_free_a_reacquired_lease() -> None:
+    """Found by the simulator: A releases token 1, re-acquires; the release arrives late."""
+    g = LeaseGrantor(CFG)
+    g.request(R, A, 0.0)
+    # A released token 1 (message delayed), then asked again; the grantor still had A.
+    again = granted(g.request(R, A, 1.0))
+    assert again.token == 2
+    assert g.release(R, A, FencingToken(1), 2.0).freed is False
+    assert denied(g.request(R, B, 2.0)).current_holder == A
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@
 
 Every sub-command lives in its own module that exposes
 `add_arguments(parser)` and `run(args) -> int`; this file only maps names to
-modules.  Sub-command modules keep their top-level imports light (heavy
-imports go inside `run`), and a module that fails to import only breaks its
-own command, so one broken role cannot stop the others from starting.
+modules.  Only the module of the command being run is imported (so a short
+command starts fast), and a module that fails to import only breaks its own
+command, so one broken role cannot stop the others from starting.
 Configuration (CLI, TOML, env) is read only under `tools/`; libraries receive
 config objects.
 """
@@ -21,6 +21,9 @@ from collections.abc import Sequence
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "native"): ("tools.bench_native", "checksum and page-diff throughput"),
     ("bench", "rpc"): ("tools.bench_rpc", "RPC round trips and bandwidth vs raw trio echo"),
+    ("meta",): ("tools.meta", "run a metadata server (one Raft member)"),
+    ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
+    ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
 }
 
 
@@ -28,7 +31,17 @@ class UserError(Exception):
     """A fatal error caused by the user's input or environment: one line, no traceback."""
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _selected(argv: Sequence[str]) -> tuple[str, ...] | None:
+    """The command path named by argv (longest match), before argparse runs."""
+    words = tuple(a for a in argv if not a.startswith("-"))
+    for path in sorted(COMMANDS, key=len, reverse=True):
+        if words[: len(path)] == path:
+            return path
+    return None
+
+
+def _build_parser(selected: tuple[str, ...] | None) -> argparse.ArgumentParser:
+    """All commands appear in --help; only the selected one's module is imported."""
     parser = argparse.ArgumentParser(prog="ddfs", description="ddfs distributed file system")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,11 +60,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 )
         sub = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
         sub.set_defaults(_module=module)
-        _add_lazy_arguments(sub, module)
+        if path == selected:
+            _add_arguments(sub, module)
     return parser
 
 
-def _add_lazy_arguments(sub: argparse.ArgumentParser, module: str) -> None:
+def _add_arguments(sub: argparse.ArgumentParser, module: str) -> None:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
@@ -62,7 +76,8 @@ def _add_lazy_arguments(sub: argparse.ArgumentParser, module: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(_selected(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -11,7 +11,7 @@ from tools import cli
 
 
 def test_every_registered_command_builds_its_parser() -> None:
-    for path in cli.COMMANDS:
+    for path in cli.COMMANDS:  # each --help imports that module and builds its arguments
         with pytest.raises(SystemExit) as exc:
             cli.main([*path, "--help"])
         assert exc.value.code == 0

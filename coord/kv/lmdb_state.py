@@ -48,7 +48,11 @@ _FORMAT, _APPLIED, _LOG_TIME = b"format", b"applied", b"log_time"
 
 
 class KVStoreError(Exception):
-    """The KV store on disk cannot be used (wrong format, closed)."""
+    """The KV store on disk cannot be used (wrong format, closed, full)."""
+
+
+class KVStoreFullError(KVStoreError):
+    """The LMDB map is full; the transaction was aborted."""
 
 
 def _kv_value(kv: KeyValue) -> bytes:
@@ -236,8 +240,12 @@ class LmdbKVStore:
     @contextmanager
     def _txn(self, write: bool) -> Iterator[_LmdbView]:
         # lmdb's Transaction context manager commits on normal exit, aborts on error.
-        with self._e().begin(write=write) as txn:
-            yield _LmdbView(txn, self._dbs)
+        env = self._e()
+        try:
+            with env.begin(write=write) as txn:
+                yield _LmdbView(txn, self._dbs)
+        except lmdb.MapFullError as exc:
+            raise KVStoreFullError(f"KV store full (map size {env.info()['map_size']})") from exc
 
     def reader(self) -> AbstractContextManager[KVReadView]:
         return self._txn(write=False)

@@ -24,6 +24,7 @@ No transaction outlives the call that opened it.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ import msgpack
 from coord.raft.storage import (
     StorageClosedError,
     StorageError,
+    StorageFullError,
     StorageInvariantError,
     UnavailableError,
     check_batch,
@@ -59,6 +61,16 @@ _HARD_STATE = b"hard_state"
 _SNAPSHOT = b"snapshot"
 
 
+@contextlib.contextmanager
+def _write(env: lmdb.Environment) -> Iterator[lmdb.Transaction]:
+    """A write transaction: committed (and fsynced) on normal exit, aborted on any error."""
+    try:
+        with env.begin(write=True) as txn:
+            yield txn
+    except lmdb.MapFullError as exc:
+        raise StorageFullError(f"raft store full (map size {env.info()['map_size']})") from exc
+
+
 def index_key(index: int) -> bytes:
     return _U64.pack(index)
 
@@ -76,7 +88,7 @@ class LmdbRaftStorage:
             str(path),
             map_size=map_size,
             max_dbs=2,
-            sync=True,  # commit = fdatasync of the data pages ...
+            sync=False,  # commit = fdatasync of the data pages ...
             metasync=True,  # ... and of the meta page: durable on return
             writemap=False,  # a stray write through the map cannot corrupt the file
             readahead=False,  # random reads of recent entries; readahead only wastes cache
@@ -217,7 +229,7 @@ class LmdbRaftStorage:
                 check_hard_state(self._hard_state, hard_state)
             # Everything from here to commit is one LMDB transaction: an exception
             # anywhere inside (encoding, map full, I/O) aborts all of it.
-            with env.begin(write=True) as txn:
+            with _write(env) as txn:
                 self._delete_from(txn, cut, last)
                 if entries:
                     cursor = txn.cursor(db=self._log)
@@ -249,16 +261,18 @@ class LmdbRaftStorage:
             if upto < first:
                 return
             keep_log = upto <= last and (term is None or term == self.term(upto))
-            if not keep_log and term is None:
+            if keep_log:
+                new_term = self.term(upto)
+            elif term is None:
                 raise StorageInvariantError(f"compaction beyond last index {last} needs a term")
-            new_term = self.term(upto) if keep_log else term
-            assert new_term is not None  # keep_log looked it up; otherwise term was given
-            with env.begin(write=True) as txn:
+            else:  # a snapshot our log does not contain or contradicts: the whole log goes (§7)
+                new_term = term
+            with _write(env) as txn:
                 cursor = txn.cursor(db=self._log)
                 stop = index_key(upto) if keep_log else None
-                if cursor.first():
-                    while stop is None or cursor.key() <= stop:
-                        if not cursor.delete():
-                            break
+                found = cursor.first()
+                while found and (stop is None or bytes(cursor.key()) <= stop):
+                    cursor.delete()  # moves to the next record, or off the end (empty key)
+                    found = bool(cursor.key())
                 txn.put(_SNAPSHOT, msgpack.packb((int(upto), int(new_term))), db=self._meta)
             self._bounds = (LogIndex(upto + 1), last if keep_log else upto, new_term)

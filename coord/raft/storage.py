@@ -2,10 +2,11 @@
 
 Interfaces (small, in the spirit of hashicorp/raft's log.go / stable.go):
 
-* `LogView` - the read-only log the core reads: `first_index`, `last_index`,
-  `term`, `entries`.
+* `LogView` (defined by the core in `coord.raft.logview`, re-exported here) -
+  the read-only log the core reads: `first_index`, `last_index`, `term`,
+  `entries`.
 * `LogStore` - `LogView` plus the mutations `append`, `truncate_suffix`,
-  `truncate_prefix`.
+  `truncate_prefix`; `entries`' `max_bytes` becomes optional.
 * `StableStore` - the hard state: `load` and `save`.
 * `RaftStorage` - both, plus `persist`, the one call a driver makes per Ready:
   truncate + append + hard state in ONE atomic transaction with ONE fsync.
@@ -40,22 +41,46 @@ from typing import Protocol
 
 import msgpack
 
+from coord.raft.logview import ENTRY_OVERHEAD, LogUnavailable, LogView, entry_size
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
-#: Bytes charged per entry on top of its payload by `entries(max_bytes=...)`,
-#: so that a run of empty entries (NOOPs) is bounded too.
-ENTRY_OVERHEAD = 16
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "CompactedError",
+    "LogStore",
+    "LogUnavailable",
+    "LogView",
+    "MemoryRaftStorage",
+    "RaftStorage",
+    "StableStore",
+    "StorageClosedError",
+    "StorageError",
+    "StorageFullError",
+    "StorageInvariantError",
+    "UnavailableError",
+    "check_batch",
+    "check_hard_state",
+    "check_join",
+    "check_range",
+    "decode_entry",
+    "decode_hard_state",
+    "encode_entry",
+    "encode_hard_state",
+    "entry_size",
+    "first_cut",
+    "take_within",
+]
 
 
 class StorageError(Exception):
     """Base class of every error the Raft storage raises."""
 
 
-class CompactedError(StorageError):
+class CompactedError(StorageError, LogUnavailable):
     """The index lies at or below the compaction point: send a snapshot instead."""
 
 
-class UnavailableError(StorageError):
+class UnavailableError(StorageError, LogUnavailable):
     """The index lies beyond the last stored entry."""
 
 
@@ -63,40 +88,29 @@ class StorageInvariantError(StorageError):
     """A mutation would break a log or hard-state invariant (a caller bug); nothing was written."""
 
 
+class StorageFullError(StorageError):
+    """The store ran out of space (LMDB map full); the write was aborted."""
+
+
 class StorageClosedError(StorageError):
     """The store was closed (or, for a twin, crashed and reopened)."""
 
 
-class LogView(Protocol):
-    """The read-only view of the log that the Raft core needs."""
+class LogStore(LogView, Protocol):
+    """A log that can be changed.  Every call is one atomic, durable transaction.
 
-    def first_index(self) -> LogIndex:
-        """Index of the first stored entry (compaction point + 1; 1 for a fresh log)."""
-        ...
-
-    def last_index(self) -> LogIndex:
-        """Index of the last stored entry (the compaction point when the log is empty)."""
-        ...
-
-    def term(self, index: LogIndex) -> Term:
-        """Term of the entry at `index`, for first_index - 1 <= index <= last_index.
-
-        `term(first_index - 1)` is the compaction point's term (0 for index 0).
-        Raises CompactedError below that, UnavailableError above last_index.
-        """
-        ...
+    Reads follow `coord.raft.logview.LogView` (the core's view), made precise:
+    `term(i)` is defined for first_index - 1 <= i <= last_index and raises
+    CompactedError below, UnavailableError above (both are LogUnavailable).
+    """
 
     def entries(self, lo: LogIndex, hi: LogIndex, max_bytes: int | None = None) -> list[Entry]:
         """Entries in [lo, hi), stopping before the total `entry_size` would exceed
-        `max_bytes`; at least one entry whenever lo < hi.
+        `max_bytes` (None: no limit); at least one entry whenever lo < hi.
 
         Raises CompactedError if lo < first_index, UnavailableError if hi > last_index + 1.
         """
         ...
-
-
-class LogStore(LogView, Protocol):
-    """A log that can be changed.  Every call is one atomic, durable transaction."""
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Make the log `log[:entries[0].index] + entries`.
@@ -160,11 +174,6 @@ class RaftStorage(LogStore, StableStore, Protocol):
     def close(self) -> None:
         """Release the store; further calls raise StorageClosedError."""
         ...
-
-
-def entry_size(entry: Entry) -> int:
-    """What an entry counts against `entries(max_bytes=...)`."""
-    return len(entry.data) + ENTRY_OVERHEAD
 
 
 # --- encoding shared by every implementation --------------------------------------------------

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from coord.kv.commands import Put
-from coord.kv.lmdb_state import KVStoreError, LmdbKVStore
+from coord.kv.lmdb_state import KVStoreError, KVStoreFullError, LmdbKVStore
 from coord.kv.machine import KVStateMachine
 from coord.kv.store import MemoryKVStore
 from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord
@@ -169,6 +169,21 @@ def test_lmdb_env_is_atomic_per_commit_and_durable_at_checkpoint(tmp_path: Path)
         assert env is not None
         flags = env.flags()
         assert flags["sync"] and not flags["metasync"] and not flags["writemap"]
+
+
+def test_lmdb_kv_full_map_aborts_the_batch(tmp_path: Path) -> None:
+    log = Log()
+    log.register()
+    for seq in range(1, 11):
+        log.request(ClientId(1), seq, Put(b"k%d" % seq, bytes(200_000)), acked=seq - 1)
+    with LmdbKVStore(tmp_path, map_size=1 << 20) as store:
+        machine = KVStateMachine(store, CONFIG)
+        machine.apply(log.entries[:1])
+        with pytest.raises(KVStoreFullError):
+            machine.apply(log.entries[1:])
+        assert machine.applied_index == 1
+        machine.apply(log.entries[1:2])
+        assert machine.applied_index == 2
 
 
 def test_lmdb_kv_refuses_another_format(tmp_path: Path) -> None:

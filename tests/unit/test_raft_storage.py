@@ -29,6 +29,7 @@ from coord.raft.storage import (
     RaftStorage,
     StorageClosedError,
     StorageError,
+    StorageFullError,
     StorageInvariantError,
     UnavailableError,
     entry_size,
@@ -404,6 +405,17 @@ def test_lmdb_refuses_a_store_of_another_format(tmp_path: Path) -> None:
         env.close()
     with pytest.raises(StorageError):
         LmdbRaftStorage(tmp_path, map_size=MAP_SIZE)
+
+
+def test_lmdb_full_map_aborts_the_write_and_keeps_the_store_usable(tmp_path: Path) -> None:
+    with LmdbRaftStorage(tmp_path, map_size=1 << 20) as s:
+        s.append(run(1, 2, 1))
+        before = snapshot(s)
+        with pytest.raises(StorageFullError):
+            s.append([ent(i, 1, bytes(200_000)) for i in range(3, 13)])
+        assert snapshot(s) == before
+        s.append(run(3, 3, 1))
+        assert s.last_index() == 3
 
 
 def test_lmdb_persist_survives_a_killed_process(tmp_path: Path) -> None:

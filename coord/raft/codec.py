@@ -1,0 +1,186 @@
+"""Wire form of Raft messages: a compact msgpack array per message.
+
+Invariants: `decode(encode(m)) == m` for every message; decoding a peer's
+bytes either returns a fully type-checked message or raises `CodecError`
+(never TypeError/IndexError from deep inside), so a malformed frame from a
+peer is dropped and logged by the driver, never a crash.  Tags are part of
+the protocol between versions: add new ones, never renumber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from coord.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    ReadCtx,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+)
+from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid Raft message batch."""
+
+
+_TAGS: dict[type, int] = {
+    RequestVote: 1,
+    RequestVoteResponse: 2,
+    AppendEntries: 3,
+    AppendEntriesResponse: 4,
+    Heartbeat: 5,
+    HeartbeatResponse: 6,
+    ReadIndexRequest: 7,
+    ReadIndexResponse: 8,
+}
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int or v < 0:
+        raise CodecError(f"expected a non-negative int, got {v!r:.40}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise CodecError(f"expected a bool, got {v!r:.40}")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise CodecError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _entry(raw: Any) -> Entry:
+    if type(raw) is not list or len(raw) != 4:
+        raise CodecError("an entry is [term, index, kind, data]")
+    term, index, kind, data = raw
+    try:
+        ekind = EntryKind(_int(kind))
+    except ValueError:
+        raise CodecError(f"unknown entry kind {kind!r}") from None
+    return Entry(Term(_int(term)), LogIndex(_int(index)), ekind, _bytes(data))
+
+
+def _encode_one(m: Message) -> list[Any]:
+    head = [_TAGS[type(m)], m.src, m.dst, m.term]
+    match m:
+        case RequestVote():
+            return [*head, m.last_log_index, m.last_log_term, m.pre_vote]
+        case RequestVoteResponse():
+            return [*head, m.granted, m.pre_vote]
+        case AppendEntries():
+            entries = [[e.term, e.index, int(e.kind), e.data] for e in m.entries]
+            return [*head, m.prev_log_index, m.prev_log_term, entries, m.leader_commit]
+        case AppendEntriesResponse():
+            return [*head, m.success, m.match_index, m.reject_index, m.hint_index, m.hint_term]
+        case Heartbeat():
+            return [*head, m.commit, m.read_round]
+        case HeartbeatResponse():
+            return [*head, m.read_round]
+        case ReadIndexRequest():
+            return [*head, bytes(m.ctx)]
+        case ReadIndexResponse():
+            return [*head, bytes(m.ctx), m.index]
+
+
+def _ids(raw: list[Any]) -> tuple[NodeId, NodeId, Term]:
+    return NodeId(_int(raw[1])), NodeId(_int(raw[2])), Term(_int(raw[3]))
+
+
+def _d_vote(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return RequestVote(s, d, t, LogIndex(_int(r[4])), Term(_int(r[5])), _bool(r[6]))
+
+
+def _d_vote_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return RequestVoteResponse(s, d, t, _bool(r[4]), _bool(r[5]))
+
+
+def _d_append(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    if type(r[6]) is not list:
+        raise CodecError("entries must be a list")
+    entries = tuple(_entry(e) for e in r[6])
+    return AppendEntries(s, d, t, LogIndex(_int(r[4])), Term(_int(r[5])), entries,
+                         LogIndex(_int(r[7])))
+
+
+def _d_append_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return AppendEntriesResponse(s, d, t, _bool(r[4]), LogIndex(_int(r[5])),
+                                 LogIndex(_int(r[6])), LogIndex(_int(r[7])), Term(_int(r[8])))
+
+
+def _d_hb(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return Heartbeat(s, d, t, LogIndex(_int(r[4])), _int(r[5]))
+
+
+def _d_hb_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return HeartbeatResponse(s, d, t, _int(r[4]))
+
+
+def _d_read(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return ReadIndexRequest(s, d, t, ReadCtx(_bytes(r[4])))
+
+
+def _d_read_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return ReadIndexResponse(s, d, t, ReadCtx(_bytes(r[4])), LogIndex(_int(r[5])))
+
+
+# tag -> (number of array items, decoder)
+_DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
+    1: (7, _d_vote),
+    2: (6, _d_vote_resp),
+    3: (8, _d_append),
+    4: (9, _d_append_resp),
+    5: (6, _d_hb),
+    6: (5, _d_hb_resp),
+    7: (5, _d_read),
+    8: (6, _d_read_resp),
+}
+
+
+def encode_batch(messages: Sequence[Message]) -> bytes:
+    """One payload for several messages to the same peer (one frame, one syscall)."""
+    out: bytes = msgpack.packb([_encode_one(m) for m in messages], use_bin_type=True)
+    return out
+
+
+def decode_batch(payload: bytes) -> list[Message]:
+    """The messages of a batch; raises CodecError on anything malformed."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated classes
+        raise CodecError(f"not msgpack: {exc}") from None
+    if type(raw) is not list:
+        raise CodecError("a batch is a list of messages")
+    out: list[Message] = []
+    for item in raw:
+        if type(item) is not list or not item or type(item[0]) is not int:
+            raise CodecError("a message is a non-empty list starting with its tag")
+        found = _DECODERS.get(item[0])
+        if found is None:
+            raise CodecError(f"unknown message tag {item[0]}")
+        size, decode = found
+        if len(item) != size:
+            raise CodecError(f"message tag {item[0]} needs {size} items, got {len(item)}")
+        out.append(decode(item))
+    return out

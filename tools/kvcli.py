@@ -1,0 +1,95 @@
+"""`ddfs kv`: talk to the replicated KV store like etcdctl.
+
+    ddfs kv put KEY VALUE        prints OK (and the revision with -v)
+    ddfs kv get KEY              prints KEY and VALUE on two lines; nothing if absent
+    ddfs kv del KEY              prints 1 or 0 (keys deleted)
+    ddfs kv cas KEY EXPECTED NEW prints OK or FAILED (exit 1); EXPECTED "" means absent
+    ddfs kv range START [END]    prints KEY and VALUE lines for START <= key < END
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tools.common import add_endpoints_argument, add_secret_argument
+
+    add_endpoints_argument(parser)
+    add_secret_argument(parser)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per operation")
+    sub = parser.add_subparsers(dest="op", required=True, metavar="OP")
+    p = sub.add_parser("put", help="set KEY to VALUE")
+    p.add_argument("key")
+    p.add_argument("value")
+    p = sub.add_parser("get", help="read KEY (linearizable)")
+    p.add_argument("key")
+    p = sub.add_parser("del", help="delete KEY")
+    p.add_argument("key")
+    p = sub.add_parser("cas", help="compare-and-set")
+    p.add_argument("key")
+    p.add_argument("expected")
+    p.add_argument("new")
+    p = sub.add_parser("range", help="list keys in [START, END)")
+    p.add_argument("start")
+    p.add_argument("end", nargs="?", default=None)
+    p.add_argument("--limit", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from coord.kv.remote import KvClient, KvError
+    from tools.cli import UserError
+    from tools.common import parse_endpoints, read_secret, rpc_client
+
+    secret = read_secret(args)
+    endpoints = parse_endpoints(args.endpoints)
+
+    async def main() -> int:
+        async with rpc_client(secret) as rpc:
+            kv = KvClient(rpc, endpoints, timeout=args.timeout)
+            if args.op in ("get", "range"):
+                return await _read(kv, args)
+            await kv.open()
+            return await _write(kv, args)
+
+    try:
+        return trio.run(main)
+    except KvError as exc:
+        raise UserError(str(exc)) from None
+
+
+async def _read(kv: object, args: argparse.Namespace) -> int:
+    from coord.kv.remote import KvClient
+
+    assert isinstance(kv, KvClient)
+    if args.op == "get":
+        found = await kv.get(args.key.encode())
+        if found is not None:
+            sys.stdout.write(f"{args.key}\n{found.value.decode(errors='replace')}\n")
+        return 0
+    end = args.end.encode() if args.end is not None else None
+    result = await kv.range(args.start.encode(), end, args.limit)
+    for item in result.kvs:
+        sys.stdout.write(f"{item.key.decode(errors='replace')}\n"
+                         f"{item.value.decode(errors='replace')}\n")
+    return 0
+
+
+async def _write(kv: object, args: argparse.Namespace) -> int:
+    from coord.kv.remote import KvClient
+
+    assert isinstance(kv, KvClient)
+    if args.op == "put":
+        await kv.put(args.key.encode(), args.value.encode())
+        print("OK")
+        return 0
+    if args.op == "del":
+        print(1 if (await kv.delete(args.key.encode())).deleted else 0)
+        return 0
+    expected = args.expected.encode() if args.expected != "" else None
+    ok = (await kv.cas(args.key.encode(), expected, args.new.encode())).succeeded
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1

@@ -1,0 +1,95 @@
+"""`ddfs meta`: run one metadata server (a member of the Raft group).
+
+    ddfs meta --id 1 --members 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
+              --data /var/lib/ddfs/meta1 --secret-file /etc/ddfs/secret
+
+or `ddfs meta --config meta.toml` with the same keys (id, members as a table
+of id -> address, data, secret_file, and optional [raft] timings).  SIGTERM
+and SIGINT stop it gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import tomllib
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ddfs.meta")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tools.common import add_secret_argument
+
+    parser.add_argument("--config", type=Path, help="TOML file with the options below")
+    parser.add_argument("--id", type=int, help="this member's id")
+    parser.add_argument("--members", help="ID=HOST:PORT,... for every member, this one included")
+    parser.add_argument("--data", type=Path, help="data folder (Raft log and state)")
+    parser.add_argument("--election-timeout", type=float, default=None,
+                        help="minimum election timeout in seconds (default 1.0)")
+    add_secret_argument(parser)
+
+
+def _load(args: argparse.Namespace) -> dict[str, Any]:
+    from tools.cli import UserError
+
+    conf: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            conf = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"cannot read {args.config}: {exc}") from None
+        if "members" in conf and isinstance(conf["members"], dict):
+            conf["members"] = ",".join(f"{k}={v}" for k, v in conf["members"].items())
+        if "secret_file" in conf and args.secret_file is None:
+            args.secret_file = Path(conf["secret_file"])
+    for key in ("id", "members", "data"):
+        value = getattr(args, key)
+        if value is not None:
+            conf[key] = value
+        if key not in conf:
+            raise UserError(f"missing --{key} (or `{key}` in the config file)")
+    return conf
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from coord.kv.server import MemberConfig, serve_member
+    from coord.raft.config import RaftConfig
+    from coord.raft.types import NodeId
+    from tools.cli import UserError
+    from tools.common import parse_members, read_secret
+
+    conf = _load(args)
+    raft_conf = dict(conf.get("raft", {}))
+    if args.election_timeout is not None:
+        raft_conf["election_timeout_min"] = args.election_timeout
+        raft_conf["election_timeout_max"] = 2 * args.election_timeout
+    try:
+        config = MemberConfig(
+            node_id=NodeId(int(conf["id"])), members=parse_members(str(conf["members"])),
+            data_dir=Path(conf["data"]), secret=read_secret(args), raft=RaftConfig(**raft_conf),
+        ).validate()
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_member, config)
+            log.warning("meta %d serving on %s", config.node_id, address)
+            print(f"ddfs meta {config.node_id}: ready on {address}", flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.warning("meta %d: %s, stopping", config.node_id,
+                                signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise UserError(f"meta {config.node_id}: {exc}") from None
+    return 0

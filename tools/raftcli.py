@@ -1,0 +1,51 @@
+"""`ddfs raft status`: term, role, leader, commit/applied index, lag per follower."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tools.common import add_endpoints_argument, add_secret_argument
+
+    add_endpoints_argument(parser)
+    add_secret_argument(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per member")
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from coord.raft.rpc import RaftStatus
+    from coord.rpc import RpcError
+    from tools.common import parse_endpoints, read_secret, rpc_client
+
+    secret = read_secret(args)
+    endpoints = parse_endpoints(args.endpoints)
+
+    async def main() -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        async with rpc_client(secret) as rpc:
+            for address in endpoints:
+                try:
+                    reply = await rpc.call(address, RaftStatus(), timeout=2.0)
+                    rows.append(json.loads(reply.json))
+                except RpcError as exc:
+                    rows.append({"address": address, "error": str(exc)})
+        return rows
+
+    rows = trio.run(main)
+    if args.json:
+        print(json.dumps(rows))
+        return 0 if all("error" not in r for r in rows) else 1
+    print(f"{'id':>3} {'address':<21} {'role':<13} {'term':>5} {'leader':>6} "
+          f"{'commit':>8} {'applied':>8}  lag")
+    for r in rows:
+        if "error" in r:
+            print(f"{'?':>3} {r['address']!s:<21} unreachable: {r['error']}")
+            continue
+        lag = ", ".join(f"{p}:{n}" for p, n in dict(r["lag"]).items())  # type: ignore[call-overload]
+        print(f"{r['id']!s:>3} {r['address']!s:<21} {r['role']!s:<13} {r['term']!s:>5} "
+              f"{r['leader']!s:>6} {r['commit_index']!s:>8} {r['applied_index']!s:>8}  {lag}")
+    return 0 if all("error" not in r for r in rows) else 1

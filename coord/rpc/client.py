@@ -56,6 +56,7 @@ from coord.wire.errors import (
 )
 from coord.wire.frame import NO_BUDGET, Frame, FrameKind
 from coord.wire.schema import (
+    Converter,
     FieldTypeError,
     NotificationSpec,
     Request,
@@ -114,10 +115,15 @@ class _Connection:
         self._next_id = rid + 1
         waiter = _Waiter()
         self._waiters[rid] = waiter
+        fs = self.fs
         try:
             with trio.move_on_at(deadline):
-                self.fs.queue_frame(FrameKind.REQUEST, rid, budget_us, body)
-                await self.flush()
+                fs.queue_frame(FrameKind.REQUEST, rid, budget_us, body)
+                try:
+                    await fs.flush()
+                except BaseException:
+                    await self._after_failed_flush()
+                    raise
                 return await self._wait(waiter)
             if cancel_on_timeout:
                 await self._send_cancel(rid)
@@ -133,11 +139,14 @@ class _Connection:
         try:
             await self.fs.flush()
         except BaseException:
-            # An interrupted or failed write leaves the byte stream unusable.
-            broken = self.fs.broken
-            if broken is not None and self.error is None:
-                await self._die(broken)
+            await self._after_failed_flush()
             raise
+
+    async def _after_failed_flush(self) -> None:
+        # An interrupted or failed write leaves the byte stream unusable.
+        broken = self.fs.broken
+        if broken is not None and self.error is None:
+            await self._die(broken)
 
     async def _send_cancel(self, rid: int) -> None:
         """Best effort: tell the server to stop working on `rid`."""
@@ -147,6 +156,8 @@ class _Connection:
                 await self.flush()
 
     async def _wait(self, waiter: _Waiter) -> Frame:
+        """Wait for `waiter`'s reply, reading the connection ourselves if nobody is."""
+        fs = self.fs
         while waiter.frame is None:
             if waiter.error is not None:
                 raise waiter.error
@@ -154,43 +165,43 @@ class _Connection:
                 event = waiter.event = trio.Event()
                 await event.wait()
                 waiter.event = None
-            else:
-                await self._read_until(waiter)
+                continue
+            self._reading = True
+            try:
+                while waiter.frame is None and self.error is None:
+                    try:
+                        frame = await fs.receive()
+                    except RpcError as exc:
+                        await self._die(exc)
+                        break
+                    if frame is None:
+                        await self._die(ConnectionLost(
+                            f"node {self.peer.node_id} closed the connection"))
+                        break
+                    problem = self._dispatch(frame)
+                    if problem is not None:
+                        await self._die(problem)
+            finally:
+                self._reading = False
+                for other in self._waiters.values():  # hand the reader role on
+                    if other.event is not None and other.frame is None:
+                        other.event.set()
+                        break
         return waiter.frame
 
-    async def _read_until(self, waiter: _Waiter) -> None:
-        self._reading = True
-        try:
-            while waiter.frame is None and self.error is None:
-                try:
-                    frame = await self.fs.receive()
-                except RpcError as exc:
-                    await self._die(exc)
-                    return
-                if frame is None:
-                    await self._die(ConnectionLost(f"node {self.peer.node_id} closed the "
-                                                   "connection"))
-                    return
-                await self._dispatch(frame)
-        finally:
-            self._reading = False
-            for other in self._waiters.values():  # hand the reader role on
-                if other.event is not None and other.frame is None:
-                    other.event.set()
-                    break
-
-    async def _dispatch(self, frame: Frame) -> None:
-        if frame.kind in (FrameKind.RESPONSE, FrameKind.ERROR):
+    def _dispatch(self, frame: Frame) -> RpcError | None:
+        """Deliver a reply to its waiter; return an error that must end the connection."""
+        if frame.kind is FrameKind.RESPONSE or frame.kind is FrameKind.ERROR:
             waiter = self._waiters.get(frame.request_id)
             if waiter is not None:
                 waiter.frame = frame
                 if waiter.event is not None:
                     waiter.event.set()
-            elif frame.request_id == 0 and frame.kind == FrameKind.ERROR:
-                await self._die(_error_of(frame))  # the server says why it closes
+            elif frame.request_id == 0 and frame.kind is FrameKind.ERROR:
+                return _error_of(frame)  # the server says why it closes
             # else: the reply to a call we gave up on; drop it.
-        else:
-            await self._die(ProtocolError(f"unexpected {frame.kind.name} frame from server"))
+            return None
+        return ProtocolError(f"unexpected {frame.kind.name} frame from server")
 
     async def _die(self, exc: RpcError) -> None:
         if self.error is not None:
@@ -292,20 +303,21 @@ class RpcClient:
         `RemoteError` (with the server's code), `ReplyExpired`,
         `ProtocolError`.
         """
-        spec = spec_of(type(request))
-        if not isinstance(spec, RequestSpec):
-            raise TypeError(f"{type(request).__qualname__} is a notification; use notify()")
+        info = _CALL_INFO.get(type(request))
+        if info is None:
+            info = _call_info(type(request))
+        spec, encode, decode = info
         if deadline is None:
             deadline = trio.current_time() + (
                 timeout if timeout is not None else self.config.default_timeout
             )
-        fields = codec(spec.request_type).encode(request)
+        fields = encode(request)
         if spec.semantics is Semantics.AT_MOST_ONCE:
             frame = await self._call_at_most_once(address, spec, fields, deadline)
         else:
             frame = await self._call_retrying(address, spec, fields, deadline)
         try:
-            reply: R = codec(spec.reply_type).decode(_unpack(frame.body, "RESPONSE"))
+            reply: R = decode(_unpack(frame.body, "RESPONSE"))
         except FieldTypeError as exc:
             raise ProtocolError(f"{spec.method} reply does not match its type: {exc}") from None
         return reply
@@ -511,6 +523,19 @@ class RpcClient:
             raise ProtocolError(f"{what}: expected WELCOME, got {welcome.kind.name}")
         assert hs.server is not None
         return hs.server
+
+
+_CALL_INFO: dict[type, tuple[RequestSpec, Converter, Converter]] = {}
+
+
+def _call_info(request_type: type) -> tuple[RequestSpec, Converter, Converter]:
+    """Spec and codecs of a request type, looked up once (the call path is hot)."""
+    spec = spec_of(request_type)
+    if not isinstance(spec, RequestSpec):
+        raise TypeError(f"{request_type.__qualname__} is a notification; use notify()")
+    info = (spec, codec(spec.request_type).encode, codec(spec.reply_type).decode)
+    _CALL_INFO[request_type] = info
+    return info
 
 
 def _remove(pools: dict[str, _Pool], address: str, conn: _Connection) -> None:

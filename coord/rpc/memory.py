@@ -49,12 +49,14 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 class MemoryNetwork:
     """Addresses are arbitrary strings.  Implements the `Connector` protocol.
 
-    `wrap_client`, if set, wraps every client-side stream (fault injection).
+    `wrap_client` / `wrap_server`, if set, wrap every client-side / server-side
+    stream (fault injection: wrap the end whose *sends* should suffer).
     """
 
     def __init__(self) -> None:
         self._listeners: dict[str, MemoryListener] = {}
         self.wrap_client: Callable[[str, trio.abc.Stream], trio.abc.Stream] | None = None
+        self.wrap_server: Callable[[str, trio.abc.Stream], trio.abc.Stream] | None = None
         self.connects = 0  # successful connects, for tests
 
     def listen(self, address: str) -> MemoryListener:
@@ -72,7 +74,11 @@ class MemoryNetwork:
         listener = self._listeners.get(address)
         if listener is None:
             raise ConnectionRefusedError(f"nobody listens at {address}")
+        client_end: trio.abc.Stream
+        server_end: trio.abc.Stream
         client_end, server_end = trio.testing.memory_stream_pair()
+        if self.wrap_server is not None:
+            server_end = self.wrap_server(address, server_end)
         listener.offer(server_end)
         self.connects += 1
         if self.wrap_client is not None:

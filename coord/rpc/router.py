@@ -40,16 +40,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 _MARK = "_ddfs_rpc_handles"
 
 
-@dataclass(frozen=True, slots=True)
 class CallContext:
-    """What a handler knows about the call besides its arguments."""
+    """What a handler knows about the call besides its arguments.  Read-only.
 
-    peer: PeerInfo  # the authenticated caller
-    method: str
-    request_id: int  # 0 for notifications
-    lamport: int  # our Lamport time after merging the message's stamp
-    budget: float | None  # the caller's remaining budget when the frame arrived (seconds)
-    deadline: float  # the same budget as a trio-clock deadline (inf: none)
+    A plain slotted class rather than a frozen dataclass: one is built per
+    call on the server's hot path, and frozen construction costs a
+    `object.__setattr__` per field.
+    """
+
+    __slots__ = ("budget", "deadline", "lamport", "method", "peer", "request_id")
+
+    def __init__(
+        self, peer: PeerInfo, method: str, request_id: int, lamport: int,
+        budget: float | None, deadline: float,
+    ) -> None:
+        self.peer = peer  # the authenticated caller
+        self.method = method
+        self.request_id = request_id  # 0 for notifications
+        self.lamport = lamport  # our Lamport time after merging the message's stamp
+        self.budget = budget  # the caller's remaining budget on arrival (seconds), or None
+        self.deadline = deadline  # the same budget as a trio-clock deadline (inf: none)
+
+    def __repr__(self) -> str:
+        return (f"CallContext(peer={self.peer}, method={self.method!r}, "
+                f"request_id={self.request_id}, budget={self.budget})")
 
     def remaining(self) -> float:
         """Seconds left before the caller gives up (inf if it set no deadline)."""

@@ -277,7 +277,7 @@ class RpcServer:
             if frame is None:
                 # Nothing more buffered: send the replies of inline handlers in one write.
                 await fs.flush()
-                frame = await fs.receive()
+                frame = await fs.receive_more()
                 if frame is None:
                     return
             if frame.sender != peer_id:

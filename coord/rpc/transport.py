@@ -107,7 +107,10 @@ class FrameStream:
         try:
             while self._out:
                 batch, self._out = self._out, []
-                await self._write(batch)
+                if len(batch) == 1:  # the common case, without another coroutine layer
+                    await self.stream.send_all(batch[0])
+                else:
+                    await self._write(batch)
         except BaseException as exc:
             self._out.clear()
             self._broken = ConnectionLost(f"send failed: {exc!r}")
@@ -118,9 +121,6 @@ class FrameStream:
             self._sending = False
 
     async def _write(self, batch: list[bytes]) -> None:
-        if len(batch) == 1:
-            await self.stream.send_all(batch[0])
-            return
         small: list[bytes] = []
         for item in batch:
             if len(item) > _COALESCE_LIMIT:
@@ -147,12 +147,16 @@ class FrameStream:
         stream that ends inside a frame) and `ConnectionLost` if the stream
         breaks.
         """
+        frame = self._decoder.next_frame()
+        if frame is not None:
+            self.clock.observe(frame.lamport)
+            return frame
+        return await self.receive_more()
+
+    async def receive_more(self) -> Frame | None:
+        """Like `receive`, for callers that just saw `poll()` return None."""
         decoder = self._decoder
         while True:
-            frame = decoder.next_frame()
-            if frame is not None:
-                self.clock.observe(frame.lamport)
-                return frame
             try:
                 data = await self.stream.receive_some(decoder.receive_hint())
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -161,6 +165,10 @@ class FrameStream:
                 decoder.eof()
                 return None
             decoder.feed(data if type(data) is bytes else bytes(data))
+            frame = decoder.next_frame()
+            if frame is not None:
+                self.clock.observe(frame.lamport)
+                return frame
 
     async def aclose(self) -> None:
         if self._broken is None:

@@ -124,14 +124,17 @@ async def _serve_main() -> None:
         echo_port = echo_listeners[0].socket.getsockname()[1]
         print(f"PORTS {rpc_addr[1]} {echo_port}", flush=True)
         # Exit when the parent goes away (our stdin closes).
-        await trio.wrap_file(sys.stdin).read()
+        await trio.to_thread.run_sync(sys.stdin.read)
         nursery.cancel_scope.cancel()
 
 
 # --- callers ------------------------------------------------------------------
 
 
-async def _timed(seconds: float, callers: int, setup: Callable[[int], Awaitable[Callable[[], Awaitable[int]]]]) -> float:
+Op = Callable[[], Awaitable[int]]  # one round trip; returns operations (or bytes) done
+
+
+async def _timed(seconds: float, callers: int, setup: Callable[[int], Awaitable[Op]]) -> float:
     """Run `callers` loops for `seconds`; return completed operations (or bytes) per second."""
     ops = [await setup(i) for i in range(callers)]
     total = 0
@@ -185,11 +188,7 @@ async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, 
     async def setup(i: int) -> Callable[[], Awaitable[int]]:
         client = RpcClient(ClientConfig(node_id=100 + i, secret=secret), TcpConnector())
         clients.append(client)
-        if size <= SMALL:
-            message: Echo | Put = Echo(payload)
-        else:
-            message = Put(payload)
-        await client.call(address, message)  # connect and authenticate before timing
+        await client.call(address, Echo(b""))  # connect and authenticate before timing
 
         async def small() -> int:
             reply = await client.call(address, Echo(payload))
@@ -210,7 +209,9 @@ async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, 
             await client.aclose()
 
 
-async def _bench(rpc_port: int, echo_port: int, secret: bytes, args: argparse.Namespace) -> dict[str, float]:
+async def _bench(
+    rpc_port: int, echo_port: int, secret: bytes, args: argparse.Namespace
+) -> dict[str, float]:
     address = f"127.0.0.1:{rpc_port}"
     s, n = args.seconds, args.callers
     return {

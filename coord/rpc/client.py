@@ -371,17 +371,22 @@ class RpcClient:
 
     async def _attempt(
         self, address: str, body: bytes, deadline: float, *, final: bool,
-        on_sent: Callable[[], None] | None = None,
+        at_most_once: bool = False, on_sent: Callable[[], None] | None = None,
     ) -> Frame:
         now = trio.current_time()
         if now >= deadline:
             raise Timeout("deadline passed")
         end = deadline if final else min(deadline, now + self.config.attempt_timeout)
         conn = await self._connection(address, end)
+        # An at-most-once execution gets the whole remaining budget: a retransmission
+        # only re-asks for its result, so cutting it at the attempt timeout would just
+        # cache a TIMEOUT.  A retried at-least-once attempt runs anew, so the old one
+        # is cut at the attempt's end rather than left running beside it.
+        budget_end = deadline if at_most_once else end
         if on_sent is not None:
             on_sent()
         frame = await conn.exchange(
-            body, int((end - trio.current_time()) * 1_000_000), end,
+            body, int((budget_end - trio.current_time()) * 1_000_000), end,
             cancel_on_timeout=end >= deadline,
         )
         if frame.kind == FrameKind.ERROR:
@@ -408,7 +413,8 @@ class RpcClient:
                 was_delivered = delivered
                 try:
                     return await self._attempt(address, body, deadline,
-                                               final=attempt >= attempts, on_sent=mark_sent)
+                                               final=attempt >= attempts, at_most_once=True,
+                                               on_sent=mark_sent)
                 except RemoteError as exc:
                     if exc.code != ErrorCode.SESSION_UNKNOWN:
                         await self._before_retry(exc, spec, address, attempt, attempts=attempts,

@@ -111,17 +111,19 @@ async def test_client_with_wrong_secret_is_refused_on_both_ends(
 async def test_server_with_wrong_secret_is_refused_on_both_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with running_server(secret=b"server-has-another-secret") as cluster:
-        async with RpcClient(client_config(), cluster.net) as client:
-            with caplog.at_level(logging.WARNING, logger="coord.rpc.server"), pytest.raises(
-                AuthenticationError, match="cluster secret mismatch"
-            ) as info:
-                await client.call(ADDR, Echo(b"x"))
-            assert "server node 1" in str(info.value)
-            with trio.fail_after(5):
-                while not any("client refused our proof" in r.getMessage()
-                              for r in caplog.records):
-                    await trio.sleep(0.01)
+    async with (
+        running_server(secret=b"server-has-another-secret") as cluster,
+        RpcClient(client_config(), cluster.net) as client,
+    ):
+        with caplog.at_level(logging.WARNING, logger="coord.rpc.server"), pytest.raises(
+            AuthenticationError, match="cluster secret mismatch"
+        ) as info:
+            await client.call(ADDR, Echo(b"x"))
+        assert "server node 1" in str(info.value)
+        with trio.fail_after(5):
+            while not any("client refused our proof" in r.getMessage()
+                          for r in caplog.records):
+                await trio.sleep(0.01)
 
 
 async def test_authentication_errors_are_not_retried() -> None:

@@ -22,7 +22,7 @@ from coord.rpc import (
     is_transient,
 )
 from coord.rpc.client import RpcClient
-from coord.wire.frame import Frame, FrameKind
+from coord.wire.frame import Frame
 from tests.unit.test_rpc_common import (
     ADDR,
     BumpAtLeastOnce,
@@ -97,7 +97,7 @@ async def test_server_sees_remaining_budget_and_cancels_at_it(
 ) -> None:
     async with running_server() as cluster, cluster.client(attempt_timeout=10.0) as client:
         start = trio.current_time()
-        with pytest.raises(Timeout, match="test.sleep"):
+        with pytest.raises(Timeout, match=r"test\.sleep"):
             await client.call(ADDR, Sleep(100.0, key="slow"), timeout=3.0)
         assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
         assert len(cluster.service.budgets) == 1  # the one attempt had the whole budget

@@ -88,7 +88,7 @@ class LmdbRaftStorage:
             str(path),
             map_size=map_size,
             max_dbs=2,
-            sync=False,  # commit = fdatasync of the data pages ...
+            sync=True,  # commit = fdatasync of the data pages ...
             metasync=True,  # ... and of the meta page: durable on return
             writemap=False,  # a stray write through the map cannot corrupt the file
             readahead=False,  # random reads of recent entries; readahead only wastes cache
@@ -154,11 +154,12 @@ class LmdbRaftStorage:
         return self._bounds[1]
 
     def term(self, index: LogIndex) -> Term:
+        env = self._e()
         first, last, snap_term = self._bounds
         if index == first - 1:
             return snap_term
         check_range(index, LogIndex(index + 1), first, last)
-        with self._e().begin(db=self._log) as txn:
+        with env.begin(db=self._log) as txn:
             raw = txn.get(index_key(index))
         if raw is None:  # truncated by a concurrent writer after we read the bounds
             raise UnavailableError(f"entry {index} is gone")
@@ -166,11 +167,12 @@ class LmdbRaftStorage:
         return Term(term)
 
     def entries(self, lo: LogIndex, hi: LogIndex, max_bytes: int | None = None) -> list[Entry]:
+        env = self._e()
         first, last, _ = self._bounds
         check_range(lo, hi, first, last)
         if lo == hi:
             return []
-        with self._e().begin(db=self._log) as txn:
+        with env.begin(db=self._log) as txn:
             out = take_within(self._scan(txn, lo, hi), max_bytes)
         if max_bytes is None and len(out) != hi - lo:
             raise UnavailableError(f"entries [{lo}, {hi}) changed under the read")

@@ -275,7 +275,7 @@ def take_within(entries: Iterable[Entry], max_bytes: int | None) -> list[Entry]:
 
 
 class _MemoryDisk:
-    """What a MemoryRaftStorage has "on disk"; survives `reopen`."""
+    """What a MemoryRaftStorage has "on disk"; survives `crash`."""
 
     __slots__ = ("hard_state", "log", "snap_index", "snap_term", "terms")
 
@@ -295,7 +295,7 @@ class MemoryRaftStorage:
     does in LMDB.  Each mutation first does everything that can fail (checks,
     encoding) and only then changes the disk image with operations that cannot
     fail: that is the "commit", so a failure mid-call leaves nothing behind.
-    `reopen()` models a crash and restart: the old handle dies, the new one
+    `crash()` models a crash and restart: the old handle dies, the new one
     sees exactly what was persisted (every call is durable when it returns,
     so there is nothing else to lose).
     """
@@ -308,8 +308,9 @@ class MemoryRaftStorage:
             raise StorageClosedError("storage closed")
         return self._disk
 
-    def reopen(self) -> MemoryRaftStorage:
-        """Crash and restart: this handle is closed, the returned one sees the persisted state."""
+    def crash(self) -> MemoryRaftStorage:
+        """Crash and restart: this handle is closed, the returned one sees the persisted state
+        (every call was durable when it returned, so that is everything that returned)."""
         disk = self._d()
         self._disk = None
         return MemoryRaftStorage(disk)

@@ -54,7 +54,7 @@ class Harness:
 
     def restart(self) -> RaftStorage:
         if isinstance(self.store, MemoryRaftStorage):
-            self.store = self.store.reopen()
+            self.store = self.store.crash()
         else:
             self.store.close()
             self.store = LmdbRaftStorage(self.path, map_size=MAP_SIZE)
@@ -367,6 +367,7 @@ def test_a_closed_store_refuses_every_call(harness: Harness) -> None:
         lambda: s.term(LogIndex(1)),
         lambda: s.entries(LogIndex(1), LogIndex(2)),
         s.load,
+        lambda: s.term(LogIndex(0)),
         lambda: s.append(run(3, 3, 1)),
     ]
     for call in calls:
@@ -480,7 +481,7 @@ def test_twin_and_lmdb_agree(ops: list[tuple[object, ...]]) -> None:
         try:
             for op in ops:
                 assert _apply_op(twin, op) == _apply_op(real, op), op
-            twin = twin.reopen()
+            twin = twin.crash()
             real.close()
             real = LmdbRaftStorage(tmp, map_size=MAP_SIZE)
             assert snapshot(twin) == snapshot(real)

@@ -96,7 +96,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,9 @@
     ddfs kv del KEY              prints 1 or 0 (keys deleted)
     ddfs kv cas KEY EXPECTED NEW prints OK or FAILED (exit 1); EXPECTED "" means absent
     ddfs kv range START [END]    prints KEY and VALUE lines for START <= key < END
+    ddfs kv txn --if 'value(k1) = v1' --if 'version(k2) > 0' \
+                --then 'put k1 v2' --then 'del k3' --else 'get k1'
+                                 prints SUCCEEDED or FAILED (exit 1), then the ops' results
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("start")
     p.add_argument("end", nargs="?", default=None)
     p.add_argument("--limit", type=int, default=0)
+    p = sub.add_parser("txn", help="if all compares hold run --then ops, else --else ops")
+    p.add_argument("--if", dest="compares", action="append", default=[],
+                   metavar="TARGET(KEY) OP OPERAND",
+                   help="TARGET is value, version, create or mod; OP is =, !=, < or >")
+    p.add_argument("--then", dest="then", action="append", default=[], metavar="OP",
+                   help="'put KEY VALUE', 'del KEY', 'get KEY' or 'range START [END]'")
+    p.add_argument("--else", dest="otherwise", action="append", default=[], metavar="OP")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +99,12 @@ async def _write(kv: object, args: argparse.Namespace) -> int:
     if args.op == "del":
         print(1 if (await kv.delete(args.key.encode())).deleted else 0)
         return 0
+    if args.op == "txn":
+        from tools.kvtxn import parse_txn, show_txn_result
+
+        result = await kv.txn(parse_txn(args.compares, args.then, args.otherwise))
+        show_txn_result(result)
+        return 0 if result.succeeded else 1
     expected = args.expected.encode() if args.expected != "" else None
     ok = (await kv.cas(args.key.encode(), expected, args.new.encode())).succeeded
     print("OK" if ok else "FAILED")

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", type=Path, help="TOML file with the options below")
     parser.add_argument("--id", type=int, help="this member's id")
-    parser.add_argument("--members", help="ID=HOST:PORT,... for every member, this one included")
+    parser.add_argument("--members", "--peers", dest="members",
+                        help="ID=HOST:PORT,... for every member, this one included")
     parser.add_argument("--data", type=Path, help="data folder (Raft log and state)")
     parser.add_argument("--election-timeout", type=float, default=None,
                         help="minimum election timeout in seconds (default 1.0)")

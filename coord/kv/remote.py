@@ -42,6 +42,7 @@ from coord.kv.results import (
     ErrorCode,
     ErrorResult,
     GetResult,
+    KeepAliveResult,
     PutResult,
     RangeResult,
     RegisterResult,
@@ -109,6 +110,13 @@ class KvClient:
         if not isinstance(result, RegisterResult):
             raise KvError(f"registering a session failed: {result}")
         self._session = ClientSession(result.client_id)
+
+    async def keep_alive(self) -> None:
+        """Refresh the session (a log entry); long-lived clients call it well within
+        the session TTL that `open` reported."""
+        if self._session is None:
+            raise KvError("the client has no session")
+        _expect(await self._submit(self._session.keep_alive()), KeepAliveResult)
 
     # ------------------------------------------------------------------ operations
     async def put(self, key: bytes, value: bytes) -> PutResult:

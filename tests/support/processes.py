@@ -115,4 +115,4 @@ class ProcessGroup:
 
 
 def ddfs_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tools.cli", *args]
+    return [sys.executable, "-m", "tools", *args]

@@ -25,6 +25,6 @@ def test_unknown_command_is_a_usage_error() -> None:
 
 def test_console_script_runs() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "tools", "--help"], capture_output=True, text=True, check=True
     )
     assert "bench" in out.stdout

@@ -1,0 +1,101 @@
+"""`ddfs kv` and `ddfs raft status` against a real 3-member cluster, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.meta_cluster import MetaCluster, meta_cluster
+from tests.support.processes import ROOT, ddfs_argv
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetaCluster]:
+    with meta_cluster(tmp_path_factory.mktemp("kvcli"), 3) as c:
+        yield c
+
+
+def ddfs(
+    cluster: MetaCluster, *args: str, secret: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DDFS_ENDPOINTS": ",".join(cluster.endpoints),
+           "DDFS_SECRET_FILE": str(secret or cluster.secret_file)}
+    return subprocess.run(ddfs_argv(*args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_put_get_del(cluster: MetaCluster) -> None:
+    assert ddfs(cluster, "kv", "put", "greeting", "hello world").stdout == "OK\n"
+    assert ddfs(cluster, "kv", "get", "greeting").stdout == "greeting\nhello world\n"
+    assert ddfs(cluster, "kv", "del", "greeting").stdout == "1\n"
+    assert ddfs(cluster, "kv", "get", "greeting").stdout == ""
+    assert ddfs(cluster, "kv", "del", "greeting").stdout == "0\n"
+
+
+def test_cas_succeeds_only_on_the_expected_value(cluster: MetaCluster) -> None:
+    assert ddfs(cluster, "kv", "cas", "lock", "", "me").stdout == "OK\n"  # "" = absent
+    failed = ddfs(cluster, "kv", "cas", "lock", "", "you")
+    assert (failed.stdout, failed.returncode) == ("FAILED\n", 1)
+    assert ddfs(cluster, "kv", "cas", "lock", "me", "you").stdout == "OK\n"
+    assert ddfs(cluster, "kv", "get", "lock").stdout == "lock\nyou\n"
+
+
+def test_range_lists_keys_in_order(cluster: MetaCluster) -> None:
+    for k in ("r/b", "r/a", "r/c", "s/x"):
+        ddfs(cluster, "kv", "put", k, k.upper())
+    out = ddfs(cluster, "kv", "range", "r/", "r0").stdout.split("\n")
+    assert out[:-1] == ["r/a", "R/A", "r/b", "R/B", "r/c", "R/C"]
+    first = ddfs(cluster, "kv", "range", "r/", "r0", "--limit", "1").stdout
+    assert first == "r/a\nR/A\n"
+
+
+def test_txn_runs_then_or_else(cluster: MetaCluster) -> None:
+    ddfs(cluster, "kv", "put", "t1", "a")
+    ok = ddfs(cluster, "kv", "txn", "--if", "value(t1) = a", "--if", "version(t1) > 0",
+              "--then", "put t1 b", "--then", "put t2 x", "--else", "get t1")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[0] == "SUCCEEDED"
+    no = ddfs(cluster, "kv", "txn", "--if", "value(t1) = a", "--then", "put t1 c",
+              "--else", "get t1")
+    assert no.returncode == 1
+    assert no.stdout.splitlines() == ["FAILED", "get: b"]
+    assert ddfs(cluster, "kv", "get", "t2").stdout == "t2\nx\n"
+
+
+def test_bad_txn_syntax_is_a_clear_error(cluster: MetaCluster) -> None:
+    out = ddfs(cluster, "kv", "txn", "--if", "size(k) = 1")
+    assert out.returncode == 2
+    assert "bad compare" in out.stderr
+
+
+def test_raft_status_shows_one_leader_and_the_followers_lag(cluster: MetaCluster) -> None:
+    out = ddfs(cluster, "raft", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert sorted(r["id"] for r in rows) == [1, 2, 3]
+    leaders = [r for r in rows if r["role"] == "leader"]
+    assert len(leaders) == 1
+    assert all(r["leader"] == leaders[0]["id"] for r in rows)
+    assert set(leaders[0]["lag"]) == {str(i) for i in (1, 2, 3)} - {str(leaders[0]["id"])}
+    table = ddfs(cluster, "raft", "status").stdout
+    assert "leader" in table and "follower" in table
+
+
+def test_wrong_secret_is_refused_with_a_clear_error(cluster: MetaCluster, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-secret\n")
+    out = ddfs(cluster, "kv", "get", "x", secret=wrong)
+    assert out.returncode == 2
+    assert "secret" in out.stderr.lower()
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_secret_is_a_clear_error(cluster: MetaCluster, tmp_path: Path) -> None:
+    out = ddfs(cluster, "kv", "get", "x", secret=tmp_path / "missing")
+    assert out.returncode == 2
+    assert "cannot read the cluster secret" in out.stderr

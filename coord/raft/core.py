@@ -124,6 +124,7 @@ class RaftNode:
         self._needs_flush = False  # LEADER: appends/read rounds may be due at ready()
         self._persisted = hard_state  # the hard state last handed to the driver
         self._outstanding: Ready | None = None
+        self._soft = SoftState(self.role, self.leader, self.term)  # cached: Readys share it
         self._history: deque[str] = deque(maxlen=24)
         self._steppers: dict[Role, Callable[[Message, float], None]] = {
             Role.FOLLOWER: self._step_follower,
@@ -196,35 +197,45 @@ class RaftNode:
             or self.log.committed > self.log.applied
             or self._failed_reads
             or self.reads.waiting_apply
-            or self._hard_state() != self._persisted
+            or self.term != self._persisted.term
+            or self.vote != self._persisted.vote
+            or self.log.committed != self._persisted.commit
         )
 
     def ready(self) -> Ready:
         """Collect every pending effect; the driver handles it, then calls advance()."""
         if self._outstanding is not None:
             raise ReadyOutstanding("advance() the previous Ready first")
-        if self.role is Role.LEADER and self._needs_flush:
+        if self._needs_flush and self.role is Role.LEADER:
             self._flush()
         self._needs_flush = False
-        hard_state = self._hard_state()
-        changed = hard_state != self._persisted
-        entries = tuple(self.log.unstable)
-        stored_last = self.log.store.last_index()
-        committed = tuple(self.log.next_committed(self.config.max_apply_bytes))
-        applied = committed[-1].index if committed else self.log.applied
-        must_sync = bool(entries) or (
-            hard_state.term != self._persisted.term or hard_state.vote != self._persisted.vote
-        )
+        log, persisted = self.log, self._persisted
+        hard_state: HardState | None = None
+        must_sync = False
+        if self.term != persisted.term or self.vote != persisted.vote:
+            hard_state, must_sync = self._hard_state(), True
+        elif log.committed != persisted.commit:
+            hard_state = self._hard_state()  # a commit index alone needs no fsync
+        entries: tuple[Entry, ...] = ()
+        truncate_from = None
+        if log.unstable:
+            entries, must_sync = tuple(log.unstable), True
+            if entries[0].index <= log.store.last_index():
+                truncate_from = entries[0].index
+        committed: tuple[Entry, ...] = ()
+        if log.committed > log.applied:
+            committed = tuple(log.next_committed(self.config.max_apply_bytes))
+        applied = committed[-1].index if committed else log.applied
         rd = Ready(
-            hard_state=hard_state if changed else None,
+            hard_state=hard_state,
             must_sync=must_sync,
             entries=entries,
-            truncate_from=entries[0].index if entries and entries[0].index <= stored_last else None,
+            truncate_from=truncate_from,
             messages=tuple(self._outbox),
             committed_entries=committed,
             read_states=tuple(self.reads.take_ready(applied)),
             failed_reads=tuple(self._failed_reads),
-            soft_state=SoftState(self.role, self.leader, self.term),
+            soft_state=self.soft_state(),
         )
         self._outbox, self._failed_reads = [], []
         self._outstanding = rd
@@ -251,7 +262,10 @@ class RaftNode:
         return self.log.committed
 
     def soft_state(self) -> SoftState:
-        return SoftState(self.role, self.leader, self.term)
+        soft = self._soft
+        if soft.role is not self.role or soft.leader != self.leader or soft.term != self.term:
+            soft = self._soft = SoftState(self.role, self.leader, self.term)
+        return soft
 
     def history(self) -> list[str]:
         return list(self._history)
@@ -348,7 +362,7 @@ class RaftNode:
         self._tally(now)
 
     def _handle_vote_request(self, m: RequestVote, now: float) -> None:
-        up_to_date = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        up_to_date = self._candidate_up_to_date(m)
         if m.pre_vote:
             granted = m.term > self.term and up_to_date
         else:
@@ -359,6 +373,10 @@ class RaftNode:
         self._note(now, f"vote{'(pre)' if m.pre_vote else ''} for {m.src}@{m.term}: {granted}")
         term = m.term if m.pre_vote and granted else self.term
         self._send(RequestVoteResponse(self.id, m.src, term, granted, m.pre_vote))
+
+    def _candidate_up_to_date(self, m: RequestVote) -> bool:
+        """§5.4.1: the candidate's log is at least as up-to-date as ours."""
+        return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _can_vote_for(self, candidate: NodeId) -> bool:
         """§5.2: at most one vote per term; none once this term's leader is known."""

@@ -6,7 +6,9 @@ clock `rate * t + offset` with `rate` in [1-rho, 1+rho] (half the nodes at
 an extreme, to make the worst case common).  The cores run unmodified:
 one `LeaseGrantor` (node G, with a failure detector on holder heartbeats),
 three holder nodes with a `LeaseHolder` per resource, and a storage node S
-whose two resources are protected by a `FencingGuard`.
+whose two resources are protected by a `FencingGuard`.  Per run the seed also
+picks the detector (timeout or phi), whether G persists its lease table, the
+token block size, and whether holders ask for varying terms.
 
 Each run injects >= 3 faults drawn from:
 
@@ -80,7 +82,7 @@ RESOURCES = (ResourceId("chunk/1"), ResourceId("chunk/2"))
 N_HOLDERS = 3
 G = N_HOLDERS  # node index of the grantor
 S = N_HOLDERS + 1  # node index of the storage
-TERM = 1.0  # lease term every holder asks for (seconds)
+TERM = 1.0  # max_duration, and the term holders ask for (or up to, when terms vary)
 TICK_H = 0.05  # holder's polling period (its clock)
 TICK_G = 0.05  # grantor's polling period (its clock)
 RETRY = 0.1  # holder resends an unanswered request after this (its clock)
@@ -137,6 +139,7 @@ class HolderNode:
     want: ResourceId | None = None
     until: float = 0.0  # its clock: stop wanting (want set) or start wanting (want None)
     next_try: float = -math.inf  # its clock: no request before this (retry pacing)
+    again: ResourceId | None = None  # want this resource next (a quick re-acquire)
     next_write: float = 0.0
     next_hb: float = 0.0
     paused_until: float = -math.inf  # true time
@@ -183,11 +186,13 @@ class World:
         ]
         self.persist_table = self.rng.random() < 0.5
         self.use_phi = self.rng.random() < 0.5
+        self.vary_terms = self.rng.random() < 0.5  # holders ask for terms in [0.3, 1] * TERM
+        self.token_block = self.rng.choice((1, 3))
         self.disk_high_water = NO_TOKEN  # G's stable storage
         self.disk_table: tuple[LeaseRecord, ...] = ()
         self.g_epoch = 0  # incarnation; stale timers of a crashed G are dropped
         self.g_down = False
-        self.grantor = LeaseGrantor(self.cfg)
+        self.grantor = LeaseGrantor(self.cfg, token_block=self.token_block)
         self.detector = self._new_detector()
         self.guard = FencingGuard()
         self.max_accepted: dict[ResourceId, int] = {}  # independent of the guard
@@ -234,7 +239,7 @@ class World:
             return Fault(kind, start, rng.uniform(1.2, 3.0) * TERM, who)
         if kind is FaultKind.NETWORK:
             return Fault(kind, start, rng.uniform(0.5, 3.0), -1 if rng.random() < 0.5 else who,
-                         drop=rng.uniform(0.2, 1.0), extra=rng.uniform(0.2, 2.5) * TERM)
+                         drop=rng.uniform(0.0, 0.6), extra=rng.uniform(0.2, 2.5) * TERM)
         if kind is FaultKind.CRASH:
             return Fault(kind, start, rng.uniform(0.05, 1.5), -1)
         return Fault(kind, start, rng.uniform(0.8, 2.5), who)
@@ -262,7 +267,7 @@ class World:
             if handler is not None:
                 self.at(f.start, -1, handler, f)
         steps = 0
-        while self._q and steps < 200_000:  # bounded: a run has ~10^4 events
+        while self._q and steps < 200_000:  # bounded: a run has ~1.5 * 10^3 events
             t, _, node, fn, payload = heapq.heappop(self._q)
             if t > self.sc.horizon:
                 break
@@ -276,9 +281,12 @@ class World:
             fn(payload)
             self.check_overlap()
         self.out.stats["events"] += steps
-        # Every drawn fault takes effect (they never overlap their own kind and target).
-        if len(self.faults) < 3:
-            self.out.stats["underfaulted_runs"] += 1
+        # Count the faults that took effect (a pause of a frozen holder or a crash
+        # of a crashed grantor would not); windowed faults act on every send.
+        st = self.out.stats
+        windows = sum(f.kind in (FaultKind.NETWORK, FaultKind.SUSPECT) for f in self.faults)
+        if st["pauses"] + st["crashes"] + windows < 3:
+            st["underfaulted_runs"] += 1
         return self.out
 
     # ------------------------------------------------------------------ network
@@ -348,7 +356,8 @@ class World:
         self.clocks[G] = Clock(old.rate, self.rng.uniform(0.0, 1e4))
         self.g_down = False
         holders = self.disk_table if self.persist_table else ()
-        self.grantor = LeaseGrantor.recover(self.cfg, self.disk_high_water, self.now(G), holders)
+        self.grantor = LeaseGrantor.recover(self.cfg, self.disk_high_water, self.now(G), holders,
+                                            token_block=self.token_block)
         self.detector = self._new_detector()
         self.at(self.t, G, self.grantor_tick, self.g_epoch)
 
@@ -445,14 +454,23 @@ class World:
             self.send(i, S, self.storage_write, (i, h.want, core.token))
 
     def _holder_intent(self, i: int, h: HolderNode, now: float) -> None:
-        """Workload: want a random resource for 1-5 s, release it, idle up to 1.5 s."""
+        """Workload: want a resource for 0.3-4 s, release it, idle up to 1.5 s.
+
+        A third of the releases are followed at once by a new request for the
+        same resource (a primary that hands a chunk back and needs it again),
+        so releases and re-acquires race in the network.
+        """
+        rng = self.rng
         if h.want is not None and now >= h.until:
             release = h.cores[h.want].release(now)
             if release is not None:
                 self.send(i, G, self.grantor_receive, (i, release))
-            h.want, h.until = None, now + self.rng.uniform(0.0, 1.5)
+            again = rng.random() < 1 / 3
+            h.again = h.want if again else None
+            h.want, h.until = None, now + rng.uniform(0.0, 0.1 if again else 1.5)
         elif h.want is None and now >= h.until:
-            h.want, h.until = self.rng.choice(RESOURCES), now + self.rng.uniform(1.0, 5.0)
+            h.want = h.again or rng.choice(RESOURCES)
+            h.until = now + rng.uniform(0.3, 4.0)
             h.next_try = now
 
     def holder_reply(self, payload: tuple[RequestId, Granted | Denied]) -> None:
@@ -479,7 +497,8 @@ class World:
             return
         if core.token == NO_TOKEN or core.renew_due(now):
             h.next_try = now + RETRY
-            self.send(i, G, self.grantor_receive, (i, core.request(now)))
+            term = self.rng.uniform(0.3, 1.0) * TERM if self.vary_terms else TERM
+            self.send(i, G, self.grantor_receive, (i, core.request(now, term)))
 
 
 def run_world(seed: int, sc: Scenario) -> Outcome:
@@ -540,7 +559,7 @@ def test_runs_are_reproducible_from_their_seed() -> None:
 # Epsilon = 0 (the configuration claims no drift) while the clocks drift by 5%.
 UNSAFE = Scenario(rho_true=0.05, cfg=config(0.0))
 #: Seeds (found by the sweep below) whose run breaks the overlap invariant under UNSAFE.
-UNSAFE_SEEDS = (3, 9, 16)
+UNSAFE_SEEDS = (37, 55, 62)
 
 
 def test_epsilon_zero_with_drift_breaks_the_overlap_invariant() -> None:
@@ -551,6 +570,10 @@ def test_epsilon_zero_with_drift_breaks_the_overlap_invariant() -> None:
         assert seed in broken
         # The same seed with the margin the drift requires is safe.
         assert run_world(seed, Scenario(rho_true=0.05, cfg=config(0.05))).safe
+    # Half the required margin is not enough either (5 of seeds 0-999 break; one pinned).
+    half = Scenario(rho_true=0.05, cfg=config(0.025))
+    assert run_world(62, half).overlaps
+    assert run_world(62, Scenario(rho_true=0.05, cfg=config(0.05))).safe
 
 
 def scripted_handover(rho: float, cfg: LeaseConfig) -> float:

@@ -32,7 +32,8 @@ Checked after every event, in true time:
             across grantor restarts.
 
 The negative tests show each check can fail: epsilon = 0 while clocks drift
-breaks `overlap`; storage without the guard breaks `fencing`.
+breaks `overlap`; storage without the guard breaks `fencing`; a grantor that
+does not persist its token high-water mark breaks `tokens`.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Scenario:
     cfg: LeaseConfig  # what the nodes are configured with
     horizon: float = 12.0  # simulated seconds per run
     guard: bool = True  # False: storage accepts every write (fencing disabled)
+    persist_tokens: bool = True  # False: G "forgets" to store the token high-water mark
 
 
 class FaultKind(enum.Enum):
@@ -355,7 +357,8 @@ class World:
         # A reboot: the monotonic clock starts from an unrelated origin.
         self.clocks[G] = Clock(old.rate, self.rng.uniform(0.0, 1e4))
         self.g_down = False
-        holders = self.disk_table if self.persist_table else ()
+        # (A table with tokens above the stored mark would be refused by recover().)
+        holders = self.disk_table if self.persist_table and self.sc.persist_tokens else ()
         self.grantor = LeaseGrantor.recover(self.cfg, self.disk_high_water, self.now(G), holders,
                                             token_block=self.token_block)
         self.detector = self._new_detector()
@@ -393,7 +396,7 @@ class World:
             return
         reply = self.grantor.handle(msg, self.now(G))
         if isinstance(reply, Granted):
-            if reply.persist_high_water is not None:
+            if reply.persist_high_water is not None and self.sc.persist_tokens:
                 self.disk_high_water = reply.persist_high_water  # before the reply leaves
             self._persist()
             self._check_token(reply)
@@ -618,3 +621,12 @@ def test_without_the_fencing_guard_stale_writes_are_accepted() -> None:
         total.merge(run_world(seed, unguarded))
     assert total.overlaps == []  # lease timing still holds ...
     assert len(total.stale_accepts) >= 5  # ... yet storage took writes from superseded leases
+
+
+def test_without_persisting_the_token_high_water_mark_tokens_repeat() -> None:
+    forgetful = Scenario(rho_true=0.01, cfg=config(0.01), persist_tokens=False)
+    total = Outcome()
+    for seed in range(50):
+        total.merge(run_world(seed, forgetful))
+    assert total.stats["crashes"] > 0
+    assert len(total.token_regressions) >= 5

@@ -61,9 +61,9 @@ class Operation:
     def __str__(self) -> str:
         arg = "" if self.input is None else f", {self.input!r}"
         result = "?" if self.pending else repr(self.output)
-        end = "..." if self.pending else f"{self.ret:g}"
+        end = "..." if self.pending else repr(self.ret)
         call = f"{self.kind}({self.key!r}{arg})"
-        return f"client {self.client} {call} -> {result} @[{self.call:g}, {end}]"
+        return f"client {self.client} {call} -> {result} @[{self.call!r}, {end}]"
 
 
 @dataclass(slots=True)

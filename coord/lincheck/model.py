@@ -24,6 +24,7 @@ nothing and are dropped when partitioning.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -50,6 +51,12 @@ class Model(Protocol[S]):
 
     def step(self, state: S, op: Operation) -> tuple[bool, S]:
         """(whether `op` with its recorded output is legal in `state`, the next state)."""
+        ...
+
+    def read_only(self, op: Operation) -> bool:
+        """True only if `op` leaves unchanged every state in which it is legal
+        (a completed read); the search then never branches on it.  False is
+        always safe, just slower."""
         ...
 
     def partition(self, ops: Sequence[Operation]) -> list[Partition]:
@@ -82,6 +89,12 @@ class KvModel:
             return (op.output == matches), (new if matches else state)
         raise ValueError(f"KvModel has no operation {kind!r}")
 
+    def read_only(self, op: Operation) -> bool:
+        # A failed cas changes nothing wherever it is legal; a pending one might succeed.
+        if op.pending:
+            return False
+        return op.kind == "get" or (op.kind == "cas" and op.output is False)
+
     def partition(self, ops: Sequence[Operation]) -> list[Partition]:
         by_key: dict[Hashable, list[Operation]] = {}  # insertion order: first use of a key
         for op in ops:
@@ -89,7 +102,51 @@ class KvModel:
             if op.kind == "get" and op.pending:
                 continue  # an unanswered read constrains nothing
             by_key.setdefault(op.key, []).append(op)
-        return [Partition(f"key {key!r}", tuple(group)) for key, group in by_key.items()]
+        return [
+            Partition(f"key {key!r}", tuple(_without_unobservable_writes(group)))
+            for key, group in by_key.items()
+        ]
+
+
+def _without_unobservable_writes(group: list[Operation]) -> list[Operation]:
+    """Drop pending writes that no operation could ever have observed.
+
+    Each pending operation stays a candidate for the rest of the search and
+    doubles its state space, so this matters.  A pending put/delete/cas
+    writing v can be dropped when no op that may follow it (one returning at
+    or after its call) reads v, no cas may expect v, and no completed cas
+    failed: then in any linearization that includes it, the ops that see v
+    are only pending cas no-ops (droppable too) until a put or delete
+    overwrites v, so leaving it out yields a linearization as well.
+    """
+    last_seen: dict[Hashable, float] = {}  # value -> latest return of an op observing it
+    last_failed_cas = -math.inf  # latest return of a completed, failed cas
+    for op in group:
+        if op.kind == "get" and not op.pending:
+            observed: Hashable = op.output  # validated hashable
+            last_seen[observed] = max(last_seen.get(observed, -math.inf), op.ret)
+        elif op.kind == "cas":
+            expected, _ = _cas_args(op)
+            last_seen[expected] = max(last_seen.get(expected, -math.inf), op.ret)
+            if op.output is False and not op.pending:
+                last_failed_cas = max(last_failed_cas, op.ret)
+
+    def observable(op: Operation) -> bool:
+        if not op.pending:
+            return True
+        written = _written_value(op)
+        return last_seen.get(written, -math.inf) >= op.call or last_failed_cas >= op.call
+
+    return [op for op in group if observable(op)]
+
+
+def _written_value(op: Operation) -> Hashable:
+    if op.kind == "put":
+        value: Hashable = op.input  # validated hashable
+        return value
+    if op.kind == "cas":
+        return _cas_args(op)[1]
+    return None  # delete
 
 
 def _cas_args(op: Operation) -> tuple[Hashable, Hashable]:
@@ -106,6 +163,8 @@ def _validate(op: Operation) -> None:
         raise ValueError(f"KvModel has no operation {op.kind!r}: {op}")
     if op.kind == "put" and (op.input is None or not isinstance(op.input, Hashable)):
         raise ValueError(f"put needs a hashable, non-None value: {op}")
+    if op.kind == "get" and not op.pending and not isinstance(op.output, Hashable):
+        raise ValueError(f"a get returns a hashable value or None: {op}")
     if op.kind == "cas":
         _, new = _cas_args(op)
         if new is None:

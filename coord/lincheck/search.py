@@ -21,6 +21,17 @@ depends only on that pair).  A pending operation's return is at +inf, so it
 stays a candidate forever and may also never be linearized: the search
 succeeds once every *completed* operation is linearized.
 
+Two refinements keep real histories cheap:
+
+* a candidate the model calls read-only (a completed read) that is legal in
+  the current state is linearized at once and is not a branch point: it can
+  be moved to the front of any linearization of the rest, since nothing left
+  precedes it in real time and it changes no state.  If that successor was
+  already explored, the configuration itself is dead;
+* the linearized set is stored relative to the oldest completed operation
+  not yet linearized (see `_Key`), so a memo entry costs as many bits as the
+  history is concurrent, not as long as it is.
+
 The budget is enforced with the injected clock between partitions and every
 `_CHECK_EVERY` search steps; running out gives TIMEOUT, which is never OK.
 A search that completes returns its definitive verdict.
@@ -43,6 +54,8 @@ Clock = Callable[[], float]
 _CHECK_EVERY = 1024  # search steps between clock readings: cheap, yet prompt
 _HEAD = 0  # index of the list's sentinel node
 _END = -1  # "no node" in the prev/next arrays
+_FRESH = -2  # walk position: a configuration just reached, not yet scanned
+_DEAD = -3  # walk position: this configuration is known to fail; backtrack
 _SHOW_PREFIX = 20  # prefix entries printed in an explanation (all are in the result)
 
 
@@ -141,6 +154,26 @@ class _Outcome:
     failure: _Failure | None = None
 
 
+# The memo key of a configuration: (f, window, pend, state).  Completed
+# operations are ranked by call time; f is the lowest rank not yet
+# linearized and bit k of `window` says whether rank f + k is.  Every
+# operation linearized beyond f was called before f returned, so `window` is
+# as wide as the history is concurrent, not as long as it is; pending
+# operations have their own ranks and mask `pend`.
+_Key = tuple[int, int, int, S]
+
+
+def _advance(f: int, window: int, pend: int, rank: int, pending: bool) -> tuple[int, int, int]:
+    """(f, window, pend) after linearizing the operation of this rank."""
+    if pending:
+        return f, window, pend | (1 << rank)
+    window |= 1 << (rank - f)
+    if rank == f:
+        ones = (~window & (window + 1)).bit_length() - 1  # the low run of set bits
+        return f + ones, window >> ones, pend
+    return f, window, pend
+
+
 class _Search(Generic[S]):
     """One partition's search; `run` is the whole algorithm."""
 
@@ -150,6 +183,10 @@ class _Search(Generic[S]):
         self.clock = clock
         self.deadline = deadline
         self.links = _Links(ops)
+        self.read_only = [model.read_only(op) for op in ops]  # by op index
+        self.pending = [op.pending for op in ops]  # by op index
+        self.rank = _ranks(ops)  # by op index; see _Key
+        self.completed = self.pending.count(False)
         self.best_depth = -1  # deepest stack seen so far
         self.best_prefix: tuple[int, ...] = ()  # op indices at that depth
         self.best_state: object = None
@@ -158,61 +195,84 @@ class _Search(Generic[S]):
 
     def run(self) -> _Outcome:
         ops, links, step = self.ops, self.links, self.model.step
+        rank, pending = self.rank, self.pending
         state = self.model.init()
-        linearized = 0  # bit i set: ops[i] is on the stack
-        stack: list[tuple[int, S]] = []  # (call node, state before it)
-        seen: set[tuple[int, S]] = set()
-        left = sum(1 for op in ops if not op.pending)  # completed ops not yet linearized
+        f = window = pend = 0  # the linearized set, encoded as in _Key
+        # (call node, then the configuration before it: state, f, window, pend; forced)
+        stack: list[tuple[int, S, int, int, int, bool]] = []
+        seen: set[_Key[S]] = set()
         self._note_depth(stack, state)
-        entry, steps = links.nxt[_HEAD], 0
-        while left:
+        entry, steps = _FRESH, 0
+        while f < self.completed:
             steps += 1
             if steps % _CHECK_EVERY == 0 and self.clock() >= self.deadline:
                 return _Outcome(Verdict.TIMEOUT, len(seen))
-            op_i = links.op_of[entry]
-            if links.is_call[entry]:
-                legal, after = step(state, ops[op_i])
-                memo = (linearized | (1 << op_i), after)
-                if legal and memo not in seen:
-                    seen.add(memo)
-                    stack.append((entry, state))
-                    linearized, state = memo
-                    links.lift(entry)
-                    left -= not ops[op_i].pending
-                    if len(stack) > self.best_depth:
-                        self._note_depth(stack, state)
+            forced = False
+            if entry == _FRESH:
+                # A new configuration: a legal read is taken without branching.
+                entry = self._legal_read(state)
+                if entry == _END:
                     entry = links.nxt[_HEAD]
-                else:
-                    entry = links.nxt[entry]
+                    continue
+                forced = True
+            if entry != _DEAD and links.is_call[entry]:
+                op_i = links.op_of[entry]
+                legal, after = step(state, ops[op_i])
+                if legal:
+                    memo = (*_advance(f, window, pend, rank[op_i], pending[op_i]), after)
+                    if memo not in seen:
+                        seen.add(memo)
+                        stack.append((entry, state, f, window, pend, forced))
+                        f, window, pend, state = memo
+                        links.lift(entry)
+                        if len(stack) > self.best_depth:
+                            self._note_depth(stack, state)
+                        entry = _FRESH
+                        continue
+                # An explored read means this whole configuration was explored.
+                entry = _DEAD if forced else links.nxt[entry]
                 continue
-            # A return: ops[op_i] had to take effect by now and did not.
+            # A return (or a dead end): the last choice was wrong.
             if len(stack) == self.best_depth and self.blocked is None:
-                self._note_block(entry)
+                self._note_block()
             if not stack:
                 return _Outcome(Verdict.VIOLATION, len(seen), self._failure())
-            entry, state = stack.pop()
-            op_i = links.op_of[entry]
-            linearized &= ~(1 << op_i)
+            entry, state, f, window, pend, forced = stack.pop()
             links.unlift(entry)
-            left += not ops[op_i].pending
-            entry = links.nxt[entry]
+            entry = _DEAD if forced else links.nxt[entry]
         return _Outcome(Verdict.OK, len(seen))
 
-    def _note_depth(self, stack: list[tuple[int, S]], state: S) -> None:
+    def _legal_read(self, state: S) -> int:
+        """A candidate that is read-only and legal in `state`, or _END.
+
+        Taking it first loses no linearization: it may move to the front of any
+        order of the remaining operations, since nothing remaining precedes it in
+        real time and it leaves the state as it found it.  So it is not a branch.
+        """
+        links, ops, step, read_only = self.links, self.ops, self.model.step, self.read_only
+        node: int = links.nxt[_HEAD]
+        while node != _END and links.is_call[node]:
+            op_i = links.op_of[node]
+            if read_only[op_i] and step(state, ops[op_i])[0]:
+                return node
+            node = links.nxt[node]
+        return _END
+
+    def _note_depth(self, stack: list[tuple[int, S, int, int, int, bool]], state: S) -> None:
         self.best_depth = len(stack)
-        self.best_prefix = tuple(self.links.op_of[node] for node, _ in stack)
+        self.best_prefix = tuple(self.links.op_of[entry[0]] for entry in stack)
         self.best_state = state
         self.blocked = None
 
-    def _note_block(self, return_node: int) -> None:
-        """Remember the blocked op and the calls that stood before its return."""
+    def _note_block(self) -> None:
+        """Remember the first return's op (blocked) and the calls before it."""
         links = self.links
-        self.blocked = links.op_of[return_node]
         calls: list[int] = []
         node = links.nxt[_HEAD]
-        while node != return_node:
-            calls.append(links.op_of[node])  # only calls precede the first return
+        while node != _END and links.is_call[node]:
+            calls.append(links.op_of[node])
             node = links.nxt[node]
+        self.blocked = links.op_of[node] if node != _END else None
         self.candidates = tuple(calls)
 
     def _failure(self) -> _Failure:
@@ -224,6 +284,16 @@ class _Search(Generic[S]):
             blocked=ops[self.blocked],
             candidates=tuple(ops[i] for i in self.candidates),
         )
+
+
+def _ranks(ops: Sequence[Operation]) -> list[int]:
+    """Completed ops ranked by call time, pending ops separately (see _Key)."""
+    ranks = [0] * len(ops)
+    for group in (False, True):
+        chosen = sorted((op.call, i) for i, op in enumerate(ops) if op.pending is group)
+        for r, (_, i) in enumerate(chosen):
+            ranks[i] = r
+    return ranks
 
 
 def check(

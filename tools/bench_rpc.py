@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 
@@ -182,12 +183,13 @@ async def _raw_phase(port: int, seconds: float, callers: int, size: int) -> floa
 
 
 async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, size: int) -> float:
-    clients: list[RpcClient] = []
     payload = b"x" * size
+    stack = AsyncExitStack()
 
     async def setup(i: int) -> Callable[[], Awaitable[int]]:
-        client = RpcClient(ClientConfig(node_id=100 + i, secret=secret), TcpConnector())
-        clients.append(client)
+        client = await stack.enter_async_context(
+            RpcClient(ClientConfig(node_id=100 + i, secret=secret), TcpConnector())
+        )
         await client.call(address, Echo(b""))  # connect and authenticate before timing
 
         async def small() -> int:
@@ -202,11 +204,8 @@ async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, 
 
         return small if size <= SMALL else big
 
-    try:
+    async with stack:
         return await _timed(seconds, callers, setup)
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 async def _bench(

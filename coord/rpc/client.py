@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import secrets
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -86,12 +88,13 @@ def _error_of(frame: Frame) -> RpcError:
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "frame")
+    __slots__ = ("deadline", "error", "event", "frame")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.frame: Frame | None = None  # the RESPONSE/ERROR for this call
-        self.error: RpcError | None = None  # the connection died first
+        self.error: RpcError | None = None  # the connection died first, or the watchdog fired
         self.event: trio.Event | None = None  # set while parked (not reading)
+        self.deadline = deadline  # for the watchdog; inf when a cancel scope enforces it
 
 
 class _Connection:
@@ -105,35 +108,71 @@ class _Connection:
         self._waiters: dict[int, _Waiter] = {}
         self._next_id = 1  # request id 0 means "no call"
         self._reading = False  # some waiter is inside receive()
+        self.watched = False  # a watchdog enforces deadlines of unscoped calls
 
     async def exchange(self, body: bytes, budget_us: int, deadline: float, *,
-                       cancel_on_timeout: bool) -> Frame:
-        """Send one REQUEST and wait for its RESPONSE/ERROR frame until `deadline`."""
+                       cancel_on_timeout: bool, precise: bool) -> Frame:
+        """Send one REQUEST and wait for its RESPONSE/ERROR frame until `deadline`.
+
+        On a watched connection (`watched`, the client's watchdog runs) and
+        unless `precise`, no cancel scope is used: the server answers TIMEOUT
+        when the budget we sent runs out, and the watchdog fails the call
+        `reply_grace` later if it does not (closing the connection if this
+        call was reading it: the peer is unresponsive).  A cancel scope per
+        call is the largest fixed cost of a call, so it is kept for the
+        cases that need a client-side timer: retransmissions and unwatched
+        clients.
+        """
         if self.error is not None:
             raise self.error
         rid = self._next_id
         self._next_id = rid + 1
-        waiter = _Waiter()
+        scoped = precise or not self.watched
+        waiter = _Waiter(math.inf if scoped else deadline)
         self._waiters[rid] = waiter
         fs = self.fs
         try:
+            if not scoped:
+                fs.queue_frame(FrameKind.REQUEST, rid, budget_us, body)
+                await self.flush()
+                try:
+                    return await self._wait(waiter)
+                except ConnectionLost:
+                    if trio.current_time() < deadline:
+                        raise
+                    raise Timeout("no reply by the deadline (connection unresponsive)") from None
             with trio.move_on_at(deadline):
                 fs.queue_frame(FrameKind.REQUEST, rid, budget_us, body)
-                try:
-                    await fs.flush()
-                except BaseException:
-                    await self._after_failed_flush()
-                    raise
+                await self.flush()
                 return await self._wait(waiter)
+            raise Timeout("deadline passed before the reply arrived")
+        except Timeout:
             if cancel_on_timeout:
                 await self._send_cancel(rid)
-            raise Timeout("deadline passed before the reply arrived")
+            raise
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 await self._send_cancel(rid)
             raise
         finally:
             del self._waiters[rid]
+
+    def expire_overdue(self, now: float, grace: float) -> RpcError | None:
+        """Watchdog: fail calls `grace` past their deadline.
+
+        Returns an error if the overdue call is the one reading: it cannot be
+        woken without closing the connection, which the caller then does.
+        """
+        kill: RpcError | None = None
+        for waiter in self._waiters.values():
+            if waiter.frame is None and waiter.error is None and now > waiter.deadline + grace:
+                if waiter.event is not None:  # parked: wake it with the verdict
+                    waiter.error = Timeout("no reply by the deadline")
+                    waiter.event.set()
+                else:  # reading, or stuck writing to a peer that does not read
+                    kill = ConnectionLost(f"node {self.peer.node_id} did not answer within "
+                                          f"{grace}s past a call's deadline")
+        return kill
 
     async def flush(self) -> None:
         try:
@@ -268,14 +307,41 @@ class RpcClient:
         self._sessions: dict[str, _Session] = {}
         self._session_locks: dict[str, trio.Lock] = {}
         self._closed = False
+        self._stack = AsyncExitStack()
+        self._watchdog_scope: trio.CancelScope | None = None  # set while the watchdog runs
 
     async def __aenter__(self) -> RpcClient:
+        """Start the deadline watchdog (calls made outside `async with` still work,
+        with a cancel scope per call instead)."""
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._watchdog_scope = nursery.cancel_scope
+        nursery.start_soon(self._watchdog, name=f"rpc-client-{self.config.node_id}-watchdog")
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            if self._watchdog_scope is not None:
+                self._watchdog_scope.cancel()
+                self._watchdog_scope = None
+            await self._stack.__aexit__(et, ev, tb)
+
+    async def _watchdog(self) -> None:
+        """Fail calls whose reply is `reply_grace` overdue (the server normally
+        answers TIMEOUT itself when the budget we sent runs out)."""
+        grace = self.config.reply_grace
+        tick = min(max(grace / 4, 0.01), 0.25)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for pool in list(self._pools.values()):
+                for conn in list(pool.conns):
+                    problem = conn.expire_overdue(now, grace)
+                    if problem is not None:
+                        await conn._die(problem)
 
     async def aclose(self) -> None:
         """Close every pooled connection; calls still waiting fail with ConnectionLost."""
@@ -316,6 +382,8 @@ class RpcClient:
             frame = await self._call_at_most_once(address, spec, fields, deadline)
         else:
             frame = await self._call_retrying(address, spec, fields, deadline)
+        if frame.kind is FrameKind.ERROR:
+            raise _error_of(frame)
         try:
             reply: R = decode(_unpack(frame.body, "RESPONSE"))
         except FieldTypeError as exc:
@@ -346,7 +414,17 @@ class RpcClient:
         body = _pack([spec.method, None, fields])
         retry = spec.semantics is Semantics.AT_LEAST_ONCE
         attempts = self.config.retry.max_attempts if retry else 1
+        try:
+            first = await self._first_attempt(address, body, deadline, final=attempts == 1)
+        except RpcError as exc:
+            raise _explain(exc, spec, address, 1) from None
+        if isinstance(first, Frame):
+            return first
         attempt = 0
+        if first is not None:  # the first attempt failed transiently: back off, go on
+            attempt = 1
+            await self._before_retry(first, spec, address, attempt, attempts=attempts,
+                                     deadline=deadline)
         while True:
             attempt += 1
             try:
@@ -369,6 +447,35 @@ class RpcClient:
                   attempt, exc)
         await trio.sleep(delay)
 
+    async def _first_attempt(
+        self, address: str, body: bytes, deadline: float, *, final: bool
+    ) -> Frame | RpcError | None:
+        """The common case without the retry machinery: a pooled connection and an
+        answer.  Returns None when it does not apply (nothing was sent), and a
+        transient error (this attempt counts) for the retry loop to handle."""
+        pool = self._pools.get(address)
+        if pool is None or len(pool.conns) < self.config.pool_size:
+            return None
+        now = trio.current_time()
+        end = deadline if final else min(deadline, now + self.config.attempt_timeout)
+        if end <= now:
+            return None
+        pool.turn += 1
+        conn = pool.conns[pool.turn % len(pool.conns)]
+        try:
+            frame = await conn.exchange(body, int((end - now) * 1_000_000), end,
+                                        cancel_on_timeout=end >= deadline, precise=False)
+        except RpcError as exc:
+            if final or not is_transient(exc):
+                raise
+            return exc
+        if frame.kind is FrameKind.ERROR and not final:
+            error = _error_of(frame)
+            if is_transient(error):
+                return error
+            raise error
+        return frame
+
     async def _attempt(
         self, address: str, body: bytes, deadline: float, *, final: bool,
         at_most_once: bool = False, on_sent: Callable[[], None] | None = None,
@@ -388,6 +495,9 @@ class RpcClient:
         frame = await conn.exchange(
             body, int((budget_end - trio.current_time()) * 1_000_000), end,
             cancel_on_timeout=end >= deadline,
+            # The server does not end an at-most-once attempt early (it has the whole
+            # budget), so retransmitting needs a timer of our own.
+            precise=budget_end > end,
         )
         if frame.kind == FrameKind.ERROR:
             raise _error_of(frame)
@@ -494,7 +604,9 @@ class RpcClient:
                 await fs.aclose()
                 raise
             pools = self._pools
-            return _Connection(fs, peer, lambda c: _remove(pools, address, c))
+            conn = _Connection(fs, peer, lambda c: _remove(pools, address, c))
+            conn.watched = self._watchdog_scope is not None
+            return conn
         raise Unavailable(f"connecting to {address} timed out")
 
     async def _handshake(self, fs: FrameStream, address: str, deadline: float) -> PeerInfo:

@@ -60,15 +60,13 @@ class ServerConfig:
     max_sessions: int = 100_000
     max_entries_per_session: int = 10_000
     drain_timeout: float = 5.0  # how long running handlers may finish when a connection ends
-    send_timeout: float = 30.0  # a peer that does not read for this long is disconnected
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         _common(self.node_id, self.secret, self.role, self.max_frame_size)
-        if min(self.handshake_timeout, self.session_ttl, self.drain_timeout,
-               self.send_timeout) <= 0:
+        if min(self.handshake_timeout, self.session_ttl, self.drain_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if min(self.max_inflight, self.max_sessions, self.max_entries_per_session) < 1:
             raise ValueError("limits must be positive")
@@ -85,7 +83,10 @@ class ClientConfig:
     default_timeout: float = 30.0  # whole-call budget when the caller gives none
     attempt_timeout: float = 5.0  # one try of a retryable call before retransmitting
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    send_timeout: float = 30.0
+    # The server answers TIMEOUT when a call's budget runs out; the client's
+    # watchdog fails a call only this long after its deadline (and closes the
+    # connection if that call was reading it: the server is unresponsive).
+    reply_grace: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,7 +96,7 @@ class ClientConfig:
         if self.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         if min(self.connect_timeout, self.default_timeout, self.attempt_timeout,
-               self.send_timeout) <= 0:
+               self.reply_grace) <= 0:
             raise ValueError("timeouts must be positive")
         if self.attempt_timeout > self.default_timeout:
             raise ValueError("attempt_timeout must not exceed default_timeout")

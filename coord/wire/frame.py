@@ -182,6 +182,9 @@ class FrameDecoder:
     def next_frame(self) -> Frame | None:
         if self._error is not None:
             raise self._error
+        if not self._tail_len and self._pos == len(self._buf):
+            self._want = PREFIX.size
+            return None  # nothing buffered: the common case between receives
         avail = len(self._buf) - self._pos + self._tail_len
         if avail < PREFIX.size:
             self._want = PREFIX.size - avail

@@ -37,6 +37,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
+def relative_drift_bound(rho: float) -> float:
+    """The `max_drift` to use when each clock's rate is within [1-rho, 1+rho]
+    of true time (`LeaseConfig.drift_bound`): the offset then changes by at
+    most (2 rho / (1 - rho)) per unit of the client's clock."""
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"rho is a rate error in [0, 1), got {rho}")
+    return 2 * rho / (1 - rho)
+
+
 class NoValidSample(Exception):
     """Every sample offered so far was impossible (or none was offered)."""
 

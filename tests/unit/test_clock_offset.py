@@ -17,6 +17,7 @@ from coord.clock.offset import (
     OffsetEstimator,
     OffsetSample,
     estimate_offset,
+    relative_drift_bound,
 )
 
 MS = 1_000_000  # nanoseconds
@@ -105,6 +106,24 @@ def test_bad_configuration_is_refused() -> None:
         OffsetEstimator(window=0)
     with pytest.raises(ValueError):
         OffsetEstimator(max_drift=-0.1)
+
+
+@given(
+    rho=st.floats(0, 0.01),
+    client_rate=st.floats(-1, 1),
+    server_rate=st.floats(-1, 1),
+    elapsed=st.floats(0, 1e6),
+)
+def test_relative_drift_bound_covers_any_admissible_pair_of_rates(
+    rho: float, client_rate: float, server_rate: float, elapsed: float
+) -> None:
+    # Clocks C(t) = r t with r in [1 - rho, 1 + rho]; the offset S - C moves by
+    # (r_s - r_c) t while the client's clock advances r_c t.
+    r_c, r_s = 1 + rho * client_rate, 1 + rho * server_rate
+    moved = abs(r_s - r_c) * elapsed
+    assert moved <= relative_drift_bound(rho) * (r_c * elapsed) * (1 + 1e-12) + 1e-9
+    with pytest.raises(ValueError):
+        relative_drift_bound(1.0)
 
 
 def test_remote_to_local_interval() -> None:

@@ -338,16 +338,9 @@ def check(
                 failure=outcome.failure,
                 elapsed=clock() - start,
             )
-    return CheckResult(
-        Verdict.OK,
-        f"linearizable: {len(ops)} operations in {len(parts)} partitions",
-        None,
-        (),
-        len(parts),
-        len(parts),
-        explored,
-        clock() - start,
-    )
+    text = f"linearizable: {len(ops)} operations in {len(parts)} partitions"
+    total = len(parts)
+    return CheckResult(Verdict.OK, text, None, (), total, total, explored, clock() - start)
 
 
 def assert_linearizable(

@@ -348,24 +348,7 @@ def _generate(
         kind = rng.choices(["get", "put", "cas", "delete"], weights)[0]
         pending = rng.random() < pending_rate
         takes_effect = not pending or rng.random() < 0.5
-        new = f"v{written}"
-        if kind == "get":
-            out: object = store.get(key)
-            arg: object = None
-        elif kind == "put":
-            arg, out = new, None
-            if takes_effect:
-                store[key] = new
-        elif kind == "delete":
-            arg, out = None, None
-            if takes_effect:
-                store.pop(key, None)
-        else:
-            current = store.get(key)
-            expected = current if rng.random() < 0.6 else f"v{rng.randrange(1, written + 1)}"
-            arg, out = (expected, new), current == expected
-            if takes_effect and current == expected:
-                store[key] = new
+        arg, out = _execute(rng, store, kind, key, f"v{written}", takes_effect)
         ops.append(
             Operation(ClientId(client), kind, key, arg, out, call, PENDING if pending else ret)
         )
@@ -399,6 +382,28 @@ def test_mutated_stale_read_is_caught(seed: int) -> None:
     victim, stale = _find_stale_read(ops)
     ops[victim] = _with_output(ops[victim], stale)
     assert check(ops, KV, BUDGET).verdict is Verdict.VIOLATION
+
+
+def _execute(
+    rng: random.Random, store: dict[str, object], kind: str, key: str, new: str, effect: bool
+) -> tuple[object, object]:
+    """Run one operation on the real dict (only if `effect`): (input, output)."""
+    if kind == "get":
+        return None, store.get(key)
+    if kind == "put":
+        if effect:
+            store[key] = new
+        return new, None
+    if kind == "delete":
+        if effect:
+            store.pop(key, None)
+        return None, None
+    current = store.get(key)
+    written_so_far = int(new[1:])
+    expected = current if rng.random() < 0.6 else f"v{rng.randrange(1, written_so_far + 1)}"
+    if effect and current == expected:
+        store[key] = new
+    return (expected, new), current == expected
 
 
 def _with_output(op: Operation, output: object) -> Operation:

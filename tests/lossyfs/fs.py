@@ -334,7 +334,7 @@ class LossyFS(pyfuse3.Operations):
         os.rmdir(name, dir_fd=self._get(parent_inode).path_fd)
 
     @_errno_edge
-    async def rename(  # noqa: PLR0917 - the signature is pyfuse3.Operations'
+    async def rename(
         self,
         parent_inode_old: int,
         name_old: bytes,

@@ -22,12 +22,13 @@ from coord.rpc import (
     is_transient,
 )
 from coord.rpc.client import RpcClient
-from coord.wire.frame import Frame
+from coord.wire.frame import Frame, FrameKind
 from tests.unit.test_rpc_common import (
     ADDR,
     BumpAtLeastOnce,
     BumpAtMostOnce,
     BumpMaybe,
+    Cluster,
     Crash,
     Echo,
     EchoReply,
@@ -299,3 +300,51 @@ async def test_deadline_in_the_past_fails_fast() -> None:
         with pytest.raises(Timeout):
             await client.call(ADDR, Echo(b"x"), deadline=trio.current_time() - 1)
         assert not math.isnan(trio.current_time())
+
+
+def _drop_all_replies(cluster: Cluster) -> None:
+    def wrap(address: str, stream: trio.abc.Stream) -> trio.abc.Stream:
+        return FaultyStream(
+            stream, lambda f: Fault.DROP if f.kind == FrameKind.RESPONSE else Fault.PASS
+        )
+
+    cluster.net.wrap_server = wrap
+
+
+async def test_watchdog_fails_calls_to_an_unresponsive_server(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """No reply at all (not even the server's TIMEOUT): every waiting call fails
+    `reply_grace` after its deadline, the reader's connection is closed."""
+    async with running_server() as cluster:
+        _drop_all_replies(cluster)
+        async with cluster.client(reply_grace=0.5) as client:
+            outcomes: list[tuple[str, float]] = []
+
+            async def one(i: int) -> None:
+                start = trio.current_time()
+                with pytest.raises(Timeout):
+                    await client.call(ADDR, BumpMaybe(str(i)), timeout=2.0)
+                outcomes.append((str(i), trio.current_time() - start))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):  # one reads the connection, two are parked
+                    nursery.start_soon(one, i)
+            assert len(outcomes) == 3
+            assert all(2.0 < elapsed <= 2.5 + 0.3 for _, elapsed in outcomes)
+            assert cluster.service.executions == {"0": 1, "1": 1, "2": 1}
+
+
+async def test_calls_outside_async_with_use_a_precise_timer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running_server() as cluster:
+        _drop_all_replies(cluster)
+        client = RpcClient(client_config(), cluster.net)  # no watchdog
+        try:
+            start = trio.current_time()
+            with pytest.raises(Timeout):
+                await client.call(ADDR, BumpMaybe("x"), timeout=2.0)
+            assert trio.current_time() - start == pytest.approx(2.0, abs=0.01)
+        finally:
+            await client.aclose()

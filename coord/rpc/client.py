@@ -527,8 +527,8 @@ class RpcClient:
                                                on_sent=mark_sent)
                 except RemoteError as exc:
                     if exc.code != ErrorCode.SESSION_UNKNOWN:
-                        await self._before_retry(exc, spec, address, attempt, attempts=attempts,
-                                         deadline=deadline)
+                        await self._before_retry(exc, spec, address, attempt,
+                                                 attempts=attempts, deadline=deadline)
                         continue
                     if was_delivered:
                         raise ReplyExpired(
@@ -543,8 +543,8 @@ class RpcClient:
                     seq = session.allocate()
                     delivered = False
                 except RpcError as exc:
-                    await self._before_retry(exc, spec, address, attempt, attempts=attempts,
-                                         deadline=deadline)
+                    await self._before_retry(exc, spec, address, attempt,
+                                             attempts=attempts, deadline=deadline)
         finally:
             session.outstanding.discard(seq)
             session.last_used = trio.current_time()

@@ -4,17 +4,20 @@ cancellation, retries per semantics, notifications, Lamport time, shutdown."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import trio
 
 from coord.rpc import (
+    AuthenticationError,
     ConnectionLost,
     ErrorCode,
     Fault,
     FaultyStream,
     ProtocolError,
     RemoteError,
+    ReplyExpired,
     Router,
     RpcServer,
     Timeout,
@@ -348,3 +351,39 @@ async def test_calls_outside_async_with_use_a_precise_timer(
             assert trio.current_time() - start == pytest.approx(2.0, abs=0.01)
         finally:
             await client.aclose()
+
+
+class _RecordingRandom(random.Random):
+    """Records the bounds of every jitter draw and returns the upper bound."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.caps: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.caps.append(b)
+        return b
+
+
+async def test_backoff_is_exponential_with_full_jitter(autojump_clock: trio.abc.Clock) -> None:
+    async with running_server() as cluster:
+        rng = _RecordingRandom()
+        async with RpcClient(client_config(), cluster.net, rng=rng) as client:
+            start = trio.current_time()
+            with pytest.raises(RemoteError):
+                await client.call(ADDR, BumpAtLeastOnce("k", fail_first=100))
+            # 4 attempts, 3 sleeps drawn from U(0, cap) with caps 0.01 * 2**n
+            assert rng.caps == [0.01, 0.02, 0.04]
+            assert trio.current_time() - start == pytest.approx(0.07, abs=1e-6)
+
+
+def test_transient_versus_permanent_is_decided_in_one_table() -> None:
+    assert is_transient(Unavailable("x")) and is_transient(ConnectionLost("x"))
+    assert is_transient(Timeout("x"))
+    assert is_transient(RemoteError(ErrorCode.OVERLOADED, "x"))
+    assert is_transient(RemoteError(ErrorCode.SHUTTING_DOWN, "x"))
+    assert not is_transient(RemoteError(ErrorCode.BAD_REQUEST, "x"))
+    assert not is_transient(RemoteError("ENOENT", "x"))
+    assert not is_transient(ReplyExpired("x"))
+    assert not is_transient(AuthenticationError("x"))
+    assert not is_transient(ProtocolError("x"))

@@ -327,7 +327,10 @@ class RpcClient:
             if self._watchdog_scope is not None:
                 self._watchdog_scope.cancel()
                 self._watchdog_scope = None
-            await self._stack.__aexit__(et, ev, tb)
+            # The body's exception is not handed to the watchdog's nursery: it
+            # would come out wrapped in an ExceptionGroup, and callers catch
+            # plain exceptions (KvError, RpcError, ...) around `async with`.
+            await self._stack.__aexit__(None, None, None)
 
     async def _watchdog(self) -> None:
         """Fail calls whose reply is `reply_grace` overdue (the server normally

@@ -17,7 +17,6 @@ import enum
 from collections.abc import Callable
 
 import trio
-import trio.testing
 
 from coord.wire.frame import HEADER_SIZE, Frame, FrameDecoder, encode_frame
 
@@ -76,7 +75,11 @@ class MemoryNetwork:
             raise ConnectionRefusedError(f"nobody listens at {address}")
         client_end: trio.abc.Stream
         server_end: trio.abc.Stream
-        client_end, server_end = trio.testing.memory_stream_pair()
+        # Imported here: trio.testing pulls in pytest, which production code
+        # importing coord.rpc must not pay for.
+        from trio.testing import memory_stream_pair  # noqa: PLC0415
+
+        client_end, server_end = memory_stream_pair()
         if self.wrap_server is not None:
             server_end = self.wrap_server(address, server_end)
         listener.offer(server_end)

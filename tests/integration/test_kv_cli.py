@@ -99,3 +99,17 @@ def test_missing_secret_is_a_clear_error(cluster: MetaCluster, tmp_path: Path) -
     out = ddfs(cluster, "kv", "get", "x", secret=tmp_path / "missing")
     assert out.returncode == 2
     assert "cannot read the cluster secret" in out.stderr
+
+
+def test_no_reachable_member_fails_within_the_timeout_without_a_traceback(tmp_path: Path) -> None:
+    from tests.support.processes import free_ports
+
+    secret = tmp_path / "secret"
+    secret.write_text("s\n")
+    env = {**os.environ, "DDFS_ENDPOINTS": f"127.0.0.1:{free_ports(1)[0]}",
+           "DDFS_SECRET_FILE": str(secret)}
+    out = subprocess.run(ddfs_argv("kv", "--timeout", "1", "put", "k", "v"), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2
+    assert "no member answered within 1 s" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -14,9 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per member")
 
 
+def _skew(row: dict[str, object]) -> str:
+    return f"{row['clock_offset_ms']:+.3f}±{row['clock_error_ms']:.3f}"
+
+
 def run(args: argparse.Namespace) -> int:
     import trio
 
+    from coord.clock.rpc import measure_offset
     from coord.raft.rpc import RaftStatus
     from coord.rpc import RpcError
     from tools.common import parse_endpoints, read_secret, rpc_client
@@ -30,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
             for address in endpoints:
                 try:
                     reply = await rpc.call(address, RaftStatus(), timeout=2.0)
-                    rows.append(json.loads(reply.json))
+                    row = json.loads(reply.json)
+                    est = await measure_offset(rpc, address, samples=4)
+                    row["clock_offset_ms"] = round(est.offset / 1e6, 3)
+                    row["clock_error_ms"] = round(est.error_bound / 1e6, 3)
+                    rows.append(row)
                 except RpcError as exc:
                     rows.append({"address": address, "error": str(exc)})
         return rows
@@ -40,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0 if all("error" not in r for r in rows) else 1
     print(f"{'id':>3} {'address':<21} {'role':<13} {'term':>5} {'leader':>6} "
-          f"{'commit':>8} {'applied':>8}  lag")
+          f"{'commit':>8} {'applied':>8} {'skew ms':>14}  lag")
     for r in rows:
         if "error" in r:
             print(f"{'?':>3} {r['address']!s:<21} unreachable: {r['error']}")
             continue
         lag = ", ".join(f"{p}:{n}" for p, n in dict(r["lag"]).items())  # type: ignore[call-overload]
         print(f"{r['id']!s:>3} {r['address']!s:<21} {r['role']!s:<13} {r['term']!s:>5} "
-              f"{r['leader']!s:>6} {r['commit_index']!s:>8} {r['applied_index']!s:>8}  {lag}")
+              f"{r['leader']!s:>6} {r['commit_index']!s:>8} {r['applied_index']!s:>8} "
+              f"{_skew(r):>14}  {lag}")
     return 0 if all("error" not in r for r in rows) else 1

@@ -3,7 +3,8 @@
 Peers exchange Raft messages as one-way `raft.batch` notifications (a
 message batch per frame; replies are ordinary Raft messages going the other
 way), so a slow or dead peer never blocks the sender.  `raft.status` answers
-what `ddfs raft status` shows.
+what `ddfs raft status` shows; `clock.probe` lets it estimate each member's
+clock offset.
 
 Invariant: a malformed batch from an authenticated peer is logged and
 dropped; it never reaches the core and never ends the connection.
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coord.clock.rpc import add_clock_routes
 from coord.raft.codec import CodecError, decode_batch, encode_batch
 from coord.raft.driver import RaftDriver, status_dict
 from coord.raft.messages import Message
@@ -81,3 +83,4 @@ def add_raft_routes(router: Router, driver: RaftDriver[Any], extra: Mapping[str,
 
     router.add(RaftBatch, on_batch)
     router.add(RaftStatus, on_status)
+    add_clock_routes(router)

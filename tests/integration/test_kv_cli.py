@@ -82,6 +82,8 @@ def test_raft_status_shows_one_leader_and_the_followers_lag(cluster: MetaCluster
     assert len(leaders) == 1
     assert all(r["leader"] == leaders[0]["id"] for r in rows)
     assert set(leaders[0]["lag"]) == {str(i) for i in (1, 2, 3)} - {str(leaders[0]["id"])}
+    # Same machine, same clock: the measured skew is within its error bound of 0.
+    assert all(abs(r["clock_offset_ms"]) <= r["clock_error_ms"] + 1.0 for r in rows)
     table = ddfs(cluster, "raft", "status").stdout
     assert "leader" in table and "follower" in table
 

@@ -1,0 +1,278 @@
+"""The chunk server's RPC methods (`chunk.*`): messages, replies and error codes.
+
+This is the contract the client library (fs/client) and the metadata leader
+code against; docs/chunk-server.md describes the protocol around it and
+docs/fs-design.md the contracts between the parts.
+
+Invariants of the protocol:
+
+* A write is two steps, as in GFS: the data travels first (`ChunkPush`,
+  along a chain of replicas, into each server's bounded staging buffer),
+  then the mutation is ordered by the primary (`ChunkWrite`), which applies
+  it and forwards it to the secondaries (`ChunkApply`) under a per-chunk
+  serial number.  Every replica applies mutations of a chunk in serial
+  order; serial numbers restart at 1 with every new fencing token.
+* Staged data is keyed by (origin, data_id): `origin` is the RPC node id of
+  the client that pushed it first (servers forwarding a push say whose data
+  it is), `data_id` a number the client chooses, unique among its pushes
+  still in flight.  A write or apply consumes the staged data it names,
+  whether it succeeds or fails; staged data nobody consumes expires.
+* Every mutation carries the chunk version and the primary's fencing token.
+  A replica rejects a token lower than the highest it has accepted for the
+  chunk (STALE_TOKEN; the highest token survives restarts and deletion) and
+  a version lower than its own (STALE_VERSION); a higher version is adopted
+  (that is how a new lease's version bump reaches the replicas).
+* A read names the version the client expects; a replica at any other
+  version refuses it (STALE_VERSION).  Every block a read touches is
+  verified against its CRC-32C; a mismatch is reported to the metadata
+  leader (`meta.bad_replica`) and the read fails with CHECKSUM so the
+  client reads another replica.
+* Offsets and lengths are bytes within the chunk: 0 <= offset,
+  offset + length <= CHUNK_SIZE.  A replica's data length is the end of
+  the furthest byte ever written (or the truncate length); bytes never
+  written inside it read as zeros, and a read past it is short.
+
+Errors are `coord.rpc.RemoteError(code, message)` with one of the codes
+below; the client decides per code (see `RETRY_ELSEWHERE`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from coord.lease.types import FencingToken
+from coord.rpc import Request, Semantics, request
+from fs.types import ChunkHandle, ChunkVersion, ServerId
+
+# ---- error codes (RemoteError.code) ---------------------------------------
+
+CHECKSUM = "CHECKSUM"  # a block failed CRC-32C verification; message names "block N"
+STALE_TOKEN = "STALE_TOKEN"  # the fencing token is lower than one already accepted
+STALE_VERSION = "STALE_VERSION"  # version mismatch; message names "replica at version N"
+NO_CHUNK = "NO_CHUNK"  # this server holds no replica of the chunk
+NO_DATA = "NO_DATA"  # no (complete) staged data under (origin, data_id): push it again
+OUT_OF_ORDER = "OUT_OF_ORDER"  # a secondary waited too long for an earlier serial
+ENOSPC = "ENOSPC"  # the data disk is full; nothing was changed, staged data dropped
+EIO = "EIO"  # a local I/O error other than a full disk
+BAD_ARGS = "BAD_ARGS"  # offset/length/handle out of range, data too large, ...
+# A full staging buffer answers with the RPC framework's OVERLOADED code,
+# which the RPC client treats as transient and retries with backoff.
+STAGING_FULL = "OVERLOADED"
+
+# Codes after which the same bytes are worth asking of another replica.
+RETRY_ELSEWHERE = frozenset({CHECKSUM, STALE_VERSION, NO_CHUNK, EIO})
+
+_BLOCK_RE = re.compile(r"\bblock (\d+)\b")
+_VERSION_RE = re.compile(r"\breplica at version (\d+)\b")
+
+
+def bad_block_of(message: str) -> int | None:
+    """The block index a CHECKSUM error message names (None if it names none)."""
+    m = _BLOCK_RE.search(message)
+    return int(m.group(1)) if m else None
+
+
+def replica_version_of(message: str) -> int | None:
+    """The replica's version a STALE_VERSION message names (None if absent)."""
+    m = _VERSION_RE.search(message)
+    return int(m.group(1)) if m else None
+
+
+# ---- data push ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushReply:
+    stored: list[str]  # the addresses of `chain` that confirmed they hold the data
+
+
+@request("chunk.push", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkPush(Request[PushReply]):
+    """Stage `data` at byte `part_offset` of the buffer (origin, data_id), then
+    forward it to `chain[0]` with `chain[1:]` and answer once that returned.
+
+    `chain` lists the servers that must receive the data AFTER the receiver
+    (the client calls chain[0] with chain[1:]).  If a server of the chain
+    cannot be reached it is skipped and the push continues with the rest;
+    `PushReply.stored` says which of them hold the data.  Idempotent: a
+    repeated part overwrites itself.  A large write may be pushed as several
+    parts (different `part_offset`, same `data_id`), concurrently: the parts
+    must tile [0, total) without gaps or overlaps by the time of the write.
+    `origin` is 0 from a client (the server uses the caller's node id) and
+    the client's node id on forwards between servers.
+    """
+
+    data_id: int
+    data: bytes
+    chain: list[str]
+    part_offset: int = 0
+    origin: int = 0
+
+
+# ---- mutations --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReply:
+    serial: int  # the serial the primary gave this mutation
+    failed: list[str]  # secondaries that did not apply it (report them: fs.drop_replica)
+
+
+@request("chunk.write", semantics=Semantics.AT_MOST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkWrite(Request[WriteReply]):
+    """To the primary: write the staged data (caller, data_id) at `offset`.
+
+    The primary checks the fencing token and the version, assigns the next
+    serial of the chunk, applies the data locally (creating the replica if
+    this server has none), sends `ChunkApply` to every address in
+    `secondaries` and answers with those that failed.  An error reply means
+    the primary itself did not apply it (and no secondary was asked).
+    `sync`: fsync data and index before answering (always done in v1).
+    """
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+    data_id: int
+    offset: int
+    secondaries: list[str]
+    sync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReply:
+    serial: int
+    version: ChunkVersion  # the replica's version after applying
+
+
+@request("chunk.apply", semantics=Semantics.AT_MOST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkApply(Request[ApplyReply]):
+    """Primary to secondary: apply mutation number `serial` of the chunk.
+
+    Applied strictly in serial order per (chunk, token): an apply whose
+    predecessor has not arrived waits for it (bounded, then OUT_OF_ORDER); a
+    serial already applied is acknowledged without applying it again.
+    A write stages data (origin, data_id) at `offset`; with `truncate` the
+    mutation is a truncate to length `offset` (no data).
+    """
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+    serial: int
+    data_id: int
+    offset: int
+    origin: int
+    sync: bool = True
+    truncate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateReply:
+    serial: int
+    failed: list[str]  # secondaries that did not apply it
+
+
+@request("chunk.truncate", semantics=Semantics.AT_MOST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkTruncate(Request[TruncateReply]):
+    """To the primary: cut the replica's data to `length` bytes (bytes beyond
+    read as zeros if the chunk grows again), ordered with the writes like one
+    and forwarded to `secondaries`.  A length at or past the current data
+    length changes no data (the version/token checks and adoption still run)."""
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+    length: int
+    secondaries: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SetVersionReply:
+    version: ChunkVersion  # the replica's version afterwards
+
+
+@request("chunk.set_version", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkSetVersion(Request[SetVersionReply]):
+    """Raise the replica's version to `version` without changing data (fenced
+    like a write; a lower version is refused STALE_VERSION, an equal one is a
+    no-op).  For the lease grantee or metadata leader after a version bump, so
+    that replicas become readable at the new version before any write."""
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+
+
+# ---- reads and administration ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    data: bytes  # shorter than asked at the end of the replica's data
+
+
+@request("chunk.read", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkRead(Request[ReadReply]):
+    """Read `length` bytes at `offset`, verifying every block touched.
+    STALE_VERSION unless the replica is at exactly `version`."""
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReply:
+    deleted: list[ChunkHandle]  # the handles that had a replica here (now gone)
+
+
+@request("chunk.delete", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkDelete(Request[DeleteReply]):
+    """Delete these replicas (waits for mutations in progress on them).  The
+    highest fencing token of each is kept, so a deposed primary cannot
+    recreate one."""
+
+    handles: list[ChunkHandle]
+
+
+@dataclass(frozen=True, slots=True)
+class StatReply:
+    server_id: ServerId
+    capacity: int  # bytes of the data file system
+    free: int  # bytes available to us on it
+    used: int  # bytes of chunk data (sum of replica lengths)
+    chunks: int  # replicas stored
+    staged_bytes: int  # bytes in the staging buffer
+    staged_entries: int
+
+
+@request("chunk.stat", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkStat(Request[StatReply]):
+    """Space and counts, for `ddfs status`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumReply:
+    version: ChunkVersion
+    length: int
+    bad_blocks: list[int]  # empty: every block verified
+
+
+@request("chunk.checksum", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkChecksum(Request[ChecksumReply]):
+    """Verify every block of the replica (for `ddfs fsck`); bad blocks are
+    also reported to the metadata leader."""
+
+    handle: ChunkHandle

@@ -319,9 +319,7 @@ class RaftNode:
             self._leave_leadership()
         self.role = role
 
-    def _become_follower(
-        self, now: float, term: Term, leader: NodeId | None, why: str
-    ) -> None:
+    def _become_follower(self, now: float, term: Term, leader: NodeId | None, why: str) -> None:
         if term > self.term:
             self.term, self.vote = term, None
         self._set_role(now, Role.FOLLOWER, why)
@@ -451,11 +449,17 @@ class RaftNode:
     def _handle_append(self, m: AppendEntries) -> None:
         """Fig. 2 AppendEntries receiver implementation."""
         reply = AppendEntriesResponse
-        if m.prev_log_index < self.log.committed:
-            # Everything up to our commit index is the leader's already (§5.4).
-            self._send(reply(self.id, m.src, self.term, True, match_index=self.log.committed))
-            return
-        match = self.log.maybe_append(m.prev_log_index, m.prev_log_term, m.entries)
+        prev, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
+        committed = self.log.committed
+        if prev < committed:
+            # Our committed prefix is in every later leader's log (§5.4.3), so an old or
+            # duplicated append only contributes what lies beyond it.
+            skip = committed - prev
+            if len(entries) <= skip:
+                self._send(reply(self.id, m.src, self.term, True, match_index=committed))
+                return
+            prev, prev_term, entries = committed, self.log.term(committed), entries[skip:]
+        match = self.log.maybe_append(prev, prev_term, entries)
         if match is not None:
             self.log.commit_to(LogIndex(min(m.leader_commit, match)))
             self._send(reply(self.id, m.src, self.term, True, match_index=match))

@@ -135,4 +135,3 @@ class Progress:
     def _clear_inflight(self) -> None:
         self.inflight.clear()
         self.inflight_bytes = 0
-

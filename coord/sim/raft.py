@@ -31,8 +31,8 @@ from coord.raft.core import RaftNode
 from coord.raft.memlog import MemLog
 from coord.raft.messages import Message, ReadCtx
 from coord.raft.readindex import ReadState
-from coord.raft.ready import Proposed, Ready, Role
-from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId
+from coord.raft.ready import Overloaded, Proposed, Ready, Role
+from coord.raft.types import Entry, HardState, NodeId
 from coord.sim.network import NetConfig, SimNetwork
 from coord.sim.raft_checks import RaftChecker, SafetyViolation
 
@@ -45,7 +45,7 @@ SIM_RAFT_CONFIG = RaftConfig(
     max_append_bytes=4096,
     max_inflight=4,
     max_inflight_bytes=16384,
-    max_uncommitted_bytes=8192,
+    max_uncommitted_bytes=512,  # ~24 small commands: an isolated leader hits it
     max_apply_bytes=8192,
 )
 
@@ -69,6 +69,7 @@ class SimReport:
     ticks: int = 0
     faults: list[str] = field(default_factory=list)
     proposals: int = 0
+    refused: int = 0  # proposals refused as Overloaded (uncommitted cap)
     commits: int = 0  # client commands acknowledged (applied somewhere) in the faulty phase
     reads: int = 0  # linearizable reads served
     leaders: int = 0  # distinct terms that had a leader
@@ -113,6 +114,8 @@ Action = Callable[[], None]
 class RaftSim:
     """One simulated run; `run()` returns a report or raises SafetyViolation."""
 
+    disk_cls: type[SimDisk] = SimDisk  # tests plant storage bugs by overriding it
+
     def __init__(self, params: SimParams, node_cls: type[RaftNode] = RaftNode) -> None:
         self.p = params
         self.node_cls = node_cls
@@ -127,7 +130,7 @@ class RaftSim:
         self.net: SimNetwork[NodeId, Message] = SimNetwork(
             random.Random(self.rng.getrandbits(64)), net_cfg
         )
-        self.disks = {i: SimDisk() for i in self.ids}
+        self.disks = {i: self.disk_cls() for i in self.ids}
         self.cores: dict[NodeId, RaftNode | None] = dict.fromkeys(self.ids)
         self.applied: dict[NodeId, list[Entry]] = {i: [] for i in self.ids}
         self.checker = RaftChecker(quorum=params.nodes // 2 + 1)
@@ -170,12 +173,19 @@ class RaftSim:
             _, _, what, action = heapq.heappop(self.events)
             self.trace.append((tick, "fault", what))
             action()
+        inbox: dict[NodeId, list[Message]] = {}
         for _src, dst, msg in self.net.due(tick):
+            inbox.setdefault(dst, []).append(msg)
+        for dst, msgs in inbox.items():
             core = self.cores[dst]
             if core is None:
                 continue
-            self.trace.append((tick, "recv", msg))
-            core.step(msg, float(tick))
+            # Like a real driver, drain the inbox, then handle one Ready for the batch.
+            for msg in msgs:
+                self.trace.append((tick, "recv", msg))
+                core.step(msg, float(tick))
+                self.checker.after_step(dst, core)
+                self._check_durable()
             self._process(dst, core)
         for nid in self.ids:
             core = self.cores[nid]
@@ -243,6 +253,9 @@ class RaftSim:
                 self.trace.append((self.now, "hold", f"node {nid} Ready"))
                 break
             self._handle_ready(nid, core, rd)
+        self._check_durable()
+
+    def _check_durable(self) -> None:
         if self._durable_changed or self.checker.commit_index != self._durable_checked:
             # Re-evaluated whenever an input changed (an fsync, a crash, a new commit).
             self.checker.durable_majority(d.durable_log for d in self.disks.values())
@@ -325,6 +338,8 @@ class RaftSim:
         if isinstance(result, Proposed):
             self.pending[(result.index, result.term)] = data
             self.report.proposals += 1
+        elif isinstance(result, Overloaded):
+            self.report.refused += 1
         self._process(leader, core)
 
     def _leader(self) -> NodeId | None:
@@ -444,13 +459,9 @@ class RaftSim:
         return "\n".join(lines)
 
 
-def command_entries(entries: Sequence[Entry]) -> list[bytes]:
-    return [e.data for e in entries if e.kind is EntryKind.COMMAND]
-
-
 def run_raft_sim(seed: int, nodes: int = 3, node_cls: type[RaftNode] = RaftNode) -> SimReport:
     """Reproduce one simulated run (the entry point a failing test message names)."""
     return RaftSim(SimParams(seed=seed, nodes=nodes), node_cls).run()
 
 
-__all__ = ["LogIndex", "RaftSim", "SafetyViolation", "SimParams", "SimReport", "run_raft_sim"]
+__all__ = ["RaftSim", "SafetyViolation", "SimDisk", "SimParams", "SimReport", "run_raft_sim"]

@@ -13,13 +13,22 @@ The default suite runs SEEDS_PER_CASE x CASES x 2 cluster sizes = 2,000 runs;
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from coord.raft.core import RaftNode
 from coord.raft.messages import RequestVote
 from coord.raft.types import NodeId
 from coord.sim.network import NetConfig, SimNetwork
-from coord.sim.raft import RaftSim, SafetyViolation, SimParams, SimReport, run_raft_sim
+from coord.sim.raft import (
+    RaftSim,
+    SafetyViolation,
+    SimDisk,
+    SimParams,
+    SimReport,
+    run_raft_sim,
+)
 
 CASES = 20
 SEEDS_PER_CASE = 50
@@ -39,14 +48,16 @@ def check_run(report: SimReport) -> None:
 def test_raft_sim_is_safe_under_faults(case: int, nodes: int, soak: bool) -> None:
     per_case = SEEDS_PER_CASE * (SOAK_FACTOR if soak else 1)
     base = case * per_case
-    stats = {"reads": 0, "crashes": 0}
+    stats = {"reads": 0, "crashes": 0, "refused": 0}
     for seed in range(base, base + per_case):
         report = run_raft_sim(seed, nodes)  # raises SafetyViolation naming the seed
         check_run(report)
         stats["reads"] += report.reads
         stats["crashes"] += report.crashes
-    # The sweep as a whole must exercise reads and crashes, not just partitions.
+        stats["refused"] += report.refused
+    # The sweep as a whole must exercise reads, crashes and the uncommitted cap too.
     assert stats["reads"] > per_case and stats["crashes"] > per_case // 2, stats
+    assert stats["refused"] > 0, stats
 
 
 class VotesTwice(RaftNode):
@@ -63,11 +74,24 @@ class IgnoresLogUpToDate(RaftNode):
         return True
 
 
-def first_violation(node_cls: type[RaftNode], seeds: range) -> SafetyViolation | None:
+class SkipsFsync(SimDisk):
+    """Planted driver bug: acknowledges writes that were never made durable."""
+
+    def fsync(self) -> None:
+        pass
+
+
+class SkipsFsyncSim(RaftSim):
+    disk_cls = SkipsFsync
+
+
+def first_violation(
+    node_cls: type[RaftNode], seeds: range, sim_cls: type[RaftSim] = RaftSim
+) -> SafetyViolation | None:
     for seed in seeds:
         for nodes in (3, 5):
             try:
-                RaftSim(SimParams(seed=seed, nodes=nodes), node_cls).run()
+                sim_cls(SimParams(seed=seed, nodes=nodes), node_cls).run()
             except SafetyViolation as exc:
                 return exc
     return None
@@ -86,6 +110,11 @@ def test_planted_stale_log_vote_is_caught_as_a_leader_completeness_violation() -
     assert "leader completeness" in str(exc) or "safety" in str(exc)
 
 
+def test_planted_missing_fsync_is_caught_as_a_durability_violation() -> None:
+    exc = first_violation(RaftNode, range(5), SkipsFsyncSim)
+    assert exc is not None and "durability" in str(exc)
+
+
 def test_a_failing_seed_reproduces_exactly() -> None:
     a = first_violation(VotesTwice, range(20))
     b = first_violation(VotesTwice, range(20))
@@ -97,8 +126,6 @@ def test_same_seed_same_run() -> None:
 
 
 def test_network_drops_duplicates_delays_and_partitions_deterministically() -> None:
-    import random
-
     def run(seed: int) -> tuple[list[tuple[int, int, int]], int]:
         net: SimNetwork[int, int] = SimNetwork(
             random.Random(seed), NetConfig(drop=0.2, duplicate=0.2, min_delay=1, max_delay=5)

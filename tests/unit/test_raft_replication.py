@@ -18,9 +18,9 @@ def e(index: int, term: int) -> Entry:
     return Entry(Term(term), LogIndex(index), EntryKind.COMMAND, b"%d/%d" % (index, term))
 
 
-def append(prev: int, prev_term: int, entries: list[Entry], commit: int = 0, term: int = 3) -> (
-    AppendEntries
-):
+def append(
+    prev: int, prev_term: int, entries: list[Entry], commit: int = 0, term: int = 3
+) -> AppendEntries:
     return AppendEntries(
         N1, N2, Term(term), LogIndex(prev), Term(prev_term), tuple(entries), LogIndex(commit)
     )
@@ -59,7 +59,11 @@ def test_fig2_append_receiver_deletes_a_conflicting_suffix_and_appends() -> None
     rd = h.process(N2)
     assert rd is not None and rd.truncate_from == 3 and rd.must_sync
     assert [(x.index, x.term) for x in h.logs[N2].all_entries()] == [
-        (1, 1), (2, 1), (3, 3), (4, 3), (5, 3)
+        (1, 1),
+        (2, 1),
+        (3, 3),
+        (4, 3),
+        (5, 3),
     ]
     [r] = [m for m in rd.messages if isinstance(m, AppendEntriesResponse)]
     assert r.success and r.match_index == 5
@@ -266,3 +270,35 @@ def test_replicate_state_falls_back_to_probing_after_lost_appends() -> None:
         h.advance_time(CONFIG.heartbeat_interval, [N1])
         h.deliver()
     assert h.commands(N2) == [b"lost"]
+
+
+def test_s5_4_3_an_append_reaching_below_the_commit_index_still_adds_what_lies_beyond() -> None:
+    h = Harness(
+        3,
+        logs={N2: [e(1, 3), e(2, 3), e(3, 3)]},
+        hard_states={N2: HardState(Term(3), None, LogIndex(3))},
+    )
+    h.nodes[N2].step(append(1, 3, [e(2, 3), e(3, 3), e(4, 3)], commit=3), h.now)
+    [r] = replies(h)
+    assert r.success and r.match_index == 4 and h.logs[N2].last_index() == 4
+    h.nodes[N2].step(append(0, 0, [e(1, 3)]), h.now)  # entirely below the commit index
+    [r] = replies(h)
+    assert r.success and r.match_index == 3
+
+
+def test_entries_superseded_while_their_ready_is_outstanding_are_rewritten() -> None:
+    """The core must not assume persistence before advance: a conflicting append that
+    arrives while the driver is still writing makes the next Ready rewrite the suffix."""
+    h = follower([e(1, 1)], term=2)
+    node = h.nodes[N2]
+    node.step(append(1, 1, [e(2, 2), e(3, 2)], term=2), h.now)
+    first = node.ready()
+    node.step(append(1, 1, [e(2, 3)], term=3), h.now)  # a new leader, mid-write
+    h.logs[N2].append(first.entries)  # the driver finishes the stale write ...
+    node.advance(first)  # ... and reports it
+    second = node.ready()
+    assert second.truncate_from == 2 and [(x.index, x.term) for x in second.entries] == [(2, 3)]
+    h.logs[N2].append(second.entries)
+    node.advance(second)
+    assert [(x.index, x.term) for x in h.logs[N2].all_entries()] == [(1, 1), (2, 3)]
+    assert node.log.last_index() == 2 and not node.log.unstable

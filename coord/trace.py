@@ -1,0 +1,230 @@
+"""Lamport-ordered protocol traces and their rendering as Mermaid sequence diagrams.
+
+Any protocol (2PC now; mutual exclusion, elections, Raft later) records what
+each node did as `TraceEvent`s: a message sent, a message received, or a
+note (a log write, a crash, a recovery, a decision).  Every event carries the
+Lamport time of that event on its node, so sorting all nodes' events by
+(Lamport time, node, per-node sequence) gives one total order that respects
+happened-before: a receive is always stamped later than its send, and each
+node's own events are stamped in increasing order.
+
+The diagram uses the notation of the chapter's figures: one lifeline per
+node, an arrow per message labelled with its send stamp (and its receive
+stamp, when it arrived), dashed arrows for replies, crossed arrows for
+messages that never arrived, and notes over a node for local events.
+
+Invariants:
+* `lamport_order` is a linear extension of happened-before for any events
+  recorded with per-node Lamport clocks (ties between nodes are broken by
+  the actor order, then by the per-node sequence, so the order is stable).
+* `match_messages` pairs each receive with the earliest unmatched send of the
+  same (sender, receiver, label) stamped before it; a send left unmatched was
+  lost (dropped, or its receiver crashed first); a receive left unmatched is
+  a duplicate delivery.
+* Rendering never fails on odd labels: characters Mermaid treats as syntax
+  are replaced.
+* Nothing here reads a clock; stamps are given by the caller.  The JSONL
+  helpers are the only file I/O, and a torn last line (a writer killed
+  mid-line) is skipped, not fatal.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class EventKind(enum.Enum):
+    SEND = "send"
+    RECEIVE = "receive"
+    NOTE = "note"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    kind: EventKind
+    node: str  # the node the event happened on
+    lamport: int  # that node's Lamport time for this event
+    label: str  # message label ("PREPARE tx1") or note text
+    peer: str = ""  # SEND: the destination; RECEIVE: the source
+    reply: bool = False  # SEND: draw as a reply (dashed arrow)
+    seq: int = 0  # per-recorder order, a tie-breaker for equal stamps
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "node": self.node, "lamport": self.lamport,
+                "label": self.label, "peer": self.peer, "reply": self.reply, "seq": self.seq}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> TraceEvent:
+        return cls(EventKind(obj["kind"]), str(obj["node"]), int(obj["lamport"]),
+                   str(obj["label"]), str(obj.get("peer", "")), bool(obj.get("reply", False)),
+                   int(obj.get("seq", 0)))
+
+
+class TraceRecorder:
+    """Collects events (and hands each to `sink`, e.g. a JSONL writer, as it happens)."""
+
+    def __init__(self, sink: Callable[[TraceEvent], None] | None = None) -> None:
+        self.events: list[TraceEvent] = []
+        self._sink = sink
+        self._seq = 0
+
+    def _add(self, event: TraceEvent) -> TraceEvent:
+        self.events.append(event)
+        if self._sink is not None:
+            self._sink(event)
+        return event
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def send(self, node: str, peer: str, label: str, lamport: int, *,
+             reply: bool = False) -> TraceEvent:
+        return self._add(TraceEvent(EventKind.SEND, node, lamport, label, peer, reply,
+                                    self._next()))
+
+    def receive(self, node: str, peer: str, label: str, lamport: int) -> TraceEvent:
+        return self._add(TraceEvent(EventKind.RECEIVE, node, lamport, label, peer,
+                                    seq=self._next()))
+
+    def note(self, node: str, text: str, lamport: int) -> TraceEvent:
+        return self._add(TraceEvent(EventKind.NOTE, node, lamport, text, seq=self._next()))
+
+
+# ----------------------------------------------------------------------------- ordering
+
+
+def actors_of(events: Iterable[TraceEvent]) -> list[str]:
+    """Nodes in order of first appearance (as senders, receivers or note owners)."""
+    seen: dict[str, None] = {}
+    for ev in events:
+        seen.setdefault(ev.node, None)
+        if ev.peer:
+            seen.setdefault(ev.peer, None)
+    return list(seen)
+
+
+def lamport_order(events: Iterable[TraceEvent],
+                  actors: Sequence[str] | None = None) -> list[TraceEvent]:
+    evs = list(events)
+    order = {a: i for i, a in enumerate(actors if actors is not None else actors_of(evs))}
+    return sorted(evs, key=lambda e: (e.lamport, order.get(e.node, len(order)), e.node, e.seq))
+
+
+@dataclass(frozen=True, slots=True)
+class MessageArrow:
+    send: TraceEvent
+    receive: TraceEvent | None  # None: never arrived
+
+
+def match_messages(ordered: Sequence[TraceEvent]) -> tuple[list[MessageArrow], int]:
+    """Pair sends with receives; return (arrows in send order, duplicate receives)."""
+    waiting: dict[tuple[str, str, str], deque[int]] = defaultdict(deque)
+    sends: list[TraceEvent] = []
+    received: dict[int, TraceEvent] = {}
+    duplicates = 0
+    for ev in ordered:
+        if ev.kind is EventKind.SEND:
+            waiting[(ev.node, ev.peer, ev.label)].append(len(sends))
+            sends.append(ev)
+        elif ev.kind is EventKind.RECEIVE:
+            queue = waiting[(ev.peer, ev.node, ev.label)]
+            # A send stamped at or after the receive cannot be its cause.
+            if queue and sends[queue[0]].lamport < ev.lamport:
+                received[queue.popleft()] = ev
+            else:
+                duplicates += 1
+    return [MessageArrow(s, received.get(i)) for i, s in enumerate(sends)], duplicates
+
+
+def message_counts(events: Iterable[TraceEvent]) -> dict[str, int]:
+    """Messages sent per label kind (the label's first word), e.g. {"PREPARE": 3}."""
+    counts: dict[str, int] = defaultdict(int)
+    for ev in events:
+        if ev.kind is EventKind.SEND:
+            counts[ev.label.split(" ", 1)[0]] += 1
+    return dict(sorted(counts.items()))
+
+
+# ----------------------------------------------------------------------------- rendering
+
+_UNSAFE = str.maketrans({";": ",", "#": "no.", "\n": " ", ":": " -", "%": " pct", "<": "(",
+                         ">": ")", "{": "(", "}": ")"})
+
+
+def _text(label: str) -> str:
+    return label.translate(_UNSAFE).strip() or "-"
+
+
+def _ident(name: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    return safe if safe and not safe[0].isdigit() else f"n_{safe}"
+
+
+def to_mermaid(events: Iterable[TraceEvent], *, actors: Sequence[str] | None = None,
+               aliases: Mapping[str, str] | None = None, title: str | None = None) -> str:
+    """A Mermaid `sequenceDiagram` of the events in Lamport order."""
+    evs = list(events)
+    names = list(actors) if actors is not None else actors_of(evs)
+    for extra in actors_of(evs):
+        if extra not in names:
+            names.append(extra)
+    ordered = lamport_order(evs, names)
+    arrows, _ = match_messages(ordered)
+    by_send = {id(a.send): a for a in arrows}
+    lines = ["sequenceDiagram"]
+    if title:
+        lines.append(f"    title {_text(title)}")
+    for name in names:
+        alias = (aliases or {}).get(name, name)
+        lines.append(f"    participant {_ident(name)} as {_text(alias)}")
+    for ev in ordered:
+        if ev.kind is EventKind.NOTE:
+            lines.append(f"    Note over {_ident(ev.node)}: L{ev.lamport} {_text(ev.label)}")
+        elif ev.kind is EventKind.SEND:
+            lines.append("    " + _arrow(by_send[id(ev)]))
+    return "\n".join(lines) + "\n"
+
+
+def _arrow(arrow: MessageArrow) -> str:
+    s = arrow.send
+    src, dst = _ident(s.node), _ident(s.peer)
+    if arrow.receive is None:
+        head = "--x" if s.reply else "-x"
+        return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (lost)"
+    head = "-->>" if s.reply else "->>"
+    return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (recv L{arrow.receive.lamport})"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def append_jsonl(path: Path, event: TraceEvent) -> None:
+    """Append one event as a line (one write: a killed writer tears at most that line)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
+
+
+def read_jsonl(path: Path) -> list[TraceEvent]:
+    out: list[TraceEvent] = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        try:
+            out.append(TraceEvent.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line from a writer killed mid-write
+    return out
+
+
+def max_lamport(events: Iterable[TraceEvent], node: str) -> int:
+    """The highest stamp `node` recorded (0 if none): where a restarted clock resumes."""
+    return max((e.lamport for e in events if e.node == node), default=0)

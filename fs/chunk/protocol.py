@@ -130,7 +130,9 @@ class ChunkWrite(Request[WriteReply]):
     this server has none), sends `ChunkApply` to every address in
     `secondaries` and answers with those that failed.  An error reply means
     the primary itself did not apply it (and no secondary was asked).
-    `sync`: fsync data and index before answering (always done in v1).
+    `sync`: make the data durable (fdatasync) before answering; the index
+    is always committed durably.  Without it a crash may lose the write's
+    data, never silently: its blocks come back old or fail verification.
     """
 
     handle: ChunkHandle

@@ -1,0 +1,155 @@
+"""Admission of chunk mutations and reads: fencing, versions, serial order.  Sans-IO.
+
+`ChunkGate` decides, from a replica's current state and a request, whether
+the request may run now.  It does no I/O and keeps only the fencing guard;
+the caller (the service) holds the chunk's lock from the decision until the
+mutation is persisted, so the state it passed in is still current.
+
+Invariants:
+
+* Versions: a mutation whose version is below the replica's is refused
+  (STALE_VERSION); a higher one is admitted and the replica adopts it.  A
+  read is admitted only at exactly the replica's version.
+* Fencing: per chunk the admitted tokens never decrease (`FencingGuard`);
+  a token below the highest admitted is refused (STALE_TOKEN).  The guard
+  is only raised when a request is admitted, never by a refused one.
+* Serial order: mutations of one chunk under one token are numbered
+  1, 2, 3, ...; `ReplicaState.serial` is the last one applied under
+  `ReplicaState.token`.  A primary takes the next number; a secondary
+  applies number n only right after n - 1 (earlier: `Wait`; already
+  applied: `Duplicate`, acknowledged without applying again).  A new,
+  higher token starts again at 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coord.lease import FenceRejected, FencingGuard, FencingToken, ResourceId
+from fs.chunk import protocol as p
+from fs.types import ChunkHandle, ChunkVersion
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """What the index holds about one replica (besides its checksums)."""
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    length: int  # data length in bytes (reads past it are short)
+    token: FencingToken  # the token that `serial` counts under
+    serial: int  # the last serial applied under `token` (0: none yet)
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    serial: int  # the serial the mutation carries (assigned or given)
+    version: ChunkVersion  # the replica's version once it is applied
+    token: FencingToken
+    raised: bool  # the chunk's highest token moved up: persist it with the mutation
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    code: str  # a fs.chunk.protocol error code
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    expected: int  # the serial this replica needs first
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    serial: int  # already applied: acknowledge, do nothing
+
+
+def resource(handle: ChunkHandle) -> ResourceId:
+    return ResourceId(f"chunk/{handle}")
+
+
+def stale_version(state: ReplicaState, asked: int) -> Reject:
+    return Reject(p.STALE_VERSION,
+                  f"chunk {state.handle}: replica at version {state.version}, asked {asked}")
+
+
+class ChunkGate:
+    """The per-server admission core; one instance guards every chunk."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, fences: Mapping[ChunkHandle, FencingToken] | None = None) -> None:
+        # Highest token admitted per chunk (replicas deleted since included).
+        self._guard = FencingGuard({resource(h): t for h, t in (fences or {}).items()})
+
+    def highest(self, handle: ChunkHandle) -> FencingToken:
+        return self._guard.highest(resource(handle))
+
+    def _version_and_fence(
+        self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
+        token: FencingToken,
+    ) -> Reject | None:
+        if state is not None and version < state.version:
+            return stale_version(state, version)
+        highest = self.highest(handle)
+        if token <= 0 or token < highest:
+            return Reject(p.STALE_TOKEN,
+                          f"chunk {handle}: stale fencing token {token} < {highest}")
+        return None
+
+    def _admit(self, handle: ChunkHandle, state: ReplicaState | None, version: ChunkVersion,
+               token: FencingToken, serial: int) -> Admit:
+        verdict = self._guard.check(resource(handle), token)
+        assert not isinstance(verdict, FenceRejected), verdict  # checked just before
+        adopted = ChunkVersion(max(version, state.version if state else version))
+        return Admit(serial, adopted, token, verdict.raised)
+
+    @staticmethod
+    def next_serial(state: ReplicaState | None, token: FencingToken) -> int:
+        """The serial the next mutation under `token` must carry here."""
+        return state.serial + 1 if state is not None and state.token == token else 1
+
+    def primary(self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
+                token: FencingToken) -> Admit | Reject:
+        """A client's mutation at the primary: admit with the next serial, or refuse."""
+        refused = self._version_and_fence(state, handle, version, token)
+        if refused is not None:
+            return refused
+        return self._admit(handle, state, version, token, self.next_serial(state, token))
+
+    def secondary(
+        self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
+        token: FencingToken, serial: int,
+    ) -> Admit | Reject | Wait | Duplicate:
+        """A primary's mutation number `serial` at a secondary."""
+        if serial < 1:
+            return Reject(p.BAD_ARGS, f"serial {serial} < 1")
+        refused = self._version_and_fence(state, handle, version, token)
+        if refused is not None:
+            return refused
+        expected = self.next_serial(state, token)
+        if serial < expected:
+            return Duplicate(serial)
+        if serial > expected:
+            return Wait(expected)
+        return self._admit(handle, state, version, token, serial)
+
+    def set_version(self, state: ReplicaState | None, handle: ChunkHandle,
+                    version: ChunkVersion, token: FencingToken) -> Admit | Reject:
+        """Raise the version without data; the serial count is left alone."""
+        refused = self._version_and_fence(state, handle, version, token)
+        if refused is not None:
+            return refused
+        serial = state.serial if state is not None else 0
+        return self._admit(handle, state, version, token, serial)
+
+    @staticmethod
+    def read(state: ReplicaState | None, handle: ChunkHandle,
+             version: ChunkVersion) -> Reject | None:
+        if state is None:
+            return Reject(p.NO_CHUNK, f"no replica of chunk {handle} here")
+        if version != state.version:
+            return stale_version(state, version)
+        return None

@@ -54,7 +54,7 @@ from coord.twopc.types import Decision, NodeName, Step, TwoPcConfig, TxId, Write
 __all__ = ["SafetyViolation", "SimParams", "SimReport", "TwoPcSim", "run_twopc_sim"]
 
 #: Timeouts in ticks; a message takes 1..max_delay ticks.
-SIM_CONFIG = TwoPcConfig(vote_timeout=40, prepare_retry=6, ack_retry=6, decision_timeout=16,
+SIM_CONFIG = TwoPcConfig(vote_timeout=40, prepare_retry=6, ack_retry=6, decision_timeout=40,
                          query_retry=8, store_retry=10)
 STORE = NodeName("kv")
 COORD = NodeName("c")

@@ -143,7 +143,10 @@ class TwoPcConfig:
     vote_timeout: float = 3.0  # coordinator: decide ABORT if not every vote is in by then
     prepare_retry: float = 0.3  # coordinator: resend PREPARE to participants not yet heard
     ack_retry: float = 0.3  # coordinator: resend the decision to participants not yet ACKed
-    decision_timeout: float = 1.0  # participant: prepared this long -> start termination
+    # participant: prepared this long -> start termination.  Not shorter than
+    # vote_timeout, or participants abort (through the store) transactions a
+    # live coordinator is still collecting votes for: safe, but wasteful.
+    decision_timeout: float = 3.0
     query_retry: float = 0.5  # participant: one termination round (then store, or ask again)
     store_retry: float = 1.0  # both: re-ask the decision store when it has not answered
     use_store: bool = True  # record decisions in the decision store (False: textbook 2PC)

@@ -10,7 +10,14 @@ Layers, outermost first:
   session envelope (thesis §6.3).
 * command: `Put`, `Delete`, `Cas`, `Txn` (mutations, go through the log);
   `Get`, `Range` are queries, served by `KVStateMachine.read` and also usable
-  as operations inside a `Txn`.
+  as operations inside a `Txn`.  `ExtCommand(space, payload)` is a command
+  for another state machine on the same log (the file system is space 1);
+  the KV layer treats its payload as opaque bytes and hands it to the
+  extension registered for `space`.
+* `EndSession(client_id)` closes a session (its replies and whatever
+  extensions tied to it are released); `LeaderCommand(command)` is an
+  extension command the leader proposes on its own behalf (not in a session),
+  so it must be idempotent: it runs every time it is applied.
 
 Invariants: the dataclasses validate their fields on construction, so a value
 that exists is valid; the wire form is `[tag, fields...]` with the tag numbers
@@ -145,7 +152,21 @@ class Txn:
                 raise ValueError(f"{type(op).__name__} is not allowed inside a txn")
 
 
-Command = Put | Delete | Cas | Txn
+@dataclass(frozen=True, slots=True)
+class ExtCommand:
+    """A command for the extension state machine `space`; `payload` is its own encoding."""
+
+    space: int
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if isinstance(self.space, bool) or not isinstance(self.space, int) or self.space < 1:
+            raise ValueError("extension space must be an int >= 1")
+        if not isinstance(self.payload, bytes):
+            raise ValueError("extension payload must be bytes")
+
+
+Command = Put | Delete | Cas | Txn | ExtCommand
 Query = Get | Range
 
 
@@ -178,7 +199,31 @@ class ClientRequest:
             raise ValueError("client_id >= 1, seq >= 1, acked >= 0")
 
 
-Body = RegisterClient | KeepAlive | ClientRequest
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """Close a session now (instead of letting it expire)."""
+
+    client_id: ClientId
+
+    def __post_init__(self) -> None:
+        if self.client_id < 1:
+            raise ValueError("client_id >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderCommand:
+    """An extension command proposed by the leader itself, outside any session.
+    Executed on every application (no reply cache): it must be idempotent.
+    Services must refuse it from clients."""
+
+    command: ExtCommand
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command, ExtCommand):
+            raise ValueError("a leader command is an ExtCommand")
+
+
+Body = RegisterClient | KeepAlive | ClientRequest | EndSession | LeaderCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +240,8 @@ class LogRecord:
 
 # --- wire form --------------------------------------------------------------------------------
 # Tags are persisted in the log: add new ones, never renumber.
-_PUT, _DELETE, _CAS, _TXN, _GET, _RANGE = 1, 2, 3, 4, 5, 6
-_REGISTER, _KEEPALIVE, _REQUEST = 16, 17, 18
+_PUT, _DELETE, _CAS, _TXN, _GET, _RANGE, _EXT = 1, 2, 3, 4, 5, 6, 7
+_REGISTER, _KEEPALIVE, _REQUEST, _END, _LEADER = 16, 17, 18, 19, 20
 
 
 def _op_to_wire(op: Command | Query) -> list[Any]:
@@ -211,6 +256,8 @@ def _op_to_wire(op: Command | Query) -> list[Any]:
             return [_GET, key]
         case Range(start, end, limit):
             return [_RANGE, start, end, limit]
+        case ExtCommand(space, payload):
+            return [_EXT, space, payload]
         case Txn(compares, then, otherwise):
             cmps = [[c.key, int(c.target), int(c.op), c.operand] for c in compares]
             return [
@@ -250,6 +297,9 @@ def _op_from_wire(obj: object, allowed: frozenset[int]) -> Any:
     if tag == _RANGE:
         start, end, limit = as_list(args, "range", 3)
         return Range(as_bytes(start, "start"), as_opt_bytes(end, "end"), as_int(limit, "limit"))
+    if tag == _EXT:
+        space, payload = as_list(args, "extension command", 2)
+        return ExtCommand(as_int(space, "space", 1), as_bytes(payload, "payload"))
     compares, then, otherwise = as_list(args, "txn", 3)
     return Txn(
         tuple(_compare_from_wire(c) for c in as_list(compares, "compares")),
@@ -258,9 +308,10 @@ def _op_from_wire(obj: object, allowed: frozenset[int]) -> Any:
     )
 
 
-_COMMANDS = frozenset({_PUT, _DELETE, _CAS, _TXN})
+_COMMANDS = frozenset({_PUT, _DELETE, _CAS, _TXN, _EXT})
 _QUERIES = frozenset({_GET, _RANGE})
 _TXN_OPS = frozenset({_PUT, _DELETE, _GET, _RANGE})
+_EXT_ONLY = frozenset({_EXT})
 
 
 def _checked(decode: Any, raw: bytes, what: str) -> Any:
@@ -299,6 +350,10 @@ def _body_to_wire(body: Body) -> list[Any]:
             return [_KEEPALIVE, client_id, acked]
         case ClientRequest(client_id, seq, acked, command):
             return [_REQUEST, client_id, seq, acked, _op_to_wire(command)]
+        case EndSession(client_id):
+            return [_END, client_id]
+        case LeaderCommand(command):
+            return [_LEADER, _op_to_wire(command)]
     raise TypeError(f"not a KV log body: {body!r}")
 
 
@@ -316,6 +371,10 @@ def _body_from_wire(obj: object) -> Body:
             SeqNo(as_int(fields[3], "acked")),
             _op_from_wire(fields[4], _COMMANDS),
         )
+    if tag == _END and len(fields) == 2:
+        return EndSession(ClientId(as_int(fields[1], "client")))
+    if tag == _LEADER and len(fields) == 2:
+        return LeaderCommand(_op_from_wire(fields[1], _EXT_ONLY))
     raise CodecError(f"unknown log body tag {tag} with {len(fields)} fields")
 
 

@@ -7,6 +7,8 @@ Layout (named DBs in one env, separate from the Raft log's env):
 * ``idle``     u64 last_activity ++ u64 client id -> b"" (sessions by age, for expiry)
 * ``replies``  u64 client id ++ u64 seq -> encoded reply
 * ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
+* one named DB per extension table (e.g. ``fs_inodes``), declared when the
+  store is opened, committed in the same transactions as the above
 
 All integers in keys are big-endian so LMDB's byte order is numeric order.
 
@@ -28,19 +30,20 @@ No transaction outlives a `with` block; a trio driver runs `apply` (and so
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import lmdb
 import msgpack
 
-from coord.kv.store import KVReadView, KVWriteView
+from coord.kv.store import MAX_TABLE_KEY, KVReadView, KVWriteView
 from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
 from coord.raft.types import LogIndex
 
 FORMAT_VERSION = 1
 DEFAULT_MAP_SIZE = 1 << 30
+MAX_DBS = 32  # the five KV databases plus extension tables
 
 _U64 = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
@@ -72,15 +75,55 @@ def _session_from(raw: bytes) -> SessionRecord:
     return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
 
 
+_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta"})
+
+
 class _Dbs:
     """The env's named databases."""
 
-    def __init__(self, env: lmdb.Environment) -> None:
+    def __init__(self, env: lmdb.Environment, tables: Iterable[str]) -> None:
         self.kv = env.open_db(b"kv")
         self.sessions = env.open_db(b"sessions")
         self.idle = env.open_db(b"idle")
         self.replies = env.open_db(b"replies")
         self.meta = env.open_db(b"meta")
+        names = sorted(set(tables))
+        if _KV_DBS & set(names) or len(names) + len(_KV_DBS) > MAX_DBS:
+            raise KVStoreError(f"bad extension tables {names}")
+        self.tables = {name: env.open_db(name.encode()) for name in names}
+
+
+class _LmdbTable:
+    """A TableWriter over one named DB in the view's transaction."""
+
+    __slots__ = ("_db", "_t")
+
+    def __init__(self, txn: lmdb.Transaction, db: lmdb._Database) -> None:
+        self._t, self._db = txn, db
+
+    def get(self, key: bytes) -> bytes | None:
+        raw = self._t.get(key, db=self._db)
+        return None if raw is None else bytes(raw)
+
+    def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        cursor = self._t.cursor(db=self._db)
+        found = cursor.first() if start == b"" else cursor.set_range(start)
+        while found and len(out) < limit:
+            key = bytes(cursor.key())
+            if end is not None and key >= end:
+                break
+            out.append((key, bytes(cursor.value())))
+            found = cursor.next()
+        return out
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if not 1 <= len(key) <= MAX_TABLE_KEY:
+            raise ValueError(f"table keys must be 1..{MAX_TABLE_KEY} bytes")
+        self._t.put(key, value, db=self._db)
+
+    def delete(self, key: bytes) -> bool:
+        return bool(self._t.delete(key, db=self._db))
 
 
 class _LmdbView:
@@ -91,6 +134,9 @@ class _LmdbView:
         self._db = dbs
 
     # reads
+
+    def table(self, name: str) -> _LmdbTable:
+        return _LmdbTable(self._t, self._db.tables[name])
 
     def _meta_u64(self, key: bytes) -> int:
         raw = self._t.get(key, db=self._db.meta)
@@ -144,7 +190,13 @@ class _LmdbView:
         for key, raw in self._t.cursor(db=self._db.sessions).iternext():
             cid = ClientId(_U64.unpack(key)[0])
             sessions.append((cid, _session_from(bytes(raw)), tuple(self._replies_of(cid))))
-        return StateDump(self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions))
+        tables = tuple(
+            (name, tuple((bytes(k), bytes(v)) for k, v in self._t.cursor(db=db).iternext()))
+            for name, db in self._db.tables.items()
+        )
+        return StateDump(
+            self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions), tables
+        )
 
     # writes
 
@@ -208,19 +260,25 @@ class _LmdbView:
 class LmdbKVStore:
     """KVStore on LMDB; see the module docstring for the layout and durability."""
 
-    def __init__(self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(
+        self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE, *, tables: Iterable[str] = ()
+    ) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         self._env: lmdb.Environment | None = lmdb.open(
             str(path),
             map_size=map_size,
-            max_dbs=5,
+            max_dbs=MAX_DBS,
             sync=True,
             metasync=False,  # ACI per commit; D at checkpoint() - see the module docstring
             writemap=False,
             readahead=False,
             meminit=False,
         )
-        self._dbs = _Dbs(self._env)
+        try:
+            self._dbs = _Dbs(self._env, tables)
+        except BaseException:
+            self._env.close()
+            raise
         with self._env.begin(write=True, db=self._dbs.meta) as txn:
             raw = txn.get(_FORMAT)
             if raw is None:

@@ -20,6 +20,16 @@ Invariants:
   log; linearizability is the driver's job (ReadIndex or lease: wait until
   applied_index >= the read index, then call `read`).
 
+* Extensions (`Extension`: other state machines on the same log, such as
+  the file system) share the session layer and the transaction: an
+  `ExtCommand(space, payload)` inside a `ClientRequest` is executed at most
+  once by the extension registered for `space`, its encoded result cached
+  like any reply; a `LeaderCommand` runs its `ExtCommand` outside any
+  session.  Every extension sees every entry (`on_entry`, before the entry's
+  own effect) and every end of a session (`session_ended`), inside the same
+  transaction.  An extension payload that does not decode is BAD_COMMAND, as
+  is a space with no extension.
+
 The store calls block (LMDB commit); a trio driver runs `apply` through
 `trio.to_thread.run_sync` and never holds a view across an await.
 """
@@ -28,10 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from coord.kv import sessions
 from coord.kv.codec import CodecError
 from coord.kv.commands import (
+    Body,
     Cas,
     ClientRequest,
     Command,
@@ -39,8 +51,11 @@ from coord.kv.commands import (
     CompareOp,
     CompareTarget,
     Delete,
+    EndSession,
+    ExtCommand,
     Get,
     KeepAlive,
+    LeaderCommand,
     Put,
     Query,
     Range,
@@ -54,6 +69,7 @@ from coord.kv.results import (
     DeleteResult,
     ErrorCode,
     ErrorResult,
+    ExtResult,
     GetResult,
     OpResult,
     PutResult,
@@ -80,10 +96,53 @@ class Applied:
     seq: SeqNo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyContext:
+    """What an extension knows about the entry being applied."""
+
+    index: LogIndex
+    now: LogTime  # the entry's log time (monotonic; unchanged by NOOP/CONFIG entries)
+    client_id: ClientId | None = None  # the session the command runs in, if any
+
+
+class Extension(Protocol):
+    """A state machine that shares the KV log, sessions and transactions."""
+
+    @property
+    def space(self) -> int:
+        """The `ExtCommand.space` this extension executes (>= 1, unique)."""
+        ...
+
+    def on_entry(self, view: KVWriteView, ctx: ApplyContext) -> None:
+        """Called before each applied entry of any kind (e.g. to bootstrap state)."""
+        ...
+
+    def execute(self, view: KVWriteView, payload: bytes, ctx: ApplyContext) -> bytes:
+        """Run one command; return its encoded result.  Raise CodecError, before
+        changing anything, for a payload that does not decode."""
+        ...
+
+    def session_ended(self, view: KVWriteView, client_id: ClientId, ctx: ApplyContext) -> None:
+        """The session `client_id` is gone (expired or ended): release what it held."""
+        ...
+
+    def query(self, view: KVReadView, payload: bytes) -> bytes:
+        """Answer a query from the committed state; raise CodecError if it does not decode."""
+        ...
+
+
 class KVStateMachine:
-    def __init__(self, store: KVStore, config: KVConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: KVStore,
+        config: KVConfig | None = None,
+        extensions: Sequence[Extension] = (),
+    ) -> None:
         self._store = store
         self._config = (config or KVConfig()).validate()
+        self._ext = {ext.space: ext for ext in extensions}
+        if len(self._ext) != len(extensions) or any(space < 1 for space in self._ext):
+            raise ValueError("extension spaces must be unique and >= 1")
 
     @property
     def applied_index(self) -> LogIndex:
@@ -109,39 +168,87 @@ class KVStateMachine:
         with self._store.reader() as view:
             return _query(view, query)
 
+    def read_ext(self, space: int, payload: bytes) -> bytes:
+        """Answer an extension's query from the committed state (no log entry).
+        Raises KeyError for an unknown space, CodecError for a bad payload."""
+        ext = self._ext[space]
+        with self._store.reader() as view:
+            return ext.query(view, payload)
+
     def dump(self) -> StateDump:
         with self._store.reader() as view:
             return view.dump()
 
     def _apply_entry(self, view: KVWriteView, entry: Entry) -> Applied:
         if entry.kind is not EntryKind.COMMAND:
+            self._notify_entry(view, ApplyContext(entry.index, view.log_time()))
             return Applied(entry.index, None)
         try:
             record = decode_record(entry.data)
         except CodecError as exc:
+            self._notify_entry(view, ApplyContext(entry.index, view.log_time()))
             return Applied(entry.index, ErrorResult(ErrorCode.BAD_COMMAND, str(exc)))
         # The leader's clocks may step back across elections; log time never does.
         now = LogTime(max(view.log_time(), record.timestamp))
         view.set_log_time(now)
-        sessions.expire_idle(view, now, self._config)
-        body = record.body
+        ctx = ApplyContext(entry.index, now)
+        self._notify_entry(view, ctx)
+
+        def ended(cid: ClientId) -> None:
+            for ext in self._ext.values():
+                ext.session_ended(view, cid, ctx)
+
+        sessions.expire_idle(view, now, self._config, ended)
+        return self._apply_body(view, record.body, ctx, ended)
+
+    def _apply_body(
+        self, view: KVWriteView, body: Body, ctx: ApplyContext, ended: sessions.OnEnd
+    ) -> Applied:
+        index, now, config = ctx.index, ctx.now, self._config
         match body:
             case RegisterClient():
-                cid = ClientId(entry.index)
-                return Applied(entry.index, sessions.register(view, cid, now, self._config), cid)
+                cid = ClientId(index)
+                return Applied(index, sessions.register(view, cid, now, config), cid)
             case KeepAlive():
-                result = sessions.keep_alive(view, body, now, self._config)
-                return Applied(entry.index, result, body.client_id)
+                return Applied(
+                    index, sessions.keep_alive(view, body, now, config, ended), body.client_id
+                )
+            case EndSession():
+                return Applied(
+                    index, sessions.end_session(view, body, now, config, ended), body.client_id
+                )
+            case LeaderCommand(command):
+                return Applied(index, self._extension(view, command, ctx))
             case ClientRequest():
+                in_session = ApplyContext(index, now, body.client_id)
                 result = sessions.run_request(
                     view,
                     body,
                     now,
-                    self._config,
-                    lambda: _execute(view, entry.index, body.command),
+                    config,
+                    lambda: self._execute(view, body.command, in_session),
+                    ended,
                 )
-                return Applied(entry.index, result, body.client_id, body.seq)
+                return Applied(index, result, body.client_id, body.seq)
         raise AssertionError(f"unhandled log body {body!r}")  # decode_record admits no other
+
+    def _notify_entry(self, view: KVWriteView, ctx: ApplyContext) -> None:
+        for ext in self._ext.values():
+            ext.on_entry(view, ctx)
+
+    def _execute(self, view: KVWriteView, command: Command, ctx: ApplyContext) -> Result:
+        if isinstance(command, ExtCommand):
+            return self._extension(view, command, ctx)
+        return _execute(view, ctx.index, command)
+
+    def _extension(self, view: KVWriteView, command: ExtCommand, ctx: ApplyContext) -> Result:
+        ext = self._ext.get(command.space)
+        if ext is None:
+            return ErrorResult(ErrorCode.BAD_COMMAND, f"no extension for space {command.space}")
+        try:
+            return ExtResult(ext.execute(view, command.payload, ctx))
+        except CodecError as exc:
+            return ErrorResult(ErrorCode.BAD_COMMAND, str(exc))
 
 
 # --- command semantics (pure functions of the view) ------------------------------------------
@@ -201,7 +308,9 @@ def _holds(view: KVReadView, cmp: Compare) -> bool:
     return sign < 0 if cmp.op is CompareOp.LT else sign > 0
 
 
-def _execute(view: KVWriteView, index: LogIndex, command: Command) -> Result:
+def _execute(
+    view: KVWriteView, index: LogIndex, command: Put | Delete | Cas | Txn
+) -> Result:
     match command:
         case Put() | Delete():
             return _op(view, index, command)

@@ -83,6 +83,18 @@ class KeepAliveResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionEndedResult:
+    client_id: ClientId
+
+
+@dataclass(frozen=True, slots=True)
+class ExtResult:
+    """An extension command's result, in that extension's own encoding."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorResult:
     code: ErrorCode
     message: str = ""
@@ -97,10 +109,13 @@ Result = (
     | TxnResult
     | RegisterResult
     | KeepAliveResult
+    | SessionEndedResult
+    | ExtResult
     | ErrorResult
 )
 
 _PUT, _DELETE, _CAS, _GET, _RANGE, _TXN, _REGISTER, _KEEPALIVE, _ERROR = range(32, 41)
+_ENDED, _EXT = 41, 42
 
 
 def _kv_to_wire(kv: KeyValue | None) -> list[Any] | None:
@@ -140,6 +155,10 @@ def _to_wire(result: Result) -> list[Any]:
             return [_REGISTER, client_id, ttl]
         case KeepAliveResult(deadline):
             return [_KEEPALIVE, deadline]
+        case SessionEndedResult(client_id):
+            return [_ENDED, client_id]
+        case ExtResult(payload):
+            return [_EXT, payload]
         case ErrorResult(code, message):
             return [_ERROR, int(code), message]
     raise TypeError(f"not a KV result: {result!r}")
@@ -179,6 +198,10 @@ def _from_wire(obj: object) -> Result:
         return RegisterResult(ClientId(as_int(cid, "client", 1)), as_int(ttl, "ttl", 1))
     if tag == _KEEPALIVE:
         return KeepAliveResult(LogTime(as_int(as_list(a, "keepalive", 1)[0], "deadline")))
+    if tag == _ENDED:
+        return SessionEndedResult(ClientId(as_int(as_list(a, "ended", 1)[0], "client", 1)))
+    if tag == _EXT:
+        return ExtResult(as_bytes(as_list(a, "extension result", 1)[0], "payload"))
     if tag == _ERROR:
         code, message = as_list(a, "error", 2)
         return ErrorResult(ErrorCode(as_int(code, "code")), as_str(message, "message"))

@@ -21,7 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coord.kv.codec import CodecError
-from coord.kv.commands import decode_body, decode_query, stamp
+from coord.kv.commands import (
+    ClientRequest,
+    ExtCommand,
+    LeaderCommand,
+    decode_body,
+    decode_query,
+    stamp,
+)
 from coord.kv.machine import Applied, KVStateMachine
 from coord.kv.results import encode_result
 from coord.raft.driver import Busy, ProposalLost, RaftDriver, RaftUnavailable
@@ -78,6 +85,12 @@ class KvService:
             body = decode_body(req.body)
         except (CodecError, ValueError) as exc:
             raise RemoteError("BAD_COMMAND", str(exc)) from None
+        # Leader commands are the leader's own; extension commands go through
+        # their extension's service (which may add leader-side decisions).
+        if isinstance(body, LeaderCommand) or (
+            isinstance(body, ClientRequest) and isinstance(body.command, ExtCommand)
+        ):
+            raise RemoteError("BAD_COMMAND", "not a KV body")
         try:
             applied = await self._driver.propose(stamp(body, time.time_ns() // 1_000_000))
         except RaftUnavailable as exc:

@@ -22,6 +22,11 @@ The rules, applied identically by every replica:
   collected at most `expire_batch` per applied entry, oldest first; the
   expiry check on lookup makes the result independent of how far collection
   has got.
+* `EndSession` removes a live session at once (an unknown or expired one gets
+  SESSION_EXPIRED).
+* Whenever a session goes away - collected, found expired on lookup, or
+  ended - `on_end(client_id)` is called once, in the same transaction, so
+  extensions can release what the session held (e.g. open files).
 """
 
 from __future__ import annotations
@@ -29,18 +34,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from coord.kv.commands import ClientRequest, KeepAlive
+from coord.kv.commands import ClientRequest, EndSession, KeepAlive
 from coord.kv.results import (
     ErrorCode,
     ErrorResult,
     KeepAliveResult,
     RegisterResult,
     Result,
+    SessionEndedResult,
     decode_result,
     encode_result,
 )
 from coord.kv.store import KVWriteView
 from coord.kv.types import ClientId, KVConfig, LogTime, SeqNo, SessionRecord
+
+OnEnd = Callable[[ClientId], None]
+
+
+def _ignore(client_id: ClientId) -> None:
+    return None
 
 
 def is_expired(record: SessionRecord, now: LogTime, config: KVConfig) -> bool:
@@ -52,21 +64,25 @@ def register(view: KVWriteView, client_id: ClientId, now: LogTime, config: KVCon
     return RegisterResult(client_id, config.session_ttl_ms)
 
 
-def expire_idle(view: KVWriteView, now: LogTime, config: KVConfig) -> list[ClientId]:
+def expire_idle(
+    view: KVWriteView, now: LogTime, config: KVConfig, on_end: OnEnd = _ignore
+) -> list[ClientId]:
     """Remove up to `expire_batch` expired sessions; return their ids."""
     doomed = view.idle_sessions(LogTime(now - config.session_ttl_ms), config.expire_batch)
     for client_id in doomed:
         view.delete_session(client_id)
+        on_end(client_id)
     return doomed
 
 
 def _live(
-    view: KVWriteView, client_id: ClientId, now: LogTime, config: KVConfig
+    view: KVWriteView, client_id: ClientId, now: LogTime, config: KVConfig, on_end: OnEnd
 ) -> SessionRecord | None:
     """The client's session if it is alive at `now`; an expired one is removed."""
     record = view.session(client_id)
     if record is not None and is_expired(record, now, config):
         view.delete_session(client_id)
+        on_end(client_id)
         return None
     return record
 
@@ -85,13 +101,25 @@ def _acknowledge(
     return replace(record, last_activity=max(record.last_activity, now))
 
 
-def keep_alive(view: KVWriteView, msg: KeepAlive, now: LogTime, config: KVConfig) -> Result:
-    record = _live(view, msg.client_id, now, config)
+def keep_alive(
+    view: KVWriteView, msg: KeepAlive, now: LogTime, config: KVConfig, on_end: OnEnd = _ignore
+) -> Result:
+    record = _live(view, msg.client_id, now, config, on_end)
     if record is None:
         return _expired(msg.client_id)
     record = _acknowledge(view, msg.client_id, record, msg.acked, now)
     view.put_session(msg.client_id, record)
     return KeepAliveResult(LogTime(record.last_activity + config.session_ttl_ms))
+
+
+def end_session(
+    view: KVWriteView, msg: EndSession, now: LogTime, config: KVConfig, on_end: OnEnd = _ignore
+) -> Result:
+    if _live(view, msg.client_id, now, config, on_end) is None:
+        return _expired(msg.client_id)
+    view.delete_session(msg.client_id)
+    on_end(msg.client_id)
+    return SessionEndedResult(msg.client_id)
 
 
 def run_request(
@@ -100,10 +128,11 @@ def run_request(
     now: LogTime,
     config: KVConfig,
     execute: Callable[[], Result],
+    on_end: OnEnd = _ignore,
 ) -> Result:
     """Execute `request.command` (through `execute`) at most once; see the module rules."""
     cid, seq = request.client_id, request.seq
-    record = _live(view, cid, now, config)
+    record = _live(view, cid, now, config, on_end)
     if record is None:
         return _expired(cid)
     record = _acknowledge(view, cid, record, request.acked, now)

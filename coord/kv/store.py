@@ -17,6 +17,13 @@ Durability contract (what the driver and the log compaction rely on):
   as long as the log is never compacted beyond `checkpoint()`'s result: on
   restart the driver re-applies from `applied_index() + 1`.
 
+Extensions (other state machines on the same log, e.g. the file system)
+keep their state in named *tables* of the same store, so they commit in the
+same transaction as the KV state and the applied index.  A table is an
+ordered map of bytes to bytes (byte order of keys, like LMDB); the store is
+told the table names when it is opened, and `table(name)` of an unknown name
+is a programming error (KeyError).
+
 Views are valid only inside their `with` block; none may be kept or used
 across an `await` (the LMDB views are live transactions).
 """
@@ -25,16 +32,42 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
 from coord.raft.types import LogIndex
 
+#: Table keys follow LMDB's limit, like KV keys.
+MAX_TABLE_KEY = 511
+
+
+class TableReader(Protocol):
+    """One named table of an extension, read-only."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Items with start <= key < end (end None: no bound) in key order, at most
+        `limit` of them (limit >= 1: callers page through big tables)."""
+        ...
+
+
+class TableWriter(TableReader, Protocol):
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> bool:
+        """Remove the key; False if there was none."""
+        ...
+
 
 class KVReadView(Protocol):
     """A consistent read-only view of the state (one read transaction)."""
+
+    def table(self, name: str) -> TableReader:
+        """An extension's named table in this same transaction."""
+        ...
 
     def applied_index(self) -> LogIndex: ...
 
@@ -58,6 +91,8 @@ class KVReadView(Protocol):
 
 class KVWriteView(KVReadView, Protocol):
     """The read view plus changes; all of them commit or abort together."""
+
+    def table(self, name: str) -> TableWriter: ...
 
     def set_applied(self, index: LogIndex) -> None: ...
 
@@ -113,9 +148,9 @@ class KVStore(Protocol):
 class _Data:
     """The twin's whole state.  Values are immutable, so a shallow copy is a snapshot."""
 
-    __slots__ = ("applied", "idle", "keys", "kvs", "log_time", "replies", "sessions")
+    __slots__ = ("applied", "idle", "keys", "kvs", "log_time", "replies", "sessions", "tables")
 
-    def __init__(self) -> None:
+    def __init__(self, tables: Iterable[str] = ()) -> None:
         self.applied = LogIndex(0)
         self.log_time = LogTime(0)
         self.kvs: dict[bytes, KeyValue] = {}
@@ -123,9 +158,14 @@ class _Data:
         self.sessions: dict[ClientId, SessionRecord] = {}
         self.idle: list[tuple[LogTime, ClientId]] = []  # sorted (last_activity, id)
         self.replies: dict[ClientId, dict[SeqNo, bytes]] = {}
+        # name -> (items, sorted keys of items)
+        self.tables: dict[str, tuple[dict[bytes, bytes], list[bytes]]] = {
+            name: ({}, []) for name in sorted(tables)
+        }
 
     def copy(self) -> _Data:
         clone = _Data()
+        clone.tables = {n: (dict(items), list(keys)) for n, (items, keys) in self.tables.items()}
         clone.applied, clone.log_time = self.applied, self.log_time
         clone.kvs, clone.keys = dict(self.kvs), list(self.keys)
         clone.sessions, clone.idle = dict(self.sessions), list(self.idle)
@@ -146,6 +186,10 @@ class _MemoryView:
         return self._undo
 
     # reads
+
+    def table(self, name: str) -> _MemoryTable:
+        items, keys = self._d.tables[name]
+        return _MemoryTable(items, keys, self._undo)
 
     def applied_index(self) -> LogIndex:
         return self._d.applied
@@ -175,7 +219,12 @@ class _MemoryView:
             (cid, rec, tuple(sorted(d.replies.get(cid, {}).items())))
             for cid, rec in sorted(d.sessions.items())
         )
-        return StateDump(d.applied, d.log_time, tuple(d.kvs[k] for k in d.keys), sessions)
+        tables = tuple(
+            (name, tuple((k, items[k]) for k in keys)) for name, (items, keys) in d.tables.items()
+        )
+        return StateDump(
+            d.applied, d.log_time, tuple(d.kvs[k] for k in d.keys), sessions, tables
+        )
 
     # writes: each primitive sets one slot and records how to restore it
 
@@ -260,6 +309,53 @@ class _MemoryView:
         return len(doomed)
 
 
+class _MemoryTable:
+    """TableWriter on the twin; writes refuse on a read-only view (undo is None)."""
+
+    __slots__ = ("_items", "_keys", "_undo")
+
+    def __init__(
+        self, items: dict[bytes, bytes], keys: list[bytes], undo: list[Callable[[], None]] | None
+    ) -> None:
+        self._items, self._keys, self._undo = items, keys, undo
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._items.get(key)
+
+    def scan(self, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        keys = self._keys
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else max(lo, bisect.bisect_left(keys, end))
+        return [(k, self._items[k]) for k in keys[lo : min(hi, lo + limit)]]
+
+    def _set_raw(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            if self._items.pop(key, None) is not None:
+                self._keys.pop(bisect.bisect_left(self._keys, key))
+        else:
+            if key not in self._items:
+                bisect.insort(self._keys, key)
+            self._items[key] = value
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        if self._undo is None:
+            raise RuntimeError("write through a read-only view")
+        if not isinstance(key, bytes) or not 1 <= len(key) <= MAX_TABLE_KEY:
+            raise ValueError(f"table keys must be 1..{MAX_TABLE_KEY} bytes")
+        old = self._items.get(key)
+        self._undo.append(functools.partial(self._set_raw, key, old))
+        self._set_raw(key, value)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._set(key, bytes(value))
+
+    def delete(self, key: bytes) -> bool:
+        existed = key in self._items
+        if existed:
+            self._set(key, None)
+        return existed
+
+
 class MemoryKVStore:
     """KVStore in memory: the simulator's twin of LmdbKVStore.
 
@@ -271,8 +367,8 @@ class MemoryKVStore:
     cannot accidentally read uncommitted state.
     """
 
-    def __init__(self, data: _Data | None = None) -> None:
-        self._data: _Data | None = data if data is not None else _Data()
+    def __init__(self, data: _Data | None = None, *, tables: Iterable[str] = ()) -> None:
+        self._data: _Data | None = data if data is not None else _Data(tables)
         self._durable = self._data.copy()
         self._writing = False
 

@@ -60,6 +60,8 @@ class StateDump:
     log_time: LogTime
     kvs: tuple[KeyValue, ...]
     sessions: tuple[tuple[ClientId, SessionRecord, tuple[tuple[SeqNo, bytes], ...]], ...]
+    # extension tables by name (sorted), each as its items in key order
+    tables: tuple[tuple[str, tuple[tuple[bytes, bytes], ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

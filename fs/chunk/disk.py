@@ -86,7 +86,7 @@ _VERIFY_STEP = 64  # blocks read per step when verifying a whole replica (4 MiB)
 
 
 def _key(handle: int) -> bytes:
-    return _KEY.pack(handle)
+    return _KEY.pack(check_handle(handle))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ Invariants:
   old data.  A confirmed mismatch is reported to the metadata leader (in
   the background: the reply does not wait for it) and answered CHECKSUM.
 * Store errors are translated to protocol error codes here and only here.
+* A secondary that failed an apply under a token is not sent later applies
+  under that token (it missed a serial and would only time out): it is
+  reported failed at once, until a new token (lease) starts afresh.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TypeVar
 
 import trio
 
+from coord.lease import FencingToken
 from coord.rpc import CallContext, RemoteError, RpcClient, handles
 from fs.chunk import pipeline
 from fs.chunk import protocol as p
@@ -131,6 +135,10 @@ class ChunkService:
         self.gate = ChunkGate(store.fences())
         self.staging = StagingBuffer(config.staging_bytes, config.staging_ttl)
         self._locks = _ChunkLocks()
+        # Per chunk: the token of the current lease and the secondaries that
+        # failed an apply under it.  They have missed a serial, so every later
+        # apply would only wait out `order_wait` there: report them at once.
+        self._broken: dict[ChunkHandle, tuple[FencingToken, set[str]]] = {}
         # Bad replicas waiting to be reported (bounded: a flood is dropped, the
         # next read of the block reports it again).
         self._bad_send, self._bad_recv = trio.open_memory_channel[ChunkHandle](256)
@@ -228,8 +236,18 @@ class ChunkService:
 
     async def _fan_out(self, secondaries: list[str], apply: p.ChunkApply,
                        ctx: CallContext) -> list[str]:
+        token, broken = self._broken.get(apply.handle, (apply.token, set()))
+        if token != apply.token:
+            token, broken = apply.token, set()
         deadline = pipeline.hop_deadline(ctx.deadline, self.config.apply_timeout)
-        return await pipeline.fan_out(self.peers, secondaries, apply, deadline)
+        failed = set(await pipeline.fan_out(
+            self.peers, [a for a in secondaries if a not in broken], apply, deadline))
+        broken |= failed
+        if broken:
+            current = self._broken.get(apply.handle)
+            if current is None or current[0] <= token:
+                self._broken[apply.handle] = (token, broken)
+        return [a for a in secondaries if a in failed or a in broken]
 
     @handles(p.ChunkTruncate)
     async def truncate(self, req: p.ChunkTruncate, ctx: CallContext) -> p.TruncateReply:
@@ -330,6 +348,7 @@ class ChunkService:
             async with self._locks.hold(handle):
                 if await self._store(self.store.delete, handle):
                     deleted.append(handle)
+                self._broken.pop(handle, None)
                 self._locks.notify(handle)
         return p.DeleteReply(deleted)
 
@@ -340,6 +359,7 @@ class ChunkService:
             if reported is None or self.store.state(handle) != reported:
                 return False
             done = await self._store(self.store.delete, handle)
+            self._broken.pop(handle, None)
             self._locks.notify(handle)
             return done
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -71,6 +71,78 @@ class SessionExpired(KvError):
     """The session expired: the command was not executed."""
 
 
+class Routed(Protocol):
+    """A reply that follows the KV service's status convention."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def leader(self) -> str: ...
+
+
+RT = TypeVar("RT", bound=Routed)
+
+
+class LeaderRouter:
+    """Leader discovery, redirects and bounded retries for calls to the metadata
+    members whose replies carry `status` and a `leader` hint (KV, FS, heartbeats).
+
+    `call(attempt)` runs `attempt(address)` against the best-known leader (else
+    the endpoints round-robin) until a reply has status OK, following fresh
+    redirects at once and backing off (jittered, doubling to 0.5 s) otherwise.
+    It raises `KvTimeout` after `timeout` seconds, `KvError` on a permanent RPC
+    error.  Shared by every client of the metadata service so the retry policy
+    lives in one place.
+    """
+
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float, rng: random.Random | None = None
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._rng = rng if rng is not None else random.Random()
+        self.leader: str | None = None  # best guess of the leader's address
+        self._turn = 0  # round-robin position when no leader is known
+        self.retries = 0  # attempts beyond the first, for tests and tools
+
+    def _next_address(self) -> str:
+        if self.leader is not None:
+            return self.leader
+        addr = self.endpoints[self._turn % len(self.endpoints)]
+        self._turn += 1
+        return addr
+
+    async def call(self, attempt: Callable[[str], Awaitable[RT]]) -> RT:
+        backoff = 0.02
+        last = "no attempt finished"
+        with trio.move_on_after(self.timeout):
+            while True:
+                addr = self._next_address()
+                try:
+                    reply = await attempt(addr)
+                except RpcError as exc:
+                    if not is_transient(exc) and not _retry_elsewhere(exc):
+                        raise KvError(f"{addr}: {exc}") from exc
+                    last = f"{addr}: {exc}"
+                    self.leader = None
+                else:
+                    if reply.status == OK:
+                        self.leader = addr
+                        return reply
+                    last = f"{addr}: {reply.status}"
+                    self.leader = reply.leader or None
+                    if reply.leader and reply.leader != addr:
+                        self.retries += 1
+                        continue  # a fresh redirect: go there at once
+                self.retries += 1
+                await trio.sleep(self._rng.uniform(0, backoff))
+                backoff = min(backoff * 2, 0.5)
+        raise KvTimeout(f"no member answered within {self.timeout:g} s (last: {last})")
+
+
 class KvClient:
     """Use as `async with KvClient(rpc, endpoints) as kv: await kv.put(b"k", b"v")`."""
 
@@ -83,17 +155,15 @@ class KvClient:
         attempt_timeout: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
-        if not endpoints:
-            raise ValueError("at least one endpoint is needed")
         self._rpc = rpc
-        self._endpoints = list(endpoints)
-        self._timeout = timeout
+        self._router = LeaderRouter(endpoints, timeout=timeout, rng=rng)
         self._attempt = attempt_timeout
-        self._rng = rng if rng is not None else random.Random()
-        self._leader: str | None = None  # best guess of the leader's address
-        self._turn = 0  # round-robin position when no leader is known
         self._session: ClientSession | None = None
-        self.retries = 0  # attempts beyond the first, for tests and tools
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first, for tests and tools."""
+        return self._router.retries
 
     async def __aenter__(self) -> KvClient:
         await self.open()
@@ -160,39 +230,8 @@ class KvClient:
         )
         return _checked(decode_result(reply.result))
 
-    def _next_address(self) -> str:
-        if self._leader is not None:
-            return self._leader
-        addr = self._endpoints[self._turn % len(self._endpoints)]
-        self._turn += 1
-        return addr
-
     async def _retrying(self, attempt: _Attempt) -> KvReply:
-        backoff = 0.02
-        last = "no attempt finished"
-        with trio.move_on_after(self._timeout):
-            while True:
-                addr = self._next_address()
-                try:
-                    reply = await attempt(addr)
-                except RpcError as exc:
-                    if not is_transient(exc) and not _retry_elsewhere(exc):
-                        raise KvError(f"{addr}: {exc}") from exc
-                    last = f"{addr}: {exc}"
-                    self._leader = None
-                else:
-                    if reply.status == OK:
-                        self._leader = addr
-                        return reply
-                    last = f"{addr}: {reply.status}"
-                    self._leader = reply.leader or None
-                    if reply.leader and reply.leader != addr:
-                        self.retries += 1
-                        continue  # a fresh redirect: go there at once
-                self.retries += 1
-                await trio.sleep(self._rng.uniform(0, backoff))
-                backoff = min(backoff * 2, 0.5)
-        raise KvTimeout(f"no member answered within {self._timeout:g} s (last: {last})")
+        return await self._router.call(attempt)
 
 
 def _retry_elsewhere(exc: RpcError) -> bool:

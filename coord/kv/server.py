@@ -1,6 +1,13 @@
 """One member of the replicated KV store: LMDB storage, the KV state
 machine, the Raft driver and one RPC server for peers and clients.
 
+`serve_kv_member(config, plugins)` is the generic member: each `MemberPlugin`
+adds tables to the store, extensions to the state machine (other state
+machines on the same log), RPC routes and a background task.
+`serve_member(config)` is what `ddfs meta` runs: the KV store plus the file
+system (`fs.meta.server`); the file system lives in fs/, so it is imported
+lazily here to keep coord/ free of file-system imports at module level.
+
 Lifecycle: `serve_member` opens the stores, starts the RPC server and the
 driver, reports readiness through `task_status.started(address)` and runs
 until cancelled; on the way out it stops accepting, cancels the driver and
@@ -12,14 +19,15 @@ that awaited it can be cancelled).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
 from coord.kv.lmdb_state import LmdbKVStore
-from coord.kv.machine import Applied, KVStateMachine
+from coord.kv.machine import Applied, Extension, KVStateMachine
 from coord.kv.service import KvService
 from coord.kv.types import KVConfig
 from coord.raft.config import RaftConfig
@@ -56,15 +64,60 @@ class MemberConfig:
         return self.members[self.node_id]
 
 
+class MemberPlugin(Protocol):
+    """Something more a member serves besides the KV store (e.g. the file system)."""
+
+    @property
+    def tables(self) -> Sequence[str]:
+        """Named tables its extensions keep in the state store."""
+        ...
+
+    @property
+    def extensions(self) -> Sequence[Extension]: ...
+
+    def attach(
+        self,
+        driver: RaftDriver[Applied],
+        fsm: KVStateMachine,
+        router: Router,
+        addresses: Mapping[NodeId, str],
+    ) -> None:
+        """Register its routes; called once the driver and the machine exist.
+        `addresses` maps every member to its client address (leader hints)."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Its background work, until cancelled."""
+        ...
+
+
 async def serve_member(
     config: MemberConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """`ddfs meta`: the KV store and the file system on one Raft group."""
+    from fs.meta.server import FsPlugin  # noqa: PLC0415 - coord must not import fs at load
+
+    await serve_kv_member(config, [FsPlugin()], task_status=task_status)
+
+
+async def serve_kv_member(
+    config: MemberConfig,
+    plugins: Sequence[MemberPlugin] = (),
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     config.validate()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     storage = LmdbRaftStorage(config.data_dir / "raft")
-    kv_store = LmdbKVStore(config.data_dir / "kv")
     try:
-        fsm = KVStateMachine(kv_store, config.kv)
+        kv_store = LmdbKVStore(
+            config.data_dir / "kv", tables=[t for p in plugins for t in p.tables]
+        )
+    except BaseException:
+        storage.close()
+        raise
+    try:
+        fsm = KVStateMachine(kv_store, config.kv, [e for p in plugins for e in p.extensions])
         client_cfg = ClientConfig(node_id=config.node_id, secret=config.secret, role="meta")
         async with RpcClient(client_cfg, TcpConnector()) as peers_rpc:
             transport = RpcTransport(peers_rpc, config.members)
@@ -80,6 +133,8 @@ async def serve_member(
             router = Router()
             add_raft_routes(router, driver, {"address": config.address})
             KvService(driver, fsm, config.members).routes(router)
+            for plugin in plugins:
+                plugin.attach(driver, fsm, router, config.members)
             server = RpcServer(
                 ServerConfig(node_id=config.node_id, secret=config.secret, role="meta"), router
             )
@@ -87,6 +142,8 @@ async def serve_member(
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve_tcp, host, port)
                 await nursery.start(driver.run)
+                for plugin in plugins:
+                    await nursery.start(plugin.run)
                 task_status.started(config.address)
                 try:
                     await trio.sleep_forever()

@@ -62,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with rpc_client(secret, role="chunk") as rpc, trio.open_nursery() as nursery:
             sink = MetaLink(rpc, endpoints)
-            address = await nursery.start(serve_chunk_server, config, sink)
-            print(f"ddfs chunk {config.server_id}: ready on {address}", flush=True)
+            server = await nursery.start(serve_chunk_server, config, sink)
+            print(f"ddfs chunk {config.server_id}: ready on {server.address}", flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.warning("chunk %d: %s, stopping", config.server_id,
                                 signal.Signals(signum).name)
+                    await server.stop()
                     nursery.cancel_scope.cancel()
                     break
 

@@ -19,6 +19,12 @@ Invariants:
   applies number n only right after n - 1 (earlier: `Wait`; already
   applied: `Duplicate`, acknowledged without applying again).  A new,
   higher token starts again at 1.
+* Roles: under one token a server is either the chunk's primary (it
+  numbers mutations) or a secondary (it applies another's numbers), never
+  both: two numberings under one token would make secondaries skip
+  mutations as duplicates.  The gate remembers the role it admitted per
+  chunk for the newest token and refuses the other (NOT_PRIMARY).  (In
+  memory: a restart forgets it, which only loses this sanity check.)
 """
 
 from __future__ import annotations
@@ -78,11 +84,26 @@ def stale_version(state: ReplicaState, asked: int) -> Reject:
 class ChunkGate:
     """The per-server admission core; one instance guards every chunk."""
 
-    __slots__ = ("_guard",)
+    __slots__ = ("_guard", "_roles")
 
     def __init__(self, fences: Mapping[ChunkHandle, FencingToken] | None = None) -> None:
         # Highest token admitted per chunk (replicas deleted since included).
         self._guard = FencingGuard({resource(h): t for h, t in (fences or {}).items()})
+        # Per chunk: (token, True if we are its primary under that token).
+        self._roles: dict[ChunkHandle, tuple[FencingToken, bool]] = {}
+
+    def _role_conflict(self, handle: ChunkHandle, token: FencingToken,
+                       primary: bool) -> Reject | None:
+        known = self._roles.get(handle)
+        if known is not None and known[0] == token and known[1] != primary:
+            role = "a secondary" if primary else "the primary"
+            return Reject(p.NOT_PRIMARY, f"chunk {handle}: this server is {role} "
+                                         f"under token {token}")
+        return None
+
+    def forget(self, handle: ChunkHandle) -> None:
+        """The replica was deleted: forget its role (its fence stays)."""
+        self._roles.pop(handle, None)
 
     def highest(self, handle: ChunkHandle) -> FencingToken:
         return self._guard.highest(resource(handle))
@@ -100,7 +121,9 @@ class ChunkGate:
         return None
 
     def _admit(self, handle: ChunkHandle, state: ReplicaState | None, version: ChunkVersion,
-               token: FencingToken, serial: int) -> Admit:
+               token: FencingToken, serial: int, primary: bool | None = None) -> Admit:
+        if primary is not None:
+            self._roles[handle] = (token, primary)
         verdict = self._guard.check(resource(handle), token)
         assert not isinstance(verdict, FenceRejected), verdict  # checked just before
         adopted = ChunkVersion(max(version, state.version if state else version))
@@ -114,10 +137,12 @@ class ChunkGate:
     def primary(self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
                 token: FencingToken) -> Admit | Reject:
         """A client's mutation at the primary: admit with the next serial, or refuse."""
-        refused = self._version_and_fence(state, handle, version, token)
+        refused = (self._version_and_fence(state, handle, version, token)
+                   or self._role_conflict(handle, token, primary=True))
         if refused is not None:
             return refused
-        return self._admit(handle, state, version, token, self.next_serial(state, token))
+        return self._admit(handle, state, version, token, self.next_serial(state, token),
+                           primary=True)
 
     def secondary(
         self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
@@ -126,7 +151,8 @@ class ChunkGate:
         """A primary's mutation number `serial` at a secondary."""
         if serial < 1:
             return Reject(p.BAD_ARGS, f"serial {serial} < 1")
-        refused = self._version_and_fence(state, handle, version, token)
+        refused = (self._version_and_fence(state, handle, version, token)
+                   or self._role_conflict(handle, token, primary=False))
         if refused is not None:
             return refused
         expected = self.next_serial(state, token)
@@ -134,7 +160,7 @@ class ChunkGate:
             return Duplicate(serial)
         if serial > expected:
             return Wait(expected)
-        return self._admit(handle, state, version, token, serial)
+        return self._admit(handle, state, version, token, serial, primary=False)
 
     def set_version(self, state: ReplicaState | None, handle: ChunkHandle,
                     version: ChunkVersion, token: FencingToken) -> Admit | Reject:

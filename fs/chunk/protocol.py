@@ -56,6 +56,7 @@ OUT_OF_ORDER = "OUT_OF_ORDER"  # a secondary waited too long for an earlier seri
 ENOSPC = "ENOSPC"  # the data disk is full; nothing was changed, staged data dropped
 EIO = "EIO"  # a local I/O error other than a full disk
 BAD_ARGS = "BAD_ARGS"  # offset/length/handle out of range, data too large, ...
+NOT_PRIMARY = "NOT_PRIMARY"  # a write to a secondary of this lease (or an apply to its primary)
 # A full staging buffer answers with the RPC framework's OVERLOADED code,
 # which the RPC client treats as transient and retries with backoff.
 STAGING_FULL = "OVERLOADED"

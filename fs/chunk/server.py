@@ -1,11 +1,14 @@
 """A whole chunk server: store, RPC service, heartbeats, under one nursery.
 
-`serve_chunk_server(config, sink=...)` opens the store (recovering it),
-serves `chunk.*` on `config.listen`, reports to the metadata leader through
-`sink`, and reports readiness with the bound address.  Cancelling it stops
-the RPC server, the heartbeat loop and the background tasks, waits for
-store calls already in worker threads, and closes the store: a stop never
-leaves a store call running against a closed index.
+`serve_chunk_server(config, sink)` opens the store (recovering it), serves
+`chunk.*` on `config.listen`, reports to the metadata leader through
+`sink`, and reports readiness with a `RunningChunkServer` (its address and
+`stop()`).  `stop()` is the graceful way out: no new calls are accepted,
+calls in progress get `drain_timeout` to finish, then everything else is
+cancelled.  Cancelling directly is abrupt but still safe: store calls
+already in worker threads are waited for (trio does not abandon them) and
+the store is closed only after every task has ended, so no store call
+ever runs against a closed index.
 """
 
 from __future__ import annotations
@@ -56,11 +59,25 @@ class ChunkServerConfig:
         return self
 
 
+@dataclass
+class RunningChunkServer:
+    address: str  # "host:port" it serves on (the advertised one)
+    service: ChunkService
+    _rpc: RpcServer
+    _scope: trio.CancelScope
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting, let running calls finish (bounded), then end."""
+        with trio.move_on_after(drain_timeout):
+            await self._rpc.shutdown()
+        self._scope.cancel()
+
+
 async def serve_chunk_server(
     config: ChunkServerConfig, sink: HeartbeatSink, *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[RunningChunkServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the chunk server until cancelled; started() gets "host:port"."""
+    """Run the chunk server until stopped or cancelled."""
     config.validate()
     store = await trio.to_thread.run_sync(DiskChunkStore, config.data_dir, config.server_id)
     try:
@@ -70,7 +87,7 @@ async def serve_chunk_server(
 
 
 async def _serve(config: ChunkServerConfig, store: DiskChunkStore, sink: HeartbeatSink,
-                 task_status: trio.TaskStatus[str]) -> None:
+                 task_status: trio.TaskStatus[RunningChunkServer]) -> None:
     host, port = parse_tcp_address(config.listen)
     # Bind first, so the advertised address carries the real port when 0 was asked.
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -97,4 +114,5 @@ async def _serve(config: ChunkServerConfig, store: DiskChunkStore, sink: Heartbe
                            name="heartbeat")
         log.info("chunk server %d serving on %s, data in %s", config.server_id, address,
                  config.data_dir)
-        task_status.started(address)
+        task_status.started(RunningChunkServer(address, service, rpc_server,
+                                               nursery.cancel_scope))

@@ -349,6 +349,7 @@ class ChunkService:
                 if await self._store(self.store.delete, handle):
                     deleted.append(handle)
                 self._broken.pop(handle, None)
+                self.gate.forget(handle)
                 self._locks.notify(handle)
         return p.DeleteReply(deleted)
 
@@ -360,6 +361,7 @@ class ChunkService:
                 return False
             done = await self._store(self.store.delete, handle)
             self._broken.pop(handle, None)
+            self.gate.forget(handle)
             self._locks.notify(handle)
             return done
 

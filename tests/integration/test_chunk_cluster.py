@@ -148,7 +148,7 @@ async def test_secondary_killed_mid_write(chunks: ChunkCluster) -> None:
         assert await read_all(rpc, a[1], handle) == b"during"
 
 
-async def test_fencing_survives_restart(chunks: ChunkCluster) -> None:
+async def test_fencing_survives_crash_and_clean_restart(chunks: ChunkCluster) -> None:
     a, handle = chunks.addresses, ChunkHandle(4)
     async with client() as rpc:
         await write(rpc, a, handle, 1, 0, b"token 8", token=8)
@@ -164,6 +164,14 @@ async def test_fencing_survives_restart(chunks: ChunkCluster) -> None:
         with pytest.raises(RemoteError) as e:
             await rpc.call(a[0], p.ChunkRead(handle, ChunkVersion(2), 0, 7))
         assert e.value.code == p.STALE_VERSION
+    # SIGTERM is a clean stop (exit status 0), and the data is there afterwards.
+    proc = chunks.procs[0]
+    proc.stop()
+    assert proc.popen is not None and proc.popen.returncode == 0
+    assert "SIGTERM, stopping" in proc.log_text()
+    proc.start("ready on")
+    async with client(504) as rpc:
+        assert await read_all(rpc, a[0], handle) == b"token 8"
 
 
 async def test_figures_push_throughput_and_write_latency(chunks: ChunkCluster) -> None:

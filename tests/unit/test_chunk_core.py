@@ -237,6 +237,18 @@ def test_secondary_serial_order() -> None:
     assert isinstance(r, Reject) and r.code == p.BAD_ARGS
 
 
+def test_one_role_per_token() -> None:
+    g = ChunkGate()
+    assert isinstance(g.primary(None, H, V(1), T(5)), Admit)
+    r = g.secondary(None, H, V(1), T(5), 1)  # another "primary" under our token
+    assert isinstance(r, Reject) and r.code == p.NOT_PRIMARY
+    assert isinstance(g.secondary(None, H, V(1), T(6), 1), Admit)  # a new lease: fine
+    r = g.primary(None, H, V(1), T(6))  # a client writing to a secondary
+    assert isinstance(r, Reject) and r.code == p.NOT_PRIMARY
+    g.forget(H)
+    assert isinstance(g.primary(None, H, V(1), T(6)), Admit)
+
+
 def test_read_requires_exact_version() -> None:
     assert ChunkGate.read(_st(version=3), H, V(3)) is None
     r = ChunkGate.read(_st(version=3), H, V(4))

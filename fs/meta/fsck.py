@@ -23,6 +23,7 @@ from fs.meta.state import (
     OPEN,
     ORPHANS,
     SESSION_OPEN,
+    XATTRS,
     FsReader,
     InodeRec,
 )
@@ -136,4 +137,7 @@ def check(r: FsReader) -> list[str]:
     _check_entries(r, inodes, problems)
     _check_opens(r, inodes, problems)
     _check_chunks(r, inodes, problems)
+    for key, _ in _all(r, XATTRS):
+        if _U64.unpack(key[:8])[0] not in inodes:
+            problems.append(f"xattr {key[8:]!r} of missing inode {_U64.unpack(key[:8])[0]}")
     return problems

@@ -155,6 +155,12 @@ class Session:
         self.ok(Release(InodeId(inode)))
 
 
+def code(result: FsResult) -> int:
+    """The errno of a query's refusal."""
+    assert isinstance(result, FsErr), f"expected an error, got {result}"
+    return result.errno
+
+
 def make_store(kind: str, path: Path) -> KVStore:
     return open_meta_store(path, MAP_SIZE) if kind == "lmdb" else memory_meta_store()
 

@@ -11,16 +11,18 @@ node's own events are stamped in increasing order.
 The diagram uses the notation of the chapter's figures: one lifeline per
 node, an arrow per message labelled with its send stamp (and its receive
 stamp, when it arrived), dashed arrows for replies, crossed arrows for
-messages that never arrived, and notes over a node for local events.
+messages never received, and notes over a node for local events.
 
 Invariants:
 * `lamport_order` is a linear extension of happened-before for any events
   recorded with per-node Lamport clocks (ties between nodes are broken by
   the actor order, then by the per-node sequence, so the order is stable).
-* `match_messages` pairs each receive with the earliest unmatched send of the
-  same (sender, receiver, label) stamped before it; a send left unmatched was
-  lost (dropped, or its receiver crashed first); a receive left unmatched is
-  a duplicate delivery.
+* `match_messages` pairs a receive that names its send's stamp (`ref`, when
+  the protocol carries it) with exactly that send; otherwise with the
+  earliest unmatched send of the same (sender, receiver, label) stamped
+  before it.  A send left unmatched was not received (dropped, its receiver
+  crashed first, or still in flight when the trace was taken); a receive
+  left unmatched is a duplicate delivery.
 * Rendering never fails on odd labels: characters Mermaid treats as syntax
   are replaced.
 * Nothing here reads a clock; stamps are given by the caller.  The JSONL
@@ -54,16 +56,18 @@ class TraceEvent:
     peer: str = ""  # SEND: the destination; RECEIVE: the source
     reply: bool = False  # SEND: draw as a reply (dashed arrow)
     seq: int = 0  # per-recorder order, a tie-breaker for equal stamps
+    ref: int = 0  # RECEIVE: the stamp of its send, when the message carried it (0: unknown)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "node": self.node, "lamport": self.lamport,
-                "label": self.label, "peer": self.peer, "reply": self.reply, "seq": self.seq}
+                "label": self.label, "peer": self.peer, "reply": self.reply, "seq": self.seq,
+                "ref": self.ref}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> TraceEvent:
         return cls(EventKind(obj["kind"]), str(obj["node"]), int(obj["lamport"]),
                    str(obj["label"]), str(obj.get("peer", "")), bool(obj.get("reply", False)),
-                   int(obj.get("seq", 0)))
+                   int(obj.get("seq", 0)), int(obj.get("ref", 0)))
 
 
 class TraceRecorder:
@@ -89,9 +93,10 @@ class TraceRecorder:
         return self._add(TraceEvent(EventKind.SEND, node, lamport, label, peer, reply,
                                     self._next()))
 
-    def receive(self, node: str, peer: str, label: str, lamport: int) -> TraceEvent:
+    def receive(self, node: str, peer: str, label: str, lamport: int, *,
+                ref: int = 0) -> TraceEvent:
         return self._add(TraceEvent(EventKind.RECEIVE, node, lamport, label, peer,
-                                    seq=self._next()))
+                                    seq=self._next(), ref=ref))
 
     def note(self, node: str, text: str, lamport: int) -> TraceEvent:
         return self._add(TraceEvent(EventKind.NOTE, node, lamport, text, seq=self._next()))
@@ -126,21 +131,39 @@ class MessageArrow:
 def match_messages(ordered: Sequence[TraceEvent]) -> tuple[list[MessageArrow], int]:
     """Pair sends with receives; return (arrows in send order, duplicate receives)."""
     waiting: dict[tuple[str, str, str], deque[int]] = defaultdict(deque)
+    exact: dict[tuple[str, str, int], int] = {}  # (sender, receiver, send stamp) -> send
     sends: list[TraceEvent] = []
     received: dict[int, TraceEvent] = {}
     duplicates = 0
     for ev in ordered:
         if ev.kind is EventKind.SEND:
             waiting[(ev.node, ev.peer, ev.label)].append(len(sends))
+            exact[(ev.node, ev.peer, ev.lamport)] = len(sends)
             sends.append(ev)
         elif ev.kind is EventKind.RECEIVE:
-            queue = waiting[(ev.peer, ev.node, ev.label)]
-            # A send stamped at or after the receive cannot be its cause.
-            if queue and sends[queue[0]].lamport < ev.lamport:
-                received[queue.popleft()] = ev
-            else:
+            found = _find_send(ev, sends, received, waiting, exact)
+            if found is None:
                 duplicates += 1
+            else:
+                received[found] = ev
     return [MessageArrow(s, received.get(i)) for i, s in enumerate(sends)], duplicates
+
+
+def _find_send(ev: TraceEvent, sends: list[TraceEvent], received: dict[int, TraceEvent],
+               waiting: dict[tuple[str, str, str], deque[int]],
+               exact: dict[tuple[str, str, int], int]) -> int | None:
+    if ev.ref:
+        i = exact.get((ev.peer, ev.node, ev.ref))
+        if i is None or i in received or sends[i].lamport >= ev.lamport:
+            return None
+        return i
+    queue = waiting[(ev.peer, ev.node, ev.label)]
+    while queue and queue[0] in received:  # matched exactly by another receive
+        queue.popleft()
+    # A send stamped at or after the receive cannot be its cause.
+    if queue and sends[queue[0]].lamport < ev.lamport:
+        return queue.popleft()
+    return None
 
 
 def message_counts(events: Iterable[TraceEvent]) -> dict[str, int]:
@@ -197,7 +220,7 @@ def _arrow(arrow: MessageArrow) -> str:
     src, dst = _ident(s.node), _ident(s.peer)
     if arrow.receive is None:
         head = "--x" if s.reply else "-x"
-        return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (lost)"
+        return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (not received)"
     head = "-->>" if s.reply else "->>"
     return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (recv L{arrow.receive.lamport})"
 

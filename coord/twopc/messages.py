@@ -9,6 +9,9 @@ Invariants:
   depends on the transport to tell who spoke (the simulator has no RPC peer).
 * Messages are one-way: the cores retransmit on their own timers, so a lost,
   duplicated or reordered message is always harmless (handlers are idempotent).
+* `stamp` is the sender's Lamport time of the send, set by drivers when they
+  trace (cores leave it 0 and never read it): it lets a trace pair each
+  receive with its exact send, retransmissions and duplicates included.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Prepare(Notification):
     sender: NodeName  # the coordinator
     participants: tuple[NodeName, ...]  # everyone in the transaction (for termination)
     writes: tuple[Write, ...]  # this participant's part of the work
+    stamp: int = 0  # the sender's Lamport time of the send (traces only)
 
 
 @notification("2pc.vote")
@@ -36,6 +40,7 @@ class VoteMsg(Notification):
     txid: TxId
     sender: NodeName
     vote: Vote
+    stamp: int = 0  # the sender's Lamport time of the send (traces only)
 
 
 @notification("2pc.decision")
@@ -46,6 +51,7 @@ class DecisionMsg(Notification):
     txid: TxId
     sender: NodeName
     decision: Decision
+    stamp: int = 0  # the sender's Lamport time of the send (traces only)
 
 
 @notification("2pc.ack")
@@ -54,6 +60,7 @@ class Ack(Notification):
     txid: TxId
     sender: NodeName
     decision: Decision  # what was applied (lets the coordinator detect a confused peer)
+    stamp: int = 0  # the sender's Lamport time of the send (traces only)
 
 
 @notification("2pc.query")
@@ -63,6 +70,7 @@ class DecisionQuery(Notification):
 
     txid: TxId
     sender: NodeName
+    stamp: int = 0  # the sender's Lamport time of the send (traces only)
 
 
 @notification("2pc.query_reply")
@@ -71,6 +79,7 @@ class QueryReply(Notification):
     txid: TxId
     sender: NodeName
     answer: Answer
+    stamp: int = 0  # the sender's Lamport time of the send (traces only)
 
 
 Message = Prepare | VoteMsg | DecisionMsg | Ack | DecisionQuery | QueryReply
@@ -89,3 +98,8 @@ def describe(msg: Message) -> str:
     if isinstance(msg, DecisionQuery):
         return "QUERY"
     return f"ANSWER {msg.answer.name}"
+
+
+def label_of(msg: Message) -> str:
+    """The trace label of a message: its kind and transaction, e.g. "READY t1"."""
+    return f"{describe(msg)} {msg.txid}"

@@ -131,3 +131,11 @@ class Checkpoint:
 
 
 Effect = Persist | Send | ResolveDecision | Checkpoint
+
+
+def persist_note(eff: Persist) -> str:
+    """A trace note for a log write, e.g. "log DECISION COMMIT t1 (fsync)"."""
+    rec = eff.record
+    kind = type(rec).__name__.removesuffix("Record").upper()
+    decision = f" {rec.decision.name}" if isinstance(rec, DecisionRecord) else ""
+    return f"log {kind}{decision} {rec.txid}{' (fsync)' if eff.sync else ''}"

@@ -36,17 +36,16 @@ from coord.trace import TraceRecorder
 from coord.twopc.coordinator import Coordinator
 from coord.twopc.decision import MemoryDecisionStore
 from coord.twopc.log import MemoryLog
-from coord.twopc.messages import Message, describe
+from coord.twopc.messages import Message, label_of
 from coord.twopc.participant import Participant
 from coord.twopc.records import (
     BeginRecord,
     Checkpoint,
-    DecisionRecord,
     Effect,
-    LogRecord,
     Persist,
     ResolveDecision,
     Send,
+    persist_note,
 )
 from coord.twopc.sim_checks import SafetyViolation, TwoPcChecker, TxnPlan
 from coord.twopc.types import Decision, NodeName, Step, TwoPcConfig, TxId, Write, undecided
@@ -261,7 +260,8 @@ class TwoPcSim:
                 return
             clock = self.store_clock
             if self.tracer is not None:
-                self.tracer.receive(STORE, src, _store_label(body), clock.observe(env.stamp))
+                self.tracer.receive(STORE, src, _store_label(body), clock.observe(env.stamp),
+                                    ref=env.stamp)
             decision = self.store.decide_now(body.txid, body.proposal)
             self.checker.on_decision(body.txid, decision, "the decision store", self._logs())
             stamp = clock.tick()
@@ -276,10 +276,10 @@ class TwoPcSim:
         core = node.core
         was_undecided = isinstance(core, Participant) and _undecided(core, body.txid)
         if isinstance(body, StoreReply):
-            self._trace_receive(node, src, f"{body.decision.name} {body.txid}", stamp)
+            self._trace_receive(node, src, f"{body.decision.name} {body.txid}", stamp, env.stamp)
             self._run(node, core.store_answer(body.txid, body.decision, self.now))
         elif not isinstance(body, StoreAsk):
-            self._trace_receive(node, src, _label(body), stamp)
+            self._trace_receive(node, src, label_of(body), stamp, env.stamp)
             self._run(node, core.receive(body, self.now))
         if was_undecided and isinstance(node.core, Participant) and node.core.decision(body.txid):
             if isinstance(body, StoreReply):
@@ -304,11 +304,11 @@ class TwoPcSim:
     def _execute(self, node: _Node, eff: Effect) -> None:
         if isinstance(eff, Persist):
             node.log.append(eff.record, eff.writes, sync=eff.sync)
-            self._trace_note(node, persist_label(eff))
+            self._trace_note(node, persist_note(eff))
             self.checker.on_persist(node.name, eff.record, self._logs())
         elif isinstance(eff, Send):
             stamp = node.clock.tick()
-            self._trace_send(node, eff.to, _label(eff.msg), stamp)
+            self._trace_send(node, eff.to, label_of(eff.msg), stamp)
             self.report.messages += 1
             self._net_send(node.name, eff.to, Envelope(stamp, eff.msg))
         elif isinstance(eff, ResolveDecision):
@@ -426,18 +426,15 @@ class TwoPcSim:
         if self.tracer is not None:
             self.tracer.send(node.name, to, label, stamp, reply=node.name != COORD)
 
-    def _trace_receive(self, node: _Node, src: NodeName, label: str, stamp: int) -> None:
+    def _trace_receive(self, node: _Node, src: NodeName, label: str, stamp: int,
+                       ref: int) -> None:
         if self.tracer is not None:
-            self.tracer.receive(node.name, src, label, stamp)
+            self.tracer.receive(node.name, src, label, stamp, ref=ref)
 
     def _trace_note(self, node: _Node, text: str) -> None:
         self.checker.events.append(f"t={self.now} {node.name}: {text}")
         if self.tracer is not None:
             self.tracer.note(node.name, text, node.clock.tick())
-
-
-def _label(msg: Message) -> str:
-    return f"{describe(msg)} {msg.txid}"
 
 
 def _store_label(ask: StoreAsk) -> str:
@@ -449,12 +446,6 @@ def _undecided(core: Participant, txid: TxId) -> bool:
     return state is not None and undecided(state)
 
 
-def persist_label(eff: Persist) -> str:
-    """A trace note for a log write, e.g. "log DECISION COMMIT t1 (fsync)"."""
-    rec: LogRecord = eff.record
-    kind = type(rec).__name__.removesuffix("Record").upper()
-    decision = f" {rec.decision.name}" if isinstance(rec, DecisionRecord) else ""
-    return f"log {kind}{decision} {rec.txid}{' (fsync)' if eff.sync else ''}"
 
 
 def run_twopc_sim(seed: int, **kw: object) -> SimReport:

@@ -37,7 +37,7 @@ def ping_pong() -> TraceRecorder:
     return tr
 
 
-def test_mermaid_diagram_shows_arrows_notes_stamps_and_lost_messages() -> None:
+def test_mermaid_diagram_shows_arrows_notes_stamps_and_unreceived_messages() -> None:
     text = to_mermaid(ping_pong().events, aliases={"a": "Coordinator"}, title="demo")
     assert text.splitlines() == [
         "sequenceDiagram",
@@ -47,7 +47,7 @@ def test_mermaid_diagram_shows_arrows_notes_stamps_and_lost_messages() -> None:
         "    a->>b: L1 PING (recv L2)",
         "    Note over b: L3 log it",
         "    b-->>a: L4 PONG (recv L5)",
-        "    a-xb: L6 LOST (lost)",
+        "    a-xb: L6 LOST (not received)",
     ]
 
 
@@ -62,6 +62,19 @@ def test_matching_pairs_fifo_and_counts_duplicates() -> None:
     assert [(x.send.lamport, x.receive.lamport if x.receive else None) for x in arrows] == [
         (1, 5), (2, 6)]
     assert dups == 1
+
+
+def test_a_receive_naming_its_send_stamp_is_matched_exactly() -> None:
+    """The first copy was lost and the retransmission arrived: FIFO would guess wrong."""
+    tr = TraceRecorder()
+    tr.send("a", "b", "M", 1)
+    tr.send("a", "b", "M", 2)
+    tr.receive("b", "a", "M", 5, ref=2)
+    tr.receive("b", "a", "M", 6, ref=2)  # the same copy again: a duplicate
+    arrows, dups = match_messages(lamport_order(tr.events))
+    assert [x.receive.lamport if x.receive else None for x in arrows] == [None, 5]
+    assert dups == 1
+    assert "a-xb: L1 M (not received)" in to_mermaid(tr.events)
 
 
 def test_a_receive_is_never_matched_to_a_later_send() -> None:

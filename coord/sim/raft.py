@@ -316,10 +316,10 @@ class RaftSim:
     # ------------------------------------------------------------------ clients
     def _clients(self) -> None:
         rng = self.rng
-        if rng.random() < 0.75:
+        if rng.random() < 0.8:
             leader = self._leader()
             if leader is not None:
-                for _ in range(rng.randint(1, 3)):
+                for _ in range(rng.randint(1, 4)):
                     self._propose(leader)
         if rng.random() < 0.3:
             nid = rng.choice(self.ids)
@@ -360,8 +360,13 @@ class RaftSim:
     def _plan_faults(self) -> None:
         rng, ticks = self.rng, self.p.ticks
         kinds = [self._crash, self._partition, self._isolate_leader, self._one_way]
-        for _ in range(rng.randint(self.p.min_faults, self.p.max_faults)):
-            start = rng.randint(ticks // 10, ticks - ticks // 5)
+        count = rng.randint(self.p.min_faults, self.p.max_faults)
+        # One fault starts in each equal slot of the window: they may overlap, but
+        # cannot all pile up at once and leave the cluster no time to make progress.
+        lo, hi = ticks // 10, ticks - ticks // 5
+        width = (hi - lo) // count
+        for k in range(count):
+            start = lo + k * width + rng.randrange(width)
             duration = rng.randint(*self.p.fault_ticks)
             self._at(start, "fault", rng.choice(kinds)(duration))
 

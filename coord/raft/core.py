@@ -167,11 +167,10 @@ class RaftNode:
         """Append a command if leader; the caller learns its fate from the applied entry."""
         if self.role is not Role.LEADER:
             return NotLeader(self.leader)
-        size = len(data) + entry_size(Entry(Term(0), LogIndex(0), EntryKind.COMMAND))
-        limit = self.config.max_uncommitted_bytes
-        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
-            return Overloaded(self.uncommitted_bytes, limit)
         entry = Entry(self.term, LogIndex(self.log.last_index() + 1), EntryKind.COMMAND, data)
+        limit = self.config.max_uncommitted_bytes
+        if self.uncommitted_bytes and self.uncommitted_bytes + entry_size(entry) > limit:
+            return Overloaded(self.uncommitted_bytes, limit)
         self._leader_append(entry)
         return Proposed(entry.index, entry.term)
 
@@ -196,7 +195,7 @@ class RaftNode:
             or self.log.unstable
             or self.log.committed > self.log.applied
             or self._failed_reads
-            or self.reads.waiting_apply
+            or self.reads.servable(self.log.committed)
             or self.term != self._persisted.term
             or self.vote != self._persisted.vote
             or self.log.committed != self._persisted.commit

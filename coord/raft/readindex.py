@@ -90,6 +90,12 @@ class ReadIndexTracker:
         self.rounds.clear()
         return failed
 
+    def servable(self, committed: LogIndex) -> bool:
+        """Some confirmed read can be served once the committed entries are applied
+        (reads waiting for entries this node has not even committed do not count, so
+        a driver looping on has_ready() does not spin)."""
+        return any(r.index <= committed for r in self.waiting_apply)
+
     def take_ready(self, applied: LogIndex) -> list[ReadState]:
         if not self.waiting_apply:
             return []

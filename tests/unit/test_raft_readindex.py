@@ -114,3 +114,11 @@ def test_single_node_reads_need_no_round_trip() -> None:
     h.nodes[N1].read_index(ctx(1))
     h.deliver()
     assert h.read_states[N1] == [ReadState(ctx(1), LogIndex(2))]
+
+
+def test_a_read_waiting_for_uncommitted_entries_does_not_make_the_node_spin() -> None:
+    h = elected()
+    follower = h.nodes[N3]
+    follower.step(ReadIndexResponse(N1, N3, follower.term, ctx(9), LogIndex(99)), h.now)
+    assert not follower.has_ready()  # nothing to do until index 99 is committed here
+    assert follower.reads.waiting_apply == [ReadState(ctx(9), LogIndex(99))]

@@ -157,55 +157,61 @@ class FsReader:
 
     def __init__(self, view: KVReadView) -> None:
         self.view = view
-        self._r: dict[str, TableReader] = {name: view.table(name) for name in TABLES}
+        self._tables: dict[str, TableReader] = {}  # opened on first use
+
+    def _t(self, name: str) -> TableReader:
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = self.view.table(name)
+        return table
 
     def rows(self, table: str, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         """Raw rows of a table from `start` (for fsck and tools)."""
-        return self._r[table].scan(start, None, limit)
+        return self._t(table).scan(start, None, limit)
 
     def counter(self, name: bytes) -> int:
-        raw = self._r[META].get(name)
+        raw = self._t(META).get(name)
         return 0 if raw is None else int(_U64.unpack(raw)[0])
 
     def initialized(self) -> bool:
-        return self._r[META].get(b"next_inode") is not None
+        return self._t(META).get(b"next_inode") is not None
 
     def inode(self, ino: int) -> InodeRec | None:
-        raw = self._r[INODES].get(u64(ino))
+        raw = self._t(INODES).get(u64(ino))
         return None if raw is None else _inode_from(ino, raw)
 
     def dirent(self, parent: int, name: bytes) -> tuple[InodeId, int] | None:
-        raw = self._r[DIRENTS].get(u64(parent) + name)
+        raw = self._t(DIRENTS).get(u64(parent) + name)
         if raw is None:
             return None
         child, cookie = _unpack(raw)
         return InodeId(child), cookie
 
     def has_entries(self, parent: int) -> bool:
-        return bool(self._r[COOKIES].scan(u64(parent), u64(parent + 1), 1))
+        return bool(self._t(COOKIES).scan(u64(parent), u64(parent + 1), 1))
 
     def entries_after(self, parent: int, cookie: int, limit: int) -> list[tuple[int, bytes]]:
         """(cookie, name) of up to `limit` entries with a cookie > `cookie`, in order."""
-        rows = self._r[COOKIES].scan(pair(parent, cookie + 1), u64(parent + 1), limit)
+        rows = self._t(COOKIES).scan(pair(parent, cookie + 1), u64(parent + 1), limit)
         return [(_PAIR.unpack(k)[1], v) for k, v in rows]
 
     def xattr(self, ino: int, name: bytes) -> bytes | None:
-        return self._r[XATTRS].get(u64(ino) + name)
+        return self._t(XATTRS).get(u64(ino) + name)
 
     def xattr_names(self, ino: int, after: bytes, limit: int) -> list[bytes]:
-        rows = self._r[XATTRS].scan(u64(ino) + after, u64(ino + 1), limit)
+        rows = self._t(XATTRS).scan(u64(ino) + after, u64(ino + 1), limit)
         return [k[8:] for k, _ in rows]
 
     def chunk(self, ino: int, index: int) -> ChunkRec | None:
-        raw = self._r[CHUNKS].get(pair(ino, index))
+        raw = self._t(CHUNKS).get(pair(ino, index))
         return None if raw is None else _chunk_from(ino, index, raw)
 
     def chunks_from(self, ino: int, first: int, limit: int) -> list[ChunkRec]:
-        rows = self._r[CHUNKS].scan(pair(ino, first), u64(ino + 1), limit)
+        rows = self._t(CHUNKS).scan(pair(ino, first), u64(ino + 1), limit)
         return [_chunk_from(ino, _PAIR.unpack(k)[1], v) for k, v in rows]
 
     def chunk_of_handle(self, handle: int) -> ChunkRec | None:
-        raw = self._r[HANDLES].get(u64(handle))
+        raw = self._t(HANDLES).get(u64(handle))
         if raw is None:
             return None
         ino, index = _PAIR.unpack(raw)
@@ -213,7 +219,7 @@ class FsReader:
 
     def all_chunks(self, after: bytes, limit: int) -> tuple[list[ChunkRec], bytes | None]:
         """A page of every chunk row; returns the key to continue after (None: done)."""
-        rows = self._r[CHUNKS].scan(after, None, limit)
+        rows = self._t(CHUNKS).scan(after, None, limit)
         recs = []
         for key, raw in rows:
             ino, index = _PAIR.unpack(key)
@@ -221,28 +227,28 @@ class FsReader:
         return recs, (rows[-1][0] + b"\x00" if len(rows) == limit else None)
 
     def open_count(self, ino: int, session: int) -> int:
-        raw = self._r[OPEN].get(pair(ino, session))
+        raw = self._t(OPEN).get(pair(ino, session))
         return 0 if raw is None else int(_U64.unpack(raw)[0])
 
     def is_open(self, ino: int) -> bool:
-        return bool(self._r[OPEN].scan(u64(ino), u64(ino + 1), 1))
+        return bool(self._t(OPEN).scan(u64(ino), u64(ino + 1), 1))
 
     def opened_by(self, session: int, limit: int) -> list[InodeId]:
-        rows = self._r[SESSION_OPEN].scan(u64(session), u64(session + 1), limit)
+        rows = self._t(SESSION_OPEN).scan(u64(session), u64(session + 1), limit)
         return [InodeId(_PAIR.unpack(k)[1]) for k, _ in rows]
 
     def server(self, server: int) -> ServerRec | None:
-        raw = self._r[SERVERS].get(u64(server))
+        raw = self._t(SERVERS).get(u64(server))
         if raw is None:
             return None
         address, capacity, free, alive = _unpack(raw)
         return ServerRec(ServerId(server), address, capacity, free, alive)
 
     def orphans(self, limit: int) -> list[InodeId]:
-        return [InodeId(_U64.unpack(k)[0]) for k, _ in self._r[ORPHANS].scan(b"", None, limit)]
+        return [InodeId(_U64.unpack(k)[0]) for k, _ in self._t(ORPHANS).scan(b"", None, limit)]
 
     def servers(self) -> list[ServerRec]:
-        rows = self._r[SERVERS].scan(b"", None, 1 << 20)
+        rows = self._t(SERVERS).scan(b"", None, 1 << 20)
         out = []
         for k, _ in rows:
             rec = self.server(_U64.unpack(k)[0])
@@ -256,10 +262,20 @@ class FsWriter(FsReader):
 
     def __init__(self, view: KVWriteView) -> None:
         super().__init__(view)
-        self._w: dict[str, TableWriter] = {name: view.table(name) for name in TABLES}
+        self._wview = view
+        self._writers: dict[str, TableWriter] = {}
+
+    def _t(self, name: str) -> TableReader:
+        return self._w(name)  # one table object per table, also for reads
+
+    def _w(self, name: str) -> TableWriter:
+        table = self._writers.get(name)
+        if table is None:
+            table = self._writers[name] = self._wview.table(name)
+        return table
 
     def set_counter(self, name: bytes, value: int) -> None:
-        self._w[META].put(name, u64(value))
+        self._w(META).put(name, u64(value))
 
     def next_id(self, name: bytes) -> int:
         value = self.counter(name)
@@ -269,7 +285,7 @@ class FsWriter(FsReader):
     def put_inode(self, rec: InodeRec) -> None:
         v = [rec.mode, rec.uid, rec.gid, rec.nlink, rec.size, rec.atime_ns, rec.mtime_ns,
              rec.ctime_ns, rec.rdev, rec.target, rec.parent, rec.next_cookie, rec.chunks]
-        self._w[INODES].put(u64(rec.ino), _pack(v))
+        self._w(INODES).put(u64(rec.ino), _pack(v))
 
     def new_inode(self, rec: InodeRec) -> InodeRec:
         """Store `rec` under a fresh inode number; returns it with the number."""
@@ -279,9 +295,9 @@ class FsWriter(FsReader):
         return rec
 
     def delete_inode(self, ino: int) -> None:
-        if self._w[INODES].delete(u64(ino)):
+        if self._w(INODES).delete(u64(ino)):
             self.set_counter(b"inodes", self.counter(b"inodes") - 1)
-        self._w[ORPHANS].delete(u64(ino))
+        self._w(ORPHANS).delete(u64(ino))
 
     def add_entry(self, parent: InodeRec, name: bytes, child: int) -> InodeRec:
         """Insert (parent, name) -> child with the next cookie; returns the updated parent
@@ -291,43 +307,43 @@ class FsWriter(FsReader):
         return replace(parent, next_cookie=cookie + 1)
 
     def put_entry(self, parent: int, name: bytes, child: int, cookie: int) -> None:
-        self._w[DIRENTS].put(u64(parent) + name, _pack([child, cookie]))
-        self._w[COOKIES].put(pair(parent, cookie), name)
+        self._w(DIRENTS).put(u64(parent) + name, _pack([child, cookie]))
+        self._w(COOKIES).put(pair(parent, cookie), name)
 
     def remove_entry(self, parent: int, name: bytes) -> None:
         found = self.dirent(parent, name)
         if found is None:
             return
-        self._w[DIRENTS].delete(u64(parent) + name)
-        self._w[COOKIES].delete(pair(parent, found[1]))
+        self._w(DIRENTS).delete(u64(parent) + name)
+        self._w(COOKIES).delete(pair(parent, found[1]))
 
     def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
-        self._w[XATTRS].put(u64(ino) + name, value)
+        self._w(XATTRS).put(u64(ino) + name, value)
 
     def delete_xattr(self, ino: int, name: bytes) -> bool:
-        return self._w[XATTRS].delete(u64(ino) + name)
+        return self._w(XATTRS).delete(u64(ino) + name)
 
     def put_chunk(self, rec: ChunkRec) -> None:
         v = [rec.handle, rec.version, list(rec.replicas), rec.primary, rec.token,
              rec.lease_until]
-        self._w[CHUNKS].put(pair(rec.inode, rec.index), _pack(v))
-        self._w[HANDLES].put(u64(rec.handle), pair(rec.inode, rec.index))
+        self._w(CHUNKS).put(pair(rec.inode, rec.index), _pack(v))
+        self._w(HANDLES).put(u64(rec.handle), pair(rec.inode, rec.index))
 
     def delete_chunk(self, rec: ChunkRec) -> None:
-        self._w[CHUNKS].delete(pair(rec.inode, rec.index))
-        self._w[HANDLES].delete(u64(rec.handle))
+        self._w(CHUNKS).delete(pair(rec.inode, rec.index))
+        self._w(HANDLES).delete(u64(rec.handle))
 
     def set_open_count(self, ino: int, session: int, count: int) -> None:
         if count > 0:
-            self._w[OPEN].put(pair(ino, session), u64(count))
-            self._w[SESSION_OPEN].put(pair(session, ino), b"")
+            self._w(OPEN).put(pair(ino, session), u64(count))
+            self._w(SESSION_OPEN).put(pair(session, ino), b"")
         else:
-            self._w[OPEN].delete(pair(ino, session))
-            self._w[SESSION_OPEN].delete(pair(session, ino))
+            self._w(OPEN).delete(pair(ino, session))
+            self._w(SESSION_OPEN).delete(pair(session, ino))
 
     def mark_orphan(self, ino: int) -> None:
-        self._w[ORPHANS].put(u64(ino), b"")
+        self._w(ORPHANS).put(u64(ino), b"")
 
     def put_server(self, rec: ServerRec) -> None:
         v = [rec.address, rec.capacity, rec.free, rec.alive]
-        self._w[SERVERS].put(u64(rec.server), _pack(v))
+        self._w(SERVERS).put(u64(rec.server), _pack(v))

@@ -244,3 +244,14 @@ def test_config_validate_rejects_inconsistent_relations(bad: dict[str, Any]) -> 
     with pytest.raises(ConfigError):
         replace(RaftConfig(election_timeout_min=10.0, election_timeout_max=20.0), **bad).validate()
     assert RaftConfig().validate() == RaftConfig()
+
+
+def test_next_deadline_tells_the_driver_when_tick_has_work() -> None:
+    h = Harness(3)
+    node = h.nodes[N1]
+    deadline = node.next_deadline()
+    assert CONFIG.election_timeout_min <= deadline < CONFIG.election_timeout_max
+    node.tick(deadline - 0.01)
+    assert node.role is Role.FOLLOWER and not node.has_ready()
+    h.campaign(N1)
+    assert node.next_deadline() == h.now + CONFIG.heartbeat_interval  # leader: heartbeats

@@ -43,9 +43,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coord.twopc.types import CoordStep, PartStep
+
+if TYPE_CHECKING:
+    from tools.proclaunch import ProcessGroup
 
 COORD_STEPS = [s.value for s in CoordStep]
 # UNCERTAIN is reached only when the decision is late; a single kill cannot force that.
@@ -129,37 +132,69 @@ def _check_args(args: argparse.Namespace) -> Kill | None:
 def run(args: argparse.Namespace) -> int:
     import trio
 
+    from tools.proclaunch import ProcessGroup
+
     kill = _check_args(args)
+    group = ProcessGroup()  # owned out here: stopped even if trio.run itself fails
     with ExitStack() as stack:
         base = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix="ddfs-2pc-")))
         base.mkdir(parents=True, exist_ok=True)
-        # SIGTERM behaves like Ctrl-C: unwind through the finally that stops everything.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        result = trio.run(_main, args, kill, base)
+        stack.callback(group.close)  # before the temporary folder goes (LIFO)
+        try:
+            result = trio.run(_main, args, kill, base, group)
+        except BaseExceptionGroup as exc:  # Ctrl-C outside the signal watcher's reach
+            if exc.split(KeyboardInterrupt)[1] is None:
+                raise KeyboardInterrupt from None
+            raise
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     return 0 if result["ok"] else 1
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+async def _main(args: argparse.Namespace, kill: Kill | None, base: Path,
+                group: ProcessGroup) -> dict[str, Any]:
+    """Run the transaction(s); SIGINT/SIGTERM cancel them (cleanup included)."""
+    import trio
 
+    result: dict[str, Any] = {}
+    interrupted = False
 
-async def _main(args: argparse.Namespace, kill: Kill | None, base: Path) -> dict[str, Any]:
-    async with open_cluster(base, args.participants, use_store=not args.no_store) as cluster:
-        if args.matrix:
-            return await run_matrix(cluster, timeout=args.timeout)
-        return await cluster.transaction("tx1", kill, vote_abort=args.vote_abort,
-                                         timeout=args.timeout)
+    async def work() -> None:
+        nonlocal result
+        async with open_cluster(base, args.participants, use_store=not args.no_store,
+                                group=group) as cluster:
+            if args.matrix:
+                result = await run_matrix(cluster, timeout=args.timeout)
+            else:
+                result = await cluster.transaction("tx1", kill, vote_abort=args.vote_abort,
+                                                   timeout=args.timeout)
+        nursery.cancel_scope.cancel()
+
+    async def watch_signals() -> None:
+        nonlocal interrupted
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                interrupted = True
+                nursery.cancel_scope.cancel()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        nursery.start_soon(work)
+    if interrupted:
+        raise KeyboardInterrupt  # after every process was stopped
+    return result
 
 
 @asynccontextmanager
 async def open_cluster(base: Path, participants: int, *, use_store: bool = True,
-                       timing: Timing = Timing()) -> AsyncIterator[TwoPcCluster]:
+                       timing: Timing = Timing(),
+                       group: ProcessGroup | None = None) -> AsyncIterator[TwoPcCluster]:
     """Start the processes; stop every one of them on the way out, whatever happens."""
     from tools.common import rpc_client
 
-    cluster = TwoPcCluster(base, participants, use_store=use_store, timing=timing)
+    cluster = TwoPcCluster(base, participants, use_store=use_store, timing=timing,
+                           group=group)
     try:
         await cluster.start()
         async with rpc_client(SECRET, role="coordrun") as rpc:
@@ -193,7 +228,7 @@ class TwoPcCluster:
     """A decision store (3 `ddfs meta`), a coordinator and participants, all local."""
 
     def __init__(self, base: Path, participants: int, *, use_store: bool = True,
-                 timing: Timing = Timing()) -> None:
+                 timing: Timing = Timing(), group: ProcessGroup | None = None) -> None:
         from tools.proclaunch import LocalMetaCluster, ProcessGroup, free_ports
 
         self.base = base
@@ -201,7 +236,7 @@ class TwoPcCluster:
         self.timing = timing
         self.secret_file = base / "secret"
         self.secret_file.write_bytes(SECRET + b"\n")
-        self.group = ProcessGroup()
+        self.group = group if group is not None else ProcessGroup()
         self.meta = LocalMetaCluster(self.group, base, self.secret_file) if use_store else None
         self.names = [COORDINATOR, *(f"p{i}" for i in range(1, participants + 1))]
         ports = free_ports(len(self.names))

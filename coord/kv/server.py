@@ -81,9 +81,11 @@ class MemberPlugin(Protocol):
         fsm: KVStateMachine,
         router: Router,
         addresses: Mapping[NodeId, str],
+        rpc: RpcClient,
     ) -> None:
         """Register its routes; called once the driver and the machine exist.
-        `addresses` maps every member to its client address (leader hints)."""
+        `addresses` maps every member to its client address (leader hints);
+        `rpc` is the member's own client (authenticated as role "meta")."""
         ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -134,7 +136,7 @@ async def serve_kv_member(
             add_raft_routes(router, driver, {"address": config.address})
             KvService(driver, fsm, config.members).routes(router)
             for plugin in plugins:
-                plugin.attach(driver, fsm, router, config.members)
+                plugin.attach(driver, fsm, router, config.members, peers_rpc)
             server = RpcServer(
                 ServerConfig(node_id=config.node_id, secret=config.secret, role="meta"), router
             )

@@ -401,9 +401,20 @@ class UnderReplicated:
         _nonneg(self.want, self.limit, *self.live)
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    """Everything the map holds about `handle` (a LeaseResult: location, the last
+    lease's primary - 0 if none was ever granted - token and end)."""
+
+    handle: ChunkHandle
+
+    def __post_init__(self) -> None:
+        _nonneg(self.handle)
+
+
 FsQuery = (
     Lookup | GetAttr | ReadLink | ReadDir | Access | StatFsQuery | GetXattr | ListXattr
-    | ChunkLocations | Garbage | ListServers | UnderReplicated
+    | ChunkLocations | Garbage | ListServers | UnderReplicated | ChunkInfo
 )
 
 # --- wire form ----------------------------------------------------------------------------------
@@ -445,6 +456,7 @@ _q(72, ChunkLocations, ("inode", U), ("first", U), ("count", U))
 _q(73, Garbage, ("server", U), ("handles", U_TUPLE))
 _q(74, ListServers)
 _q(75, UnderReplicated, ("live", U_TUPLE), ("want", U), ("limit", U))
+_q(76, ChunkInfo, ("handle", U))
 
 #: Commands only the leader may propose (as LeaderCommand); services refuse them from clients.
 LEADER_ONLY = (ServerState,)

@@ -40,6 +40,7 @@ from fs.meta.commands import (
     Access,
     AcquireLease,
     AllocChunk,
+    ChunkInfo,
     ChunkLocations,
     Create,
     DropReplica,
@@ -94,7 +95,7 @@ from fs.meta.results import (
     StatFsResult,
     encode_result,
 )
-from fs.meta.state import META, TABLES, FsReader, FsWriter, InodeRec, ServerRec
+from fs.meta.state import META, TABLES, ChunkRec, FsReader, FsWriter, InodeRec, ServerRec
 from fs.types import ROOT_INODE, ChunkHandle
 
 _Run = Callable[[FsWriter, Op, Any], FsResult]
@@ -110,12 +111,22 @@ def _done(action: Callable[[], None]) -> Done:
     return Done()
 
 
-def _lease(w: FsWriter, op: Op, c: AcquireLease) -> LeaseResult:
-    chunk = chunks.acquire_lease(w, op, c.inode, c.index, c.live)
+def _lease_of(r: FsReader, chunk: ChunkRec, config: FsConfig) -> LeaseResult:
     return LeaseResult(
-        chunks.location(w, chunk), chunk.primary, chunk.token,
-        chunk.lease_until * 1_000_000, op.config.lease_ms,
+        chunks.location(r, chunk), chunk.primary, chunk.token,
+        chunk.lease_until * 1_000_000, config.lease_ms,
     )
+
+
+def _lease(w: FsWriter, op: Op, c: AcquireLease) -> LeaseResult:
+    return _lease_of(w, chunks.acquire_lease(w, op, c.inode, c.index, c.live), op.config)
+
+
+def _chunk_info(r: FsReader, config: FsConfig, q: ChunkInfo) -> LeaseResult:
+    chunk = r.chunk_of_handle(q.handle)
+    if chunk is None:
+        raise Refused(errno.ENOENT, f"no chunk has handle {q.handle}")
+    return _lease_of(r, chunk, config)
 
 
 def _server(w: FsWriter, op: Op, c: ServerState) -> Done:
@@ -186,6 +197,7 @@ _QUERIES: dict[type, _Ask] = {
     ListServers: lambda r, cfg, q: _servers(r),
     UnderReplicated: lambda r, cfg, q: CountResult(
         *chunks.under_replicated(r, q.live, q.want, q.limit)),
+    ChunkInfo: _chunk_info,
 }
 
 

@@ -18,7 +18,7 @@ from coord.kv.machine import Applied, Extension, KVStateMachine
 from coord.kv.server import MemberConfig, serve_member
 from coord.raft.driver import RaftDriver
 from coord.raft.types import NodeId
-from coord.rpc import Router
+from coord.rpc import Router, RpcClient
 from fs.meta.context import FsConfig
 from fs.meta.liveness import LivenessConfig
 from fs.meta.machine import FsMachine
@@ -52,9 +52,11 @@ class FsPlugin:
         fsm: KVStateMachine,
         router: Router,
         addresses: Mapping[NodeId, str],
+        rpc: RpcClient,
     ) -> None:
         self.service = FsService(
-            driver, fsm, addresses, fs_config=self._machine.config, liveness=self._liveness
+            driver, fsm, addresses, fs_config=self._machine.config, liveness=self._liveness,
+            rpc=rpc,
         )
         self.service.routes(router)
 

@@ -14,7 +14,10 @@ The leader's own decisions enter the log here and only here:
 * chunk-server records: `ServerState` leader commands, proposed by the
   background task (`run`) when `Liveness.updates` finds a difference, and at
   once by a heartbeat from a server the state does not know yet;
-* `meta.bad_replica` becomes a `DropReplica` leader command.
+* `meta.bad_replica` becomes a `DropReplica` leader command; the leader
+  then raises the remaining replicas to the bumped version with
+  `chunk.set_version` (best effort, fenced with the chunk's last token), so
+  they stay readable at the map's version before the next write.
 
 Heartbeat deletions are computed after a read barrier, so a handle whose
 chunk was allocated (committed) before the report is never called garbage
@@ -49,13 +52,16 @@ from coord.kv.commands import (
 )
 from coord.kv.machine import Applied, KVStateMachine
 from coord.kv.results import ExtResult, encode_result
+from coord.lease.types import FencingToken
 from coord.raft.driver import Busy, ProposalLost, RaftDriver, RaftUnavailable
 from coord.raft.types import NodeId
-from coord.rpc import CallContext, RemoteError, Router
+from coord.rpc import CallContext, RemoteError, Router, RpcClient, RpcError
+from fs.chunk.protocol import ChunkSetVersion
 from fs.meta.commands import (
     LEADER_ONLY,
     AcquireLease,
     AllocChunk,
+    ChunkInfo,
     DropReplica,
     FsCommand,
     FsQuery,
@@ -88,10 +94,12 @@ from fs.meta.protocol import (
     HeartbeatReply,
 )
 from fs.meta.results import (
+    ChunkResult,
     CountResult,
     FsErr,
     FsResult,
     HandlesResult,
+    LeaseResult,
     ServersResult,
     decode_result,
 )
@@ -102,6 +110,7 @@ log = logging.getLogger(__name__)
 
 _GARBAGE_BATCH = 4096  # handles judged per read transaction
 _TICK = 0.5  # seconds between the leader's ServerState reconciliations
+_SET_VERSION_TIMEOUT = 2.0  # seconds the leader spends telling replicas a new version
 
 
 class _Redirect(Exception):
@@ -119,7 +128,9 @@ class FsService:
         *,
         fs_config: FsConfig | None = None,
         liveness: LivenessConfig | None = None,
+        rpc: RpcClient | None = None,
     ) -> None:
+        self._rpc = rpc  # for chunk.set_version after a drop; None: skip it
         self._driver = driver
         self._fsm = fsm
         self._addresses = dict(client_addresses)
@@ -274,7 +285,29 @@ class FsService:
             return BadReplicaReply(r.status, r.leader)
         if isinstance(result, FsErr) and result.errno != errno.ENOENT:
             return BadReplicaReply(OK, errno=result.errno)
+        if isinstance(result, ChunkResult):
+            await self._push_version(req.handle)
         return BadReplicaReply(OK)
+
+    async def _push_version(self, handle: ChunkHandle) -> None:
+        """Tell the remaining replicas of `handle` its new version (bounded, best effort)."""
+        info = self._ask(ChunkInfo(handle))
+        if self._rpc is None or not isinstance(info, LeaseResult) or info.token == 0:
+            return  # never leased: never written, nothing to read at any version
+        rpc, loc = self._rpc, info.location
+        msg = ChunkSetVersion(handle, loc.version, FencingToken(info.token))
+
+        async def one(address: str) -> None:
+            try:
+                await rpc.call(address, msg, timeout=_SET_VERSION_TIMEOUT)
+            except RpcError as exc:
+                log.info("set_version %d on %s failed: %s", handle, address, exc)
+
+        with trio.move_on_after(_SET_VERSION_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for _, address in loc.replicas:
+                    if address:
+                        nursery.start_soon(one, address)
 
     async def servers(self, req: ChunkServers, ctx: CallContext) -> ChunkServersReply:
         try:

@@ -27,12 +27,22 @@ from coord.kv.machine import Applied, KVStateMachine
 from coord.kv.results import ExtResult, RegisterResult, decode_result
 from coord.kv.service import KvService, KvSubmit
 from coord.kv.types import ClientId, SeqNo
+from coord.lease.types import FencingToken
 from coord.raft.config import RaftConfig
 from coord.raft.driver import RaftDriver, RaftUnavailable
 from coord.raft.messages import Message
 from coord.raft.storage import MemoryRaftStorage
 from coord.raft.types import NodeId
-from coord.rpc import CallContext, PeerInfo, RemoteError
+from coord.rpc import (
+    CallContext,
+    MemoryNetwork,
+    PeerInfo,
+    RemoteError,
+    Router,
+    RpcClient,
+    RpcServer,
+)
+from fs.chunk.protocol import ChunkSetVersion, SetVersionReply
 from fs.meta import commands as c
 from fs.meta.liveness import LivenessConfig
 from fs.meta.machine import memory_meta_store, meta_machine
@@ -47,10 +57,11 @@ from fs.meta.protocol import (
     FsSubmit,
     Heartbeat,
 )
-from fs.meta.results import AttrResult, ChunkResult, ChunksResult, ServersResult
+from fs.meta.results import AttrResult, ChunkResult, ChunksResult, LeaseResult, ServersResult
 from fs.meta.results import decode_result as decode_fs
 from fs.meta.service import FsService
 from fs.types import ROOT_CRED, ROOT_INODE, ChunkHandle, ChunkVersion, InodeId, ServerId
+from tests.unit.test_rpc_common import client_config, server_config
 
 RAFT = RaftConfig(election_timeout_min=0.3, election_timeout_max=0.6, heartbeat_interval=0.05)
 IDS = [NodeId(1), NodeId(2), NodeId(3)]
@@ -69,7 +80,9 @@ class _Link:
 
 
 class Member:
-    def __init__(self, node: NodeId, drivers: dict[NodeId, RaftDriver[Applied]]) -> None:
+    def __init__(
+        self, node: NodeId, drivers: dict[NodeId, RaftDriver[Applied]], rpc: RpcClient
+    ) -> None:
         self.fsm: KVStateMachine = meta_machine(memory_meta_store())
         self.driver: RaftDriver[Applied] = RaftDriver(
             node, IDS, RAFT, MemoryRaftStorage(), self.fsm, _Link(drivers, node),
@@ -77,14 +90,38 @@ class Member:
         )
         drivers[node] = self.driver
         self.fs = FsService(self.driver, self.fsm, ADDRESSES,
-                            liveness=LivenessConfig(dead_after=1.0))
+                            liveness=LivenessConfig(dead_after=1.0), rpc=rpc)
+
+
+class ChunkServersTwin:
+    """Pretend chunk servers cs1..cs3 that record the chunk.set_version calls they get."""
+
+    def __init__(self) -> None:
+        self.net = MemoryNetwork()
+        self.set_versions: list[tuple[str, ChunkSetVersion]] = []
+
+    def router(self, address: str) -> Router:
+        router = Router()
+
+        def set_version(req: ChunkSetVersion, ctx: CallContext) -> SetVersionReply:
+            self.set_versions.append((address, req))
+            return SetVersionReply(req.version)
+
+        router.add(ChunkSetVersion, set_version)
+        return router
 
 
 @asynccontextmanager
-async def cluster() -> AsyncIterator[dict[NodeId, Member]]:
+async def cluster(
+    chunk_servers: ChunkServersTwin | None = None,
+) -> AsyncIterator[dict[NodeId, Member]]:
+    twin = chunk_servers or ChunkServersTwin()
     drivers: dict[NodeId, RaftDriver[Applied]] = {}
-    members = {i: Member(i, drivers) for i in IDS}
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery, RpcClient(client_config(), twin.net) as rpc:
+        for sid in (1, 2, 3):
+            server = RpcServer(server_config(), twin.router(f"cs{sid}:1"))
+            await nursery.start(server.serve, [twin.net.listen(f"cs{sid}:1")])
+        members = {i: Member(i, drivers, rpc) for i in IDS}
         for m in members.values():
             await nursery.start(m.driver.run)
             await nursery.start(m.fs.run)
@@ -174,7 +211,8 @@ async def test_placement_waits_for_heartbeats_then_follows_free_space() -> None:
 
 
 async def test_heartbeats_get_garbage_and_bad_replicas_are_dropped() -> None:
-    async with cluster() as members:
+    twin = ChunkServersTwin()
+    async with cluster(twin) as members:
         leader = await _leader(members)
         cid = await _session(leader)
         ino = await _create(leader, cid)
@@ -185,8 +223,13 @@ async def test_heartbeats_get_garbage_and_bad_replicas_are_dropped() -> None:
         handle = loc.location.handle
         reply = await leader.fs.heartbeat(_hb(1, 10, ((handle, 1), (4242, 1))), CTX)
         assert reply.delete == (ChunkHandle(4242),) and not reply.send_full
+        lease = await _run(leader, cid, 3, c.AcquireLease(ino, 0))
+        assert isinstance(lease, LeaseResult) and lease.location.version == 2
         bad = await leader.fs.bad_replica(BadReplica(handle, ServerId(2), "crc"), CTX)
         assert (bad.status, bad.errno) == (OK, 0)
+        # The survivor is raised to the bumped version, fenced with the lease's token.
+        assert twin.set_versions == [
+            ("cs1:1", ChunkSetVersion(handle, ChunkVersion(3), FencingToken(lease.token)))]
         last = await leader.fs.bad_replica(BadReplica(handle, ServerId(1), "crc"), CTX)
         assert (last.status, last.errno) == (OK, 5)  # EIO: the last replica stays
         reply = await leader.fs.heartbeat(_hb(2, 10, ((handle, 1),)), CTX)

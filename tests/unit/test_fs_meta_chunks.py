@@ -9,6 +9,7 @@ import stat
 from fs.meta.commands import (
     AcquireLease,
     AllocChunk,
+    ChunkInfo,
     ChunkLocations,
     DropReplica,
     Garbage,
@@ -271,3 +272,13 @@ def test_locations_of_a_directory_are_eisdir_and_of_a_fifo_einval(fs: FsHarness)
     fifo = s.attr_of(Mknod(InodeId(ROOT_DIR), b"p", stat.S_IFIFO | 0o644, 0, ROOT))
     assert code(fs.ask(ChunkLocations(d.inode, 0, 1))) == errno.EISDIR
     assert code(fs.ask(ChunkLocations(fifo.inode, 0, 1))) == errno.EINVAL
+
+
+def test_chunk_info_reports_the_last_lease_by_handle(fs: FsHarness) -> None:
+    s, ino = _file(fs)
+    loc = _alloc(s, ino, 0, (S1, S2))
+    never = fs.ask(ChunkInfo(loc.handle))
+    assert isinstance(never, LeaseResult) and (never.primary, never.token) == (0, 0)
+    lease = _lease(s, ino, 0, (S2, S1))
+    assert fs.ask(ChunkInfo(loc.handle)) == lease
+    assert code(fs.ask(ChunkInfo(ChunkHandle(424242)))) == errno.ENOENT

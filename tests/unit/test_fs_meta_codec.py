@@ -81,6 +81,7 @@ QUERIES: list[c.FsQuery] = [
     c.Garbage(ServerId(2), (ChunkHandle(1), ChunkHandle(2))),
     c.ListServers(),
     c.UnderReplicated((ServerId(1),), 3, 10),
+    c.ChunkInfo(ChunkHandle(9)),
 ]
 RESULTS: list[r.FsResult] = [
     r.FsErr(2, "no such entry"),

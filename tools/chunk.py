@@ -74,9 +74,24 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         trio.run(main)
-    except (OSError, StoreError) as exc:
-        raise UserError(f"chunk {config.server_id}: {exc}") from None
+    except BaseException as exc:  # trio wraps task errors in ExceptionGroups
+        cause = _leaf(exc, (OSError, StoreError))
+        if cause is None:
+            raise
+        raise UserError(f"chunk {config.server_id}: {cause}") from None
     return 0
+
+
+def _leaf(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `kinds` in `exc` or, recursively, in its groups."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":  # python -m tools.chunk, before the command is registered

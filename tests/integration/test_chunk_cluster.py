@@ -148,6 +148,24 @@ async def test_secondary_killed_mid_write(chunks: ChunkCluster) -> None:
         assert await read_all(rpc, a[1], handle) == b"during"
 
 
+async def test_flipped_byte_on_disk_is_refused_with_checksum(chunks: ChunkCluster) -> None:
+    a, handle = chunks.addresses, ChunkHandle(5)
+    data = os.urandom(4 * BLOCK_SIZE)
+    async with client() as rpc:
+        assert (await write(rpc, a, handle, 1, 0, data)).failed == []
+        path = chunks.base / "chunk2" / "chunks" / f"{handle}.chunk"
+        raw = bytearray(path.read_bytes())
+        raw[3 * BLOCK_SIZE + 17] ^= 0x01
+        path.write_bytes(bytes(raw))
+        with pytest.raises(RemoteError) as e:
+            await rpc.call(a[1], p.ChunkRead(handle, V1, 0, 4 * BLOCK_SIZE))
+        assert e.value.code == p.CHECKSUM and p.bad_block_of(e.value.message) == 3
+        # Blocks before it still read; another replica serves the whole range.
+        assert (await rpc.call(a[1], p.ChunkRead(handle, V1, 0, 3 * BLOCK_SIZE))).data \
+            == data[:3 * BLOCK_SIZE]
+        assert (await rpc.call(a[2], p.ChunkRead(handle, V1, 0, 4 * BLOCK_SIZE))).data == data
+
+
 async def test_fencing_survives_crash_and_clean_restart(chunks: ChunkCluster) -> None:
     a, handle = chunks.addresses, ChunkHandle(4)
     async with client() as rpc:

@@ -182,8 +182,13 @@ class MetaClient:
         """Run one FS command in the session (exactly once); FsErr raises FsError."""
         session = self._live()
         req = session.request(ExtCommand(FS_SPACE, c.encode_command(command)))
-        result = await self._submit(req)  # retries resend this same request
-        session.completed(req.seq)
+        try:
+            result = await self._submit(req)  # retries resend this same request
+        finally:
+            # Never resent after this point, so its reply may be forgotten even on
+            # failure; otherwise one timeout would pin the acknowledgement mark and
+            # the servers' reply cache would fill up (TOO_MANY_OUTSTANDING).
+            session.completed(req.seq)
         if not isinstance(result, ExtResult):
             raise FsError(errno.EIO, f"unexpected reply {result}")
         return _checked(decode_fs(result.payload))

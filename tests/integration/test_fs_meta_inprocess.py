@@ -8,6 +8,7 @@ timeouts that real time never would."""
 
 from __future__ import annotations
 
+import errno
 import math
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +45,7 @@ from coord.rpc import (
 )
 from fs.chunk.protocol import ChunkSetVersion, SetVersionReply
 from fs.meta import commands as c
+from fs.meta.client import MetaClient
 from fs.meta.liveness import LivenessConfig
 from fs.meta.machine import memory_meta_store, meta_machine
 from fs.meta.protocol import (
@@ -60,7 +62,15 @@ from fs.meta.protocol import (
 from fs.meta.results import AttrResult, ChunkResult, ChunksResult, LeaseResult, ServersResult
 from fs.meta.results import decode_result as decode_fs
 from fs.meta.service import FsService
-from fs.types import ROOT_CRED, ROOT_INODE, ChunkHandle, ChunkVersion, InodeId, ServerId
+from fs.types import (
+    ROOT_CRED,
+    ROOT_INODE,
+    ChunkHandle,
+    ChunkVersion,
+    FsError,
+    InodeId,
+    ServerId,
+)
 from tests.unit.test_rpc_common import client_config, server_config
 
 RAFT = RaftConfig(election_timeout_min=0.3, election_timeout_max=0.6, heartbeat_interval=0.05)
@@ -249,3 +259,20 @@ async def test_the_leader_records_silent_servers_as_dead() -> None:
         assert [(s.server, s.alive) for s in recorded.servers] == [(1, True), (2, False)]
         view = await leader.fs.servers(ChunkServers(), CTX)
         assert [(s.server, s.alive) for s in view.servers] == [(1, True), (2, False)]
+
+
+async def test_meta_client_fails_with_etimedout_when_no_member_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()  # nobody listens: every connect is refused
+    async with RpcClient(client_config(), net) as rpc:
+        meta = MetaClient(rpc, ["meta1:1", "meta2:1"], timeout=3.0)
+        start = trio.current_time()
+        with pytest.raises(FsError) as failed:
+            await meta.open()
+        assert failed.value.errno == errno.ETIMEDOUT
+        assert trio.current_time() - start <= 3.0 + 0.5  # within the bound, never hangs
+        with pytest.raises(FsError) as no_session:
+            await meta.mkdir(ROOT_INODE, b"d", 0o755, ROOT_CRED)
+        assert no_session.value.errno == errno.EIO
+        assert meta.retries > 3

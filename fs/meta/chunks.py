@@ -10,7 +10,7 @@ Rules (all in log time, identical on every replica):
   has not ended is renewed (same token and version, new end) when its
   primary is live, and refused with EAGAIN while a silent primary's term
   runs out.  Otherwise a new lease is granted: the primary is the first
-  live replica in the leader's order, the version is bumped, and the
+  live replica in the leader's order (none live: EIO), the version is bumped, and the
   fencing token is the index of this entry (so tokens only grow).
 * `drop_replica` removes a server from a chunk's replicas and bumps the
   version in one entry; a dropped primary's lease ends at once.  Dropping
@@ -95,13 +95,13 @@ def acquire_lease(
     if chunk is None:
         raise Refused(errno.ENOENT, f"chunk {index} of inode {ino} was never allocated")
     current = chunk.primary in chunk.replicas and op.now_ms < chunk.lease_until
-    if current and (not live or chunk.primary in live):
+    if current and chunk.primary in live:
         chunk = replace(chunk, lease_until=op.now_ms + op.config.lease_ms)
     elif current:
         raise Refused(errno.EAGAIN, f"primary {chunk.primary} is silent; its lease runs out "
                                     f"at log time {chunk.lease_until} ms")
     else:
-        candidates = [s for s in live if s in chunk.replicas] if live else list(chunk.replicas)
+        candidates = [s for s in live if s in chunk.replicas]
         if not candidates:
             raise Refused(errno.EIO, f"no live replica of chunk {chunk.handle}")
         chunk = replace(

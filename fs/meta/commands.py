@@ -219,8 +219,9 @@ class AllocChunk:
 
 @dataclass(frozen=True, slots=True)
 class AcquireLease:
-    """The primary lease of chunk `index` (granted, renewed or the current one).
-    `live` is the leader's list of live servers, best first (it overwrites the client's)."""
+    """The primary lease of chunk `index` (granted or renewed).  `live` is the
+    leader's list of live servers, best first (it overwrites the client's; the
+    state machine takes it literally: a replica not in it is not live)."""
 
     inode: InodeId
     index: int

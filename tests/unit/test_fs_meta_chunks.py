@@ -162,6 +162,7 @@ def test_lease_with_no_live_replica_is_eio_and_needs_an_allocated_chunk(fs: FsHa
     assert s.fails(AcquireLease(ino, 0, (S1,))) == errno.ENOENT
     _alloc(s, ino, 0, (S1, S2))
     assert s.fails(AcquireLease(ino, 0, (S3, S4))) == errno.EIO
+    assert s.fails(AcquireLease(ino, 0, ())) == errno.EIO  # the leader knows none live
 
 
 def test_drop_replica_removes_it_and_bumps_the_version_in_one_entry(fs: FsHarness) -> None:

@@ -22,6 +22,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "native"): ("tools.bench_native", "checksum and page-diff throughput"),
     ("bench", "rpc"): ("tools.bench_rpc", "RPC round trips and bandwidth vs raw trio echo"),
     ("meta",): ("tools.meta", "run a metadata server (one Raft member)"),
+    ("chunk",): ("tools.chunk", "run a chunk server"),
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
 }

@@ -17,9 +17,11 @@ Invariants:
   under one lock, so no message leaves before every record it depends on is
   on disk — not even a retransmission triggered by another event.
 * The core is only touched under that lock; time is read once per event and
-  passed in.  A `TransitionError` (a peer or a bug made the core refuse an
-  event) is logged with its history and the event dropped: a bad message
-  never stops the node.
+  passed in.  A batch, once its event reached the core, runs to the end even if
+  the task that delivered the event is cancelled (shielded; every effect is
+  bounded), so the core's state never runs ahead of its log.  A
+  `TransitionError` (a peer or a bug made the core refuse an event) is logged
+  with its history and the event dropped: a bad message never stops the node.
 * Sends are best effort (the cores retransmit): a peer that is down or slow
   costs its own sender queue, never the core's progress.
 * Every event is traced with this node's Lamport clock (shared with the RPC
@@ -127,12 +129,17 @@ class TwoPcDriver:
 
     async def _step(self, produce: Callable[[float], list[Effect]]) -> None:
         async with self._lock:
-            try:
-                effects = produce(trio.current_time())
-            except TransitionError as exc:
-                log.error("%s: event refused: %s", self.name, exc)
-                return
-            await self._execute(effects)
+            # Shielded: once the core has changed state, its effects must all run.
+            # A cancelled RPC handler (its connection closed) must not leave, say, a
+            # PREPARED core whose record was never written: the next PREPARE would
+            # be answered READY with nothing on disk.  Every effect is bounded.
+            with trio.CancelScope(shield=True):
+                try:
+                    effects = produce(trio.current_time())
+                except TransitionError as exc:
+                    log.error("%s: event refused: %s", self.name, exc)
+                    return
+                await self._execute(effects)
 
     # ------------------------------------------------------------------ effects
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
+import trio.testing
 
 from coord.clock.lamport import LamportClock
 from coord.twopc.coordinator import Coordinator
@@ -174,3 +175,31 @@ async def test_a_refused_event_is_logged_and_the_node_carries_on(
             while p1.core.decision(TxId("t2")) is None:
                 await trio.sleep(0.01)
         assert p1.core.decision(TxId("t2")) is Decision.COMMIT  # still serving
+
+
+async def test_a_cancelled_delivery_cannot_leave_the_core_ahead_of_its_log() -> None:
+    """White-box race: the delivering task gets the driver's lock with a cancel
+    already pending (its RPC connection closed meanwhile).  The core has moved to
+    PREPARED by the time the log append would checkpoint; the batch must still
+    write the record and vote, or a retransmitted PREPARE would get READY with
+    nothing on disk."""
+    async with three_nodes() as env:
+        p1 = env.drivers[P1]
+        prepare = Prepare(T, C, (P1, P2), WORK[P1])
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def deliver() -> None:
+                with scope:
+                    await p1.deliver(prepare, p1.clock.tick())
+
+            async with p1._lock:  # hold the lock so the delivery parks on it
+                nursery.start_soon(deliver)
+                await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()  # the lock was just handed over; the delivery has not run yet
+        log = p1._log
+        assert isinstance(log, MemoryLog)
+        assert any(isinstance(r, PreparedRecord) for r in log.durable_records())
+        await trio.testing.wait_all_tasks_blocked()  # let the sender task hand it over
+        assert any(kind == "send" and to == C and isinstance(m, VoteMsg) and m.vote is Vote.READY
+                   for kind, to, m in env.wire.events)

@@ -22,6 +22,9 @@ Invariants:
   bounded), so the core's state never runs ahead of its log.  A
   `TransitionError` (a peer or a bug made the core refuse an event) is logged
   with its history and the event dropped: a bad message never stops the node.
+* Fail-stop on storage errors: if a log append fails, the core may already be
+  ahead of its log, so the driver stops serving and `run` raises
+  `StorageFailure`; the node must restart and recover from what is on disk.
 * Sends are best effort (the cores retransmit): a peer that is down or slow
   costs its own sender queue, never the core's progress.
 * Every event is traced with this node's Lamport clock (shared with the RPC
@@ -54,6 +57,10 @@ log = logging.getLogger(__name__)
 Core = Coordinator | Participant
 QUEUE = 256  # per-peer outgoing messages before new ones are dropped
 TICK_MAX = 0.05  # the timer loop re-reads next_wakeup at least this often (seconds)
+
+
+class StorageFailure(RuntimeError):
+    """A log append failed: the node must stop and recover from its log."""
 
 
 class StepHook(Protocol):
@@ -92,6 +99,7 @@ class TwoPcDriver:
         self._asking: set[TxId] = set()  # store questions in flight (one per txid)
         self.sent: dict[str, int] = {}  # messages handed to the transport, by kind
         self.dropped = 0  # messages that could not be delivered (the core retransmits)
+        self._failure: BaseException | None = None  # set once a log append failed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,6 +112,9 @@ class TwoPcDriver:
                 await self._execute(list(initial))
             nursery.start_soon(self._timers, name=f"2pc-{self.name}-timers")
             task_status.started()
+        if self._failure is not None:
+            raise StorageFailure(f"{self.name}: log append failed; "
+                                 "restart to recover from the log") from self._failure
 
     # ------------------------------------------------------------------ events
 
@@ -129,6 +140,8 @@ class TwoPcDriver:
 
     async def _step(self, produce: Callable[[float], list[Effect]]) -> None:
         async with self._lock:
+            if self._failure is not None:
+                raise StorageFailure(f"{self.name} stopped after a log failure")
             # Shielded: once the core has changed state, its effects must all run.
             # A cancelled RPC handler (its connection closed) must not leave, say, a
             # PREPARED core whose record was never written: the next PREPARE would
@@ -146,7 +159,11 @@ class TwoPcDriver:
     async def _execute(self, effects: list[Effect]) -> None:
         for eff in effects:
             if isinstance(eff, Persist):
-                await trio.to_thread.run_sync(self._persist, eff)
+                try:
+                    await trio.to_thread.run_sync(self._persist, eff)
+                except Exception as exc:
+                    self._stop_on_failure(exc)
+                    raise StorageFailure(f"{self.name}: {exc}") from exc
                 self.note(persist_note(eff))
             elif isinstance(eff, Send):
                 self._send(eff.to, eff.msg)
@@ -154,6 +171,12 @@ class TwoPcDriver:
                 self._ask_store(eff.txid, eff.proposal)
             elif isinstance(eff, Checkpoint):
                 await self._checkpoint(eff)
+
+    def _stop_on_failure(self, exc: BaseException) -> None:
+        log.critical("%s: log append failed, stopping: %s", self.name, exc)
+        self._failure = exc
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def _checkpoint(self, eff: Checkpoint) -> None:
         hook = self._on_step

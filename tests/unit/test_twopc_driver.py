@@ -20,7 +20,7 @@ import trio.testing
 from coord.clock.lamport import LamportClock
 from coord.twopc.coordinator import Coordinator
 from coord.twopc.decision import MemoryDecisionStore
-from coord.twopc.driver import TwoPcDriver
+from coord.twopc.driver import StorageFailure, TwoPcDriver
 from coord.twopc.log import MemoryLog
 from coord.twopc.messages import DecisionMsg, Message, Prepare, VoteMsg
 from coord.twopc.participant import Participant
@@ -203,3 +203,25 @@ async def test_a_cancelled_delivery_cannot_leave_the_core_ahead_of_its_log() -> 
         await trio.testing.wait_all_tasks_blocked()  # let the sender task hand it over
         assert any(kind == "send" and to == C and isinstance(m, VoteMsg) and m.vote is Vote.READY
                    for kind, to, m in env.wire.events)
+
+
+class BrokenLog(MemoryLog):
+    def append(self, record: LogRecord, writes: Sequence[Change] = (), *,
+               sync: bool = True) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_failed_log_append_stops_the_node(caplog: pytest.LogCaptureFixture) -> None:
+    """Fail-stop: the core may be ahead of its log, so the node must not go on serving."""
+    driver = TwoPcDriver(Participant(P1, CFG), BrokenLog(), Wire([]), store=None,
+                         clock=LamportClock())
+    # run() itself ends with StorageFailure (the node process exits and restarts).
+    run_fails = pytest.RaisesGroup(StorageFailure, allow_unwrapped=True, flatten_subgroups=True)
+    with trio.fail_after(5), caplog.at_level(logging.CRITICAL), run_fails:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            with pytest.raises(StorageFailure):
+                await driver.deliver(Prepare(T, C, (P1,), WORK[P1]), 1)
+            with pytest.raises(StorageFailure):  # refuses everything afterwards
+                await driver.deliver(Prepare(TxId("t2"), C, (P1,), ()), 2)
+    assert "log append failed" in caplog.text

@@ -102,22 +102,28 @@ async def serve_member(
     await serve_kv_member(config, [FsPlugin()], task_status=task_status)
 
 
+def _open_stores(
+    config: MemberConfig, plugins: Sequence[MemberPlugin]
+) -> tuple[LmdbRaftStorage, LmdbKVStore]:
+    """The Raft log and the state store (with every plugin's tables); both or neither."""
+    config.validate()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = LmdbRaftStorage(config.data_dir / "raft")
+    try:
+        tables = [t for p in plugins for t in p.tables]
+        return storage, LmdbKVStore(config.data_dir / "kv", tables=tables)
+    except BaseException:
+        storage.close()
+        raise
+
+
 async def serve_kv_member(
     config: MemberConfig,
     plugins: Sequence[MemberPlugin] = (),
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config.validate()
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = LmdbRaftStorage(config.data_dir / "raft")
-    try:
-        kv_store = LmdbKVStore(
-            config.data_dir / "kv", tables=[t for p in plugins for t in p.tables]
-        )
-    except BaseException:
-        storage.close()
-        raise
+    storage, kv_store = _open_stores(config, plugins)
     try:
         fsm = KVStateMachine(kv_store, config.kv, [e for p in plugins for e in p.extensions])
         client_cfg = ClientConfig(node_id=config.node_id, secret=config.secret, role="meta")

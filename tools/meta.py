@@ -4,7 +4,9 @@
               --data /var/lib/ddfs/meta1 --secret-file /etc/ddfs/secret
 
 or `ddfs meta --config meta.toml` with the same keys (id, members as a table
-of id -> address, data, secret_file, and optional [raft] timings).  SIGTERM
+of id -> address, data, secret_file, and optional [raft] timings), or
+`ddfs meta --config cluster.toml --id N` with the one-file cluster format
+(tools/clusterconf.py, docs/operations.md).  SIGTERM
 and SIGINT stop it gracefully.
 """
 
@@ -42,6 +44,9 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
             conf = tomllib.loads(args.config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"cannot read {args.config}: {exc}") from None
+        from tools.clusterconf import is_cluster_file, meta_keys  # docs/operations.md
+        if is_cluster_file(conf):  # the one-file cluster format: [meta.N] tables
+            conf = meta_keys(conf, args.config, args.id)
         if "members" in conf and isinstance(conf["members"], dict):
             conf["members"] = ",".join(f"{k}={v}" for k, v in conf["members"].items())
         if "secret_file" in conf and args.secret_file is None:

@@ -25,6 +25,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("chunk",): ("tools.chunk", "run a chunk server"),
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
+    ("cluster",): ("tools.cluster", "start (up) or stop (down) a whole cluster on this machine"),
 }
 
 

@@ -1,0 +1,385 @@
+"""Whole-file-system check: namespace <-> chunk maps <-> chunk servers.  Sans-IO.
+
+The collector (tools/fsck.py) gathers a `Namespace` (from a metadata member's
+state, or by walking the tree over RPC) and one `ServerView` per chunk
+server (what each holds, as probed over RPC and, where its data folder is
+local, listed on disk); `check` compares them and returns a `Report`.
+`probe_plan` tells the collector what to ask each server, and `confirm`
+drops findings about chunks whose map changed while the check ran.
+
+What counts as a problem (`Kind`):
+
+* namespace: an inode unreachable from the root and not open (orphaned), a
+  directory entry naming a missing inode or under a non-directory
+  (dangling), an nlink that does not count the names (directories: 2 + one
+  per subdirectory), a chunk map of a missing or non-regular inode, a chunk
+  wholly past the end of its file;
+* chunk maps vs servers: a listed replica the server does not hold
+  (missing), holds at a lower version (stale) or a higher one (ahead), whose
+  blocks fail their checksums, a listed server no one recorded (unknown) or
+  that does not answer (unreachable), a chunk with fewer replicas in its
+  map than min(replication factor, chunk servers known), or with no
+  readable replica at all;
+* servers vs maps: a replica (or replica file) on a server that no map
+  lists for that server (garbage).
+
+Invariants: `check` is a pure function of its inputs (no clock: `now_ms`
+is given), deterministic in its output order, and never raises on
+inconsistent input (an inconsistency is what it reports).  A chunk whose
+lease is still running (`lease_until_ms > now_ms`) may legitimately have
+replicas behind its map (the version bump travels with the next write), so
+version and presence findings about it become notes, not problems.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fs.types import CHUNK_SIZE, ROOT_INODE, ChunkHandle, ChunkVersion, InodeId, ServerId
+
+
+class Kind(StrEnum):
+    META_INVARIANT = "metadata-invariant"  # fs.meta.fsck found the state inconsistent
+    ORPHANED_INODE = "orphaned-inode"
+    DANGLING_ENTRY = "dangling-entry"
+    NLINK_MISMATCH = "nlink-mismatch"
+    CHUNK_WITHOUT_FILE = "chunk-without-file"
+    CHUNK_PAST_EOF = "chunk-past-eof"
+    UNKNOWN_SERVER = "unknown-server"
+    SERVER_UNREACHABLE = "server-unreachable"
+    MISSING_REPLICA = "missing-replica"
+    STALE_REPLICA = "stale-replica"
+    REPLICA_AHEAD = "replica-ahead"
+    CHECKSUM = "checksum"
+    PROBE_FAILED = "probe-failed"
+    UNDER_REPLICATED = "under-replicated"
+    UNREADABLE_CHUNK = "unreadable-chunk"
+    GARBAGE = "garbage"
+
+
+#: Kinds about one replica or chunk, which `confirm` re-examines against the latest map.
+CHUNK_KINDS = frozenset({Kind.MISSING_REPLICA, Kind.STALE_REPLICA, Kind.REPLICA_AHEAD,
+                         Kind.GARBAGE, Kind.UNDER_REPLICATED, Kind.UNREADABLE_CHUNK})
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: Kind
+    message: str
+    inode: InodeId | None = None
+    handle: ChunkHandle | None = None
+    server: ServerId | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"kind": str(self.kind), "message": self.message}
+        for name in ("inode", "handle", "server"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    ino: InodeId
+    mode: int
+    nlink: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    parent: InodeId
+    name: bytes
+    child: InodeId
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMap:
+    inode: InodeId
+    index: int
+    handle: ChunkHandle
+    version: ChunkVersion
+    replicas: tuple[ServerId, ...]
+    lease_until_ms: int = 0  # wall-clock ms (leader's) the last lease ends; 0: unknown/none
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """The metadata side.  `complete`: every inode is listed (read from a member's
+    state); otherwise only those reachable from the root (an RPC walk), and
+    `total_inodes` says how many exist."""
+
+    inodes: Mapping[InodeId, Inode]
+    entries: tuple[Entry, ...]
+    chunks: tuple[ChunkMap, ...]
+    servers: Mapping[ServerId, str]  # chunk servers recorded in the state -> address
+    open_inodes: frozenset[InodeId] = frozenset()
+    complete: bool = True
+    total_inodes: int | None = None
+    invariants: tuple[str, ...] | None = None  # fs.meta.fsck.check's findings (None: not run)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSeen:
+    """What a server said about one replica."""
+
+    present: bool
+    version: int = 0
+    bad_blocks: tuple[int, ...] = ()
+    error: str = ""  # the probe failed: neither present nor absent is known
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    server: ServerId
+    address: str
+    reachable: bool
+    error: str = ""
+    replicas: Mapping[ChunkHandle, ReplicaSeen] = field(default_factory=dict)
+    files: frozenset[ChunkHandle] | None = None  # replica files on its disk (None: not listed)
+    count: int | None = None  # replicas it reports holding (chunk.stat)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    problems: tuple[Problem, ...]
+    notes: tuple[str, ...] = ()  # what was not checked, and transient states passed over
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, object]:
+        return {"clean": self.clean, "problems": [p.to_json() for p in self.problems],
+                "notes": list(self.notes)}
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+
+def referenced(ns: Namespace) -> dict[ServerId, dict[ChunkHandle, ChunkVersion]]:
+    """Per server, the handles whose map lists it, with the map's version."""
+    out: dict[ServerId, dict[ChunkHandle, ChunkVersion]] = defaultdict(dict)
+    for c in ns.chunks:
+        for s in c.replicas:
+            out[s][c.handle] = c.version
+    return out
+
+
+def probe_plan(ns: Namespace, files: Mapping[ServerId, Iterable[ChunkHandle]]
+               ) -> dict[ServerId, dict[ChunkHandle, ChunkVersion]]:
+    """What to probe on each server: every handle its maps list (at the map's
+    version) and every replica file found on its disk that no map lists (at
+    version 0, which only tells presence and the replica's version)."""
+    plan = referenced(ns)
+    for server, handles in files.items():
+        mine = plan.setdefault(server, {})
+        for h in handles:
+            mine.setdefault(h, ChunkVersion(0))
+    return {s: dict(sorted(p.items())) for s, p in sorted(plan.items())}
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+
+def _reachable(ns: Namespace) -> set[InodeId]:
+    children: dict[InodeId, list[InodeId]] = defaultdict(list)
+    for e in ns.entries:
+        children[e.parent].append(e.child)
+    seen = {ROOT_INODE}
+    todo = [ROOT_INODE]
+    while todo:  # bounded: each inode is pushed at most once
+        for child in children.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                inode = ns.inodes.get(child)
+                if inode is not None and stat.S_ISDIR(inode.mode):
+                    todo.append(child)
+    return seen
+
+
+def check_namespace(ns: Namespace, notes: list[str]) -> list[Problem]:
+    out: list[Problem] = []
+    if ROOT_INODE not in ns.inodes:
+        return [Problem(Kind.META_INVARIANT, "no root directory", ROOT_INODE)]
+    reached = _reachable(ns)
+    if ns.complete:
+        for ino in sorted(set(ns.inodes) - reached - ns.open_inodes):
+            out.append(Problem(Kind.ORPHANED_INODE, f"inode {ino} (nlink "
+                               f"{ns.inodes[ino].nlink}) is unreachable from / and not open",
+                               ino))
+    elif ns.total_inodes is not None and ns.total_inodes > len(reached):
+        notes.append(f"{ns.total_inodes - len(reached)} inodes are not reachable from /: "
+                     "open files already unlinked, or orphans (telling which needs a "
+                     "metadata member's data folder)")
+    if ns.invariants is not None:
+        return out  # fs.meta.fsck checked entries and link counts exactly
+    names: Counter[InodeId] = Counter()
+    subdirs: Counter[InodeId] = Counter()
+    for e in ns.entries:
+        parent, child = ns.inodes.get(e.parent), ns.inodes.get(e.child)
+        if parent is None or not stat.S_ISDIR(parent.mode) or child is None:
+            out.append(Problem(Kind.DANGLING_ENTRY, f"entry {e.parent}/{e.name!r} -> "
+                               f"{e.child}: missing parent/child or parent not a directory",
+                               e.child))
+            continue
+        names[e.child] += 1
+        if stat.S_ISDIR(child.mode):
+            subdirs[e.parent] += 1
+    for ino in sorted(reached & set(ns.inodes)):
+        inode = ns.inodes[ino]
+        want = 2 + subdirs[ino] if stat.S_ISDIR(inode.mode) else names[ino]
+        if inode.nlink != want:
+            out.append(Problem(Kind.NLINK_MISMATCH,
+                               f"inode {ino}: nlink {inode.nlink}, expected {want}", ino))
+    return out
+
+
+def _chunk_vs_file(ns: Namespace, c: ChunkMap, live: bool) -> list[Problem]:
+    inode = ns.inodes.get(c.inode)
+    if inode is None or not stat.S_ISREG(inode.mode):
+        if not ns.complete:
+            return []  # the walk only lists reachable inodes
+        return [Problem(Kind.CHUNK_WITHOUT_FILE, f"chunk {c.handle} (index {c.index}) "
+                        f"belongs to inode {c.inode}, which is missing or not a file",
+                        c.inode, c.handle)]
+    if c.index * CHUNK_SIZE >= inode.size and not live:
+        return [Problem(Kind.CHUNK_PAST_EOF, f"chunk {c.handle} (index {c.index}) lies past "
+                        f"the end of inode {c.inode} (size {inode.size})", c.inode, c.handle)]
+    return []
+
+
+def _replica(c: ChunkMap, s: ServerId, seen: ReplicaSeen | None,
+             live: bool) -> tuple[Problem | None, bool, str | None]:
+    """(problem, readable, note) for the replica of chunk `c` on server `s`."""
+    where = f"chunk {c.handle} (inode {c.inode}, index {c.index}) on server {s}"
+    if seen is None:
+        return None, False, f"{where}: not probed"
+    if seen.error:
+        return Problem(Kind.PROBE_FAILED, f"{where}: {seen.error}", c.inode, c.handle, s), \
+            False, None
+    if not seen.present:
+        if live:
+            return None, False, f"{where}: not there yet (lease running)"
+        return Problem(Kind.MISSING_REPLICA, f"{where}: listed in the map, not on the server",
+                       c.inode, c.handle, s), False, None
+    if seen.version < c.version:
+        if live:
+            return None, False, f"{where}: version {seen.version} < {c.version} (lease running)"
+        return Problem(Kind.STALE_REPLICA, f"{where}: version {seen.version}, map says "
+                       f"{c.version}", c.inode, c.handle, s), False, None
+    if seen.version > c.version:
+        return Problem(Kind.REPLICA_AHEAD, f"{where}: version {seen.version}, ahead of the "
+                       f"map's {c.version}", c.inode, c.handle, s), False, None
+    if seen.bad_blocks:
+        return Problem(Kind.CHECKSUM, f"{where}: bad block(s) {list(seen.bad_blocks)}",
+                       c.inode, c.handle, s), False, None
+    return None, True, None
+
+
+def check_chunks(ns: Namespace, servers: Mapping[ServerId, ServerView], replicas: int,
+                 now_ms: int, notes: list[str]) -> list[Problem]:
+    out: list[Problem] = []
+    want = min(replicas, max(1, len(ns.servers)))
+    down: Counter[ServerId] = Counter()  # chunks listing a server that did not answer
+    for c in sorted(ns.chunks, key=lambda c: c.handle):
+        live = c.lease_until_ms > now_ms
+        out += _chunk_vs_file(ns, c, live)
+        if len(c.replicas) < want:
+            out.append(Problem(Kind.UNDER_REPLICATED, f"chunk {c.handle} (inode {c.inode}, "
+                               f"index {c.index}): {len(c.replicas)} replicas in its map, "
+                               f"want {want}", c.inode, c.handle))
+        readable = 0
+        for s in c.replicas:
+            if s not in ns.servers:
+                out.append(Problem(Kind.UNKNOWN_SERVER, f"chunk {c.handle} lists server {s}, "
+                                   "which is not recorded", c.inode, c.handle, s))
+            view = servers.get(s)
+            if view is None or not view.reachable:
+                down[s] += 1
+                continue
+            problem, ok, note = _replica(c, s, view.replicas.get(c.handle), live)
+            out += [problem] if problem is not None else []
+            notes += [note] if note is not None else []
+            readable += ok
+        if readable == 0 and c.replicas and not live:
+            out.append(Problem(Kind.UNREADABLE_CHUNK, f"chunk {c.handle} (inode {c.inode}, "
+                               f"index {c.index}): no replica is readable", c.inode, c.handle))
+    for s, count in sorted(down.items()):
+        error = servers[s].error if s in servers else "not checked"
+        out.append(Problem(Kind.SERVER_UNREACHABLE, f"server {s} "
+                           f"({ns.servers.get(s, '?')}), listed by {count} chunk(s): {error}",
+                           server=s))
+    return out
+
+
+def check_garbage(ns: Namespace, servers: Mapping[ServerId, ServerView],
+                  notes: list[str]) -> list[Problem]:
+    if not ns.complete:
+        notes.append("garbage not checked: the chunk maps of unreachable (open, unlinked) "
+                     "files are unknown without a metadata member's data folder")
+        return []
+    out: list[Problem] = []
+    refs = referenced(ns)
+    for s, view in sorted(servers.items()):
+        if not view.reachable:
+            continue
+        mine = refs.get(s, {})
+        held = {h for h, r in view.replicas.items() if r.present}
+        for h in sorted((held | (view.files or frozenset())) - set(mine)):
+            what = "a replica" if h in held else "a replica file the server does not index " \
+                "(removed at its next restart)"
+            out.append(Problem(Kind.GARBAGE, f"server {s} holds {what} of chunk {h}, which "
+                               "no chunk map lists on it", handle=h, server=s))
+        if view.files is None and view.count is not None:
+            excess = view.count - len(held)
+            if excess > 0:
+                out.append(Problem(Kind.GARBAGE, f"server {s} holds {excess} replica(s) no "
+                                   "chunk map lists on it (handles unknown: its data folder "
+                                   "is not local)", server=s))
+    return out
+
+
+def check(ns: Namespace, servers: Mapping[ServerId, ServerView], *, replicas: int,
+          now_ms: int) -> Report:
+    """Every cross-check; problems in a stable order (by check, then by id)."""
+    notes: list[str] = []
+    problems = [Problem(Kind.META_INVARIANT, m) for m in ns.invariants or ()]
+    problems += check_namespace(ns, notes)
+    problems += check_chunks(ns, servers, replicas, now_ms, notes)
+    problems += check_garbage(ns, servers, notes)
+    return Report(tuple(problems), tuple(notes))
+
+
+def confirm(report: Report, snapshot: Namespace,
+            latest: Mapping[ChunkHandle, ChunkMap | None]) -> Report:
+    """Drop chunk findings whose chunk map changed since `snapshot` (a write, a
+    deletion or a replica drop raced with the check): `latest` holds the current
+    map of every handle the findings name (None: the chunk no longer exists)."""
+    before = {c.handle: c for c in snapshot.chunks}
+    kept: list[Problem] = []
+    notes = list(report.notes)
+    for p in report.problems:
+        if p.kind in CHUNK_KINDS and p.handle is not None and p.handle in latest:
+            now = latest[p.handle]
+            old = before.get(p.handle)
+            same = (now is None and old is None) or (
+                now is not None and old is not None
+                and (now.version, now.replicas) == (old.version, old.replicas))
+            if not same:
+                notes.append(f"passed over ({p.kind}, chunk {p.handle}): its map changed "
+                             "during the check")
+                continue
+        kept.append(p)
+    return Report(tuple(kept), tuple(notes))

@@ -1,0 +1,256 @@
+"""fs/fsck.py: each cross-check finds what it names, and nothing on a healthy state."""
+
+from __future__ import annotations
+
+import stat
+
+from fs.fsck import (
+    ChunkMap,
+    Entry,
+    Inode,
+    Kind,
+    Namespace,
+    ReplicaSeen,
+    ServerView,
+    check,
+    confirm,
+    probe_plan,
+)
+from fs.types import CHUNK_SIZE, ROOT_INODE, ChunkHandle, ChunkVersion, InodeId, ServerId
+
+DIR = stat.S_IFDIR | 0o755
+REG = stat.S_IFREG | 0o644
+S1, S2, S3 = ServerId(1), ServerId(2), ServerId(3)
+SERVERS = {S1: "a:1", S2: "a:2", S3: "a:3"}
+NOW = 1_000_000
+
+
+def ino(n: int) -> InodeId:
+    return InodeId(n)
+
+
+def h(n: int) -> ChunkHandle:
+    return ChunkHandle(n)
+
+
+def healthy(**changes: object) -> Namespace:
+    """/ (1) -> d (2) -> f (3, two chunks, also linked as /g)."""
+    inodes = {
+        ROOT_INODE: Inode(ROOT_INODE, DIR, 3, 0),
+        ino(2): Inode(ino(2), DIR, 2, 0),
+        ino(3): Inode(ino(3), REG, 2, CHUNK_SIZE + 10),
+    }
+    entries = (Entry(ROOT_INODE, b"d", ino(2)), Entry(ino(2), b"f", ino(3)),
+               Entry(ROOT_INODE, b"g", ino(3)))
+    chunks = (ChunkMap(ino(3), 0, h(10), ChunkVersion(2), (S1, S2, S3)),
+              ChunkMap(ino(3), 1, h(11), ChunkVersion(1), (S2, S3, S1)))
+    fields: dict[str, object] = {"inodes": inodes, "entries": entries, "chunks": chunks,
+                                 "servers": SERVERS}
+    fields.update(changes)
+    return Namespace(**fields)  # type: ignore[arg-type]
+
+
+def views(ns: Namespace, **overrides: ServerView) -> dict[ServerId, ServerView]:
+    """Every server holds exactly what the maps list, at the map's version."""
+    out = {}
+    for s, plan in probe_plan(ns, {}).items():
+        seen = {handle: ReplicaSeen(True, v) for handle, v in plan.items()}
+        out[s] = ServerView(s, SERVERS[s], True, replicas=seen, files=frozenset(seen),
+                            count=len(seen))
+    for key, view in overrides.items():
+        out[ServerId(int(key[1:]))] = view
+    return out
+
+
+def kinds(ns: Namespace, servers: dict[ServerId, ServerView], replicas: int = 3) -> list[Kind]:
+    return [p.kind for p in check(ns, servers, replicas=replicas, now_ms=NOW).problems]
+
+
+def with_replica(ns: Namespace, server: ServerId, handle: ChunkHandle, seen: ReplicaSeen,
+                 files: frozenset[ChunkHandle] | None = None) -> dict[ServerId, ServerView]:
+    out = views(ns)
+    old = out[server]
+    replicas = {**old.replicas, handle: seen}
+    out[server] = ServerView(server, old.address, True, replicas=replicas,
+                             files=old.files if files is None else files, count=old.count)
+    return out
+
+
+def test_a_healthy_file_system_is_clean() -> None:
+    ns = healthy()
+    report = check(ns, views(ns), replicas=3, now_ms=NOW)
+    assert report.clean, report.problems
+    assert report.notes == ()
+
+
+def test_orphaned_inode_is_unreachable_and_not_open() -> None:
+    inodes = {**healthy().inodes, ino(4): Inode(ino(4), REG, 0, 0)}
+    ns = healthy(inodes=inodes)
+    assert kinds(ns, views(ns)) == [Kind.ORPHANED_INODE]
+    # The same inode held open (an unlinked file still in use) is fine.
+    ns_open = healthy(inodes=inodes, open_inodes=frozenset({ino(4)}))
+    assert kinds(ns_open, views(ns_open)) == []
+
+
+def test_a_directory_cycle_cut_off_from_the_root_is_orphaned() -> None:
+    inodes = {**healthy().inodes, ino(5): Inode(ino(5), DIR, 3, 0),
+              ino(6): Inode(ino(6), DIR, 3, 0)}
+    entries = (*healthy().entries, Entry(ino(5), b"x", ino(6)), Entry(ino(6), b"y", ino(5)))
+    ns = healthy(inodes=inodes, entries=entries)
+    problems = check(ns, views(ns), replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.inode) for p in problems if p.kind is Kind.ORPHANED_INODE] == [
+        (Kind.ORPHANED_INODE, ino(5)), (Kind.ORPHANED_INODE, ino(6))]
+
+
+def test_dangling_entry_and_nlink_mismatch() -> None:
+    entries = (*healthy().entries, Entry(ino(2), b"ghost", ino(99)))
+    ns = healthy(entries=entries)
+    assert kinds(ns, views(ns)) == [Kind.DANGLING_ENTRY]
+    inodes = {**healthy().inodes, ino(3): Inode(ino(3), REG, 1, CHUNK_SIZE + 10)}
+    ns2 = healthy(inodes=inodes)
+    problems = check(ns2, views(ns2), replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.inode) for p in problems] == [(Kind.NLINK_MISMATCH, ino(3))]
+    assert "expected 2" in problems[0].message
+
+
+def test_directory_nlink_counts_subdirectories() -> None:
+    inodes = {**healthy().inodes, ROOT_INODE: Inode(ROOT_INODE, DIR, 2, 0)}
+    ns = healthy(inodes=inodes)
+    problems = check(ns, views(ns), replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.inode) for p in problems] == [(Kind.NLINK_MISMATCH, ROOT_INODE)]
+
+
+def test_metadata_invariants_replace_the_entry_checks() -> None:
+    entries = (*healthy().entries, Entry(ino(2), b"ghost", ino(99)))
+    ns = healthy(entries=entries, invariants=("entry 2/b'ghost' -> 99: bad parent or child",))
+    assert kinds(ns, views(ns)) == [Kind.META_INVARIANT]
+
+
+def test_chunk_of_a_missing_file_and_chunk_past_eof() -> None:
+    stray = ChunkMap(ino(77), 0, h(12), ChunkVersion(1), (S1, S2, S3))
+    past = ChunkMap(ino(3), 5, h(13), ChunkVersion(1), (S1, S2, S3))
+    ns = healthy(chunks=(*healthy().chunks, stray, past))
+    assert kinds(ns, views(ns)) == [Kind.CHUNK_WITHOUT_FILE, Kind.CHUNK_PAST_EOF]
+
+
+def test_missing_replica() -> None:
+    ns = healthy()
+    servers = with_replica(ns, S2, h(10), ReplicaSeen(False), files=frozenset({h(11)}))
+    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.handle, p.server) for p in problems] == [
+        (Kind.MISSING_REPLICA, h(10), S2)]
+
+
+def test_stale_ahead_and_checksum_replicas() -> None:
+    ns = healthy()
+    assert kinds(ns, with_replica(ns, S3, h(10), ReplicaSeen(True, 1))) == [Kind.STALE_REPLICA]
+    assert kinds(ns, with_replica(ns, S3, h(10), ReplicaSeen(True, 3))) == [Kind.REPLICA_AHEAD]
+    assert kinds(ns, with_replica(ns, S3, h(10), ReplicaSeen(True, 2, (0, 7)))) == [
+        Kind.CHECKSUM]
+    assert kinds(ns, with_replica(ns, S3, h(10), ReplicaSeen(False, error="EIO: disk"))) == [
+        Kind.PROBE_FAILED]
+
+
+def test_a_running_lease_excuses_lagging_or_absent_replicas_as_notes() -> None:
+    live = ChunkMap(ino(3), 0, h(10), ChunkVersion(2), (S1, S2, S3), lease_until_ms=NOW + 5)
+    ns = healthy(chunks=(live, healthy().chunks[1]))
+    servers = with_replica(ns, S3, h(10), ReplicaSeen(True, 1))
+    report = check(ns, servers, replicas=3, now_ms=NOW)
+    assert report.clean
+    assert any("lease running" in n for n in report.notes)
+    ended = healthy(chunks=(ChunkMap(ino(3), 0, h(10), ChunkVersion(2), (S1, S2, S3),
+                                     lease_until_ms=NOW - 1), healthy().chunks[1]))
+    assert kinds(ended, servers) == [Kind.STALE_REPLICA]
+
+
+def test_no_readable_replica() -> None:
+    ns = healthy()
+    servers = views(ns)
+    for s in (S1, S2, S3):
+        old = servers[s]
+        servers[s] = ServerView(s, old.address, True,
+                                replicas={**old.replicas, h(11): ReplicaSeen(False)},
+                                files=old.files, count=old.count)
+    found = kinds(ns, servers)
+    assert found.count(Kind.MISSING_REPLICA) == 3
+    assert Kind.UNREADABLE_CHUNK in found
+
+
+def test_unreachable_server_is_reported_once_with_its_chunk_count() -> None:
+    ns = healthy()
+    servers = views(ns, s2=ServerView(S2, "a:2", False, error="connection refused"))
+    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.server) for p in problems] == [(Kind.SERVER_UNREACHABLE, S2)]
+    assert "listed by 2 chunk(s)" in problems[0].message
+
+
+def test_under_replicated_and_unknown_server() -> None:
+    short = ChunkMap(ino(3), 1, h(11), ChunkVersion(1), (S2, S3))
+    ns = healthy(chunks=(healthy().chunks[0], short))
+    assert kinds(ns, views(ns)) == [Kind.UNDER_REPLICATED]
+    # With only two chunk servers known, two replicas is all that can be had.
+    two = {S2: "a:2", S3: "a:3"}
+    only = ChunkMap(ino(3), 0, h(10), ChunkVersion(1), (S2, S3))
+    ns2 = healthy(chunks=(only,), servers=two,
+                  inodes={**healthy().inodes, ino(3): Inode(ino(3), REG, 2, 10)})
+    assert kinds(ns2, views(ns2)) == []
+    odd = ChunkMap(ino(3), 0, h(10), ChunkVersion(1), (S2, S3, ServerId(9)))
+    ns3 = healthy(chunks=(odd,), servers=two,
+                  inodes={**healthy().inodes, ino(3): Inode(ino(3), REG, 2, 10)})
+    found = kinds(ns3, {**views(ns2)})
+    assert found == [Kind.UNKNOWN_SERVER, Kind.SERVER_UNREACHABLE]
+
+
+def test_garbage_replicas_and_stray_files() -> None:
+    ns = healthy()
+    servers = with_replica(ns, S1, h(50), ReplicaSeen(True, 1),
+                           files=frozenset({h(10), h(11), h(50), h(51)}))
+    servers[S1] = ServerView(S1, "a:1", True,
+                             replicas={**servers[S1].replicas, h(51): ReplicaSeen(False)},
+                             files=servers[S1].files, count=3)
+    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.handle, p.server) for p in problems] == [
+        (Kind.GARBAGE, h(50), S1), (Kind.GARBAGE, h(51), S1)]
+    assert "does not index" in problems[1].message
+
+
+def test_garbage_by_count_when_the_data_folder_is_not_local() -> None:
+    ns = healthy()
+    servers = views(ns)
+    old = servers[S1]
+    servers[S1] = ServerView(S1, old.address, True, replicas=old.replicas, files=None,
+                             count=len(old.replicas) + 2)
+    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    assert [(p.kind, p.server) for p in problems] == [(Kind.GARBAGE, S1)]
+    assert "2 replica(s)" in problems[0].message
+
+
+def test_an_incomplete_namespace_notes_what_it_cannot_tell() -> None:
+    ns = healthy(complete=False, total_inodes=5)
+    servers = with_replica(ns, S1, h(50), ReplicaSeen(True, 1))
+    report = check(ns, servers, replicas=3, now_ms=NOW)
+    assert report.clean  # no orphan or garbage verdicts without the whole state
+    assert any("2 inodes are not reachable" in n for n in report.notes)
+    assert any("garbage not checked" in n for n in report.notes)
+
+
+def test_probe_plan_lists_mapped_handles_and_unmapped_files() -> None:
+    ns = healthy()
+    plan = probe_plan(ns, {S1: [h(10), h(60)], ServerId(4): [h(70)]})
+    assert plan[S1] == {h(10): 2, h(11): 1, h(60): 0}
+    assert plan[ServerId(4)] == {h(70): 0}
+    assert plan[S2] == {h(10): 2, h(11): 1}
+
+
+def test_confirm_drops_findings_about_chunks_that_changed_meanwhile() -> None:
+    ns = healthy()
+    servers = with_replica(ns, S2, h(10), ReplicaSeen(False))
+    servers = {**servers, S1: ServerView(S1, "a:1", True, replicas={
+        **servers[S1].replicas, h(50): ReplicaSeen(True, 1)}, files=None, count=3)}
+    report = check(ns, servers, replicas=3, now_ms=NOW)
+    assert {p.kind for p in report.problems} == {Kind.MISSING_REPLICA, Kind.GARBAGE}
+    dropped = ChunkMap(ino(3), 0, h(10), ChunkVersion(3), (S1, S3))
+    new = ChunkMap(ino(3), 2, h(50), ChunkVersion(1), (S1, S2, S3))
+    assert confirm(report, ns, {h(10): dropped, h(50): new}).clean
+    same = confirm(report, ns, {h(10): ns.chunks[0], h(50): None})
+    assert same.problems == report.problems

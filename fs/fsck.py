@@ -4,8 +4,11 @@ The collector (tools/fsck.py) gathers a `Namespace` (from a metadata member's
 state, or by walking the tree over RPC) and one `ServerView` per chunk
 server (what each holds, as probed over RPC and, where its data folder is
 local, listed on disk); `check` compares them and returns a `Report`.
-`probe_plan` tells the collector what to ask each server, and `confirm`
-drops findings about chunks whose map changed while the check ran.
+`probe_plan` tells the collector what to ask each server.  Findings about
+replicas are only believed when they persist: the collector observes the
+chunks concerned a second time (their current maps, fresh probes) and
+`persistent` keeps what both observations found, so a write or deletion
+racing with the check is not reported.
 
 What counts as a problem (`Kind`):
 
@@ -23,12 +26,11 @@ What counts as a problem (`Kind`):
 * servers vs maps: a replica (or replica file) on a server that no map
   lists for that server (garbage).
 
-Invariants: `check` is a pure function of its inputs (no clock: `now_ms`
-is given), deterministic in its output order, and never raises on
-inconsistent input (an inconsistency is what it reports).  A chunk whose
-lease is still running (`lease_until_ms > now_ms`) may legitimately have
-replicas behind its map (the version bump travels with the next write), so
-version and presence findings about it become notes, not problems.
+Invariants: `check` is a pure function of its inputs, deterministic in its
+output order, and never raises on inconsistent input (an inconsistency is
+what it reports).  Checksum failures are facts about the bytes on disk and
+are reported from one observation; every other replica-level finding
+(`TRANSIENT_KINDS`) needs two.
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ class Kind(StrEnum):
     GARBAGE = "garbage"
 
 
-#: Kinds about one replica or chunk, which `confirm` re-examines against the latest map.
-CHUNK_KINDS = frozenset({Kind.MISSING_REPLICA, Kind.STALE_REPLICA, Kind.REPLICA_AHEAD,
-                         Kind.GARBAGE, Kind.UNDER_REPLICATED, Kind.UNREADABLE_CHUNK})
+#: Findings about a chunk that a concurrent write, deletion or replica drop can
+#: produce for a moment: reported only when a second observation finds them too.
+TRANSIENT_KINDS = frozenset({Kind.MISSING_REPLICA, Kind.STALE_REPLICA, Kind.REPLICA_AHEAD,
+                             Kind.GARBAGE, Kind.UNDER_REPLICATED, Kind.UNREADABLE_CHUNK,
+                             Kind.PROBE_FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,10 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+    @property
+    def key(self) -> tuple[Kind, ChunkHandle | None, ServerId | None]:
+        return self.kind, self.handle, self.server
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"kind": str(self.kind), "message": self.message}
@@ -111,7 +119,6 @@ class ChunkMap:
     handle: ChunkHandle
     version: ChunkVersion
     replicas: tuple[ServerId, ...]
-    lease_until_ms: int = 0  # wall-clock ms (leader's) the last lease ends; 0: unknown/none
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +161,7 @@ class ServerView:
 @dataclass(frozen=True, slots=True)
 class Report:
     problems: tuple[Problem, ...]
-    notes: tuple[str, ...] = ()  # what was not checked, and transient states passed over
+    notes: tuple[str, ...] = ()  # what was not checked, and transient findings passed over
 
     @property
     def clean(self) -> bool:
@@ -246,7 +253,7 @@ def check_namespace(ns: Namespace, notes: list[str]) -> list[Problem]:
     return out
 
 
-def _chunk_vs_file(ns: Namespace, c: ChunkMap, live: bool) -> list[Problem]:
+def _chunk_vs_file(ns: Namespace, c: ChunkMap) -> list[Problem]:
     inode = ns.inodes.get(c.inode)
     if inode is None or not stat.S_ISREG(inode.mode):
         if not ns.complete:
@@ -254,14 +261,14 @@ def _chunk_vs_file(ns: Namespace, c: ChunkMap, live: bool) -> list[Problem]:
         return [Problem(Kind.CHUNK_WITHOUT_FILE, f"chunk {c.handle} (index {c.index}) "
                         f"belongs to inode {c.inode}, which is missing or not a file",
                         c.inode, c.handle)]
-    if c.index * CHUNK_SIZE >= inode.size and not live:
+    if c.index * CHUNK_SIZE >= inode.size:
         return [Problem(Kind.CHUNK_PAST_EOF, f"chunk {c.handle} (index {c.index}) lies past "
                         f"the end of inode {c.inode} (size {inode.size})", c.inode, c.handle)]
     return []
 
 
-def _replica(c: ChunkMap, s: ServerId, seen: ReplicaSeen | None,
-             live: bool) -> tuple[Problem | None, bool, str | None]:
+def _replica(c: ChunkMap, s: ServerId,
+             seen: ReplicaSeen | None) -> tuple[Problem | None, bool, str | None]:
     """(problem, readable, note) for the replica of chunk `c` on server `s`."""
     where = f"chunk {c.handle} (inode {c.inode}, index {c.index}) on server {s}"
     if seen is None:
@@ -270,13 +277,9 @@ def _replica(c: ChunkMap, s: ServerId, seen: ReplicaSeen | None,
         return Problem(Kind.PROBE_FAILED, f"{where}: {seen.error}", c.inode, c.handle, s), \
             False, None
     if not seen.present:
-        if live:
-            return None, False, f"{where}: not there yet (lease running)"
         return Problem(Kind.MISSING_REPLICA, f"{where}: listed in the map, not on the server",
                        c.inode, c.handle, s), False, None
     if seen.version < c.version:
-        if live:
-            return None, False, f"{where}: version {seen.version} < {c.version} (lease running)"
         return Problem(Kind.STALE_REPLICA, f"{where}: version {seen.version}, map says "
                        f"{c.version}", c.inode, c.handle, s), False, None
     if seen.version > c.version:
@@ -289,13 +292,12 @@ def _replica(c: ChunkMap, s: ServerId, seen: ReplicaSeen | None,
 
 
 def check_chunks(ns: Namespace, servers: Mapping[ServerId, ServerView], replicas: int,
-                 now_ms: int, notes: list[str]) -> list[Problem]:
+                 notes: list[str]) -> list[Problem]:
     out: list[Problem] = []
     want = min(replicas, max(1, len(ns.servers)))
     down: Counter[ServerId] = Counter()  # chunks listing a server that did not answer
     for c in sorted(ns.chunks, key=lambda c: c.handle):
-        live = c.lease_until_ms > now_ms
-        out += _chunk_vs_file(ns, c, live)
+        out += _chunk_vs_file(ns, c)
         if len(c.replicas) < want:
             out.append(Problem(Kind.UNDER_REPLICATED, f"chunk {c.handle} (inode {c.inode}, "
                                f"index {c.index}): {len(c.replicas)} replicas in its map, "
@@ -309,11 +311,11 @@ def check_chunks(ns: Namespace, servers: Mapping[ServerId, ServerView], replicas
             if view is None or not view.reachable:
                 down[s] += 1
                 continue
-            problem, ok, note = _replica(c, s, view.replicas.get(c.handle), live)
+            problem, ok, note = _replica(c, s, view.replicas.get(c.handle))
             out += [problem] if problem is not None else []
             notes += [note] if note is not None else []
             readable += ok
-        if readable == 0 and c.replicas and not live:
+        if readable == 0 and c.replicas:
             out.append(Problem(Kind.UNREADABLE_CHUNK, f"chunk {c.handle} (inode {c.inode}, "
                                f"index {c.index}): no replica is readable", c.inode, c.handle))
     for s, count in sorted(down.items()):
@@ -351,35 +353,42 @@ def check_garbage(ns: Namespace, servers: Mapping[ServerId, ServerView],
     return out
 
 
-def check(ns: Namespace, servers: Mapping[ServerId, ServerView], *, replicas: int,
-          now_ms: int) -> Report:
+def check(ns: Namespace, servers: Mapping[ServerId, ServerView], *, replicas: int) -> Report:
     """Every cross-check; problems in a stable order (by check, then by id)."""
     notes: list[str] = []
     problems = [Problem(Kind.META_INVARIANT, m) for m in ns.invariants or ()]
     problems += check_namespace(ns, notes)
-    problems += check_chunks(ns, servers, replicas, now_ms, notes)
+    problems += check_chunks(ns, servers, replicas, notes)
     problems += check_garbage(ns, servers, notes)
     return Report(tuple(problems), tuple(notes))
 
 
-def confirm(report: Report, snapshot: Namespace,
-            latest: Mapping[ChunkHandle, ChunkMap | None]) -> Report:
-    """Drop chunk findings whose chunk map changed since `snapshot` (a write, a
-    deletion or a replica drop raced with the check): `latest` holds the current
-    map of every handle the findings name (None: the chunk no longer exists)."""
-    before = {c.handle: c for c in snapshot.chunks}
+def suspects(report: Report) -> set[ChunkHandle]:
+    """The chunks a second observation must look at again."""
+    return {p.handle for p in report.problems
+            if p.kind in TRANSIENT_KINDS and p.handle is not None}
+
+
+def second_look(snapshot: Namespace, latest: Mapping[ChunkHandle, ChunkMap | None]) -> Namespace:
+    """The namespace for the second observation: the same tree, and the current maps
+    of the suspect chunks only (None: the chunk is gone)."""
+    inode_of = {c.handle: c.inode for c in snapshot.chunks}
+    chunks = tuple(ChunkMap(inode_of.get(h, c.inode), c.index, c.handle, c.version, c.replicas)
+                   for h, c in sorted(latest.items()) if c is not None)
+    return Namespace(snapshot.inodes, snapshot.entries, chunks, snapshot.servers,
+                     snapshot.open_inodes, snapshot.complete, snapshot.total_inodes,
+                     invariants=())
+
+
+def persistent(first: Report, second: Report) -> Report:
+    """`first` without the transient findings about chunks (handle known) that
+    `second` - a later observation of those chunks - did not find again."""
+    again = {p.key for p in second.problems}
     kept: list[Problem] = []
-    notes = list(report.notes)
-    for p in report.problems:
-        if p.kind in CHUNK_KINDS and p.handle is not None and p.handle in latest:
-            now = latest[p.handle]
-            old = before.get(p.handle)
-            same = (now is None and old is None) or (
-                now is not None and old is not None
-                and (now.version, now.replicas) == (old.version, old.replicas))
-            if not same:
-                notes.append(f"passed over ({p.kind}, chunk {p.handle}): its map changed "
-                             "during the check")
-                continue
+    notes = list(first.notes)
+    for p in first.problems:
+        if p.kind in TRANSIENT_KINDS and p.handle is not None and p.key not in again:
+            notes.append(f"passed over (gone on a second look): {p}")
+            continue
         kept.append(p)
     return Report(tuple(kept), tuple(notes))

@@ -13,8 +13,10 @@ from fs.fsck import (
     ReplicaSeen,
     ServerView,
     check,
-    confirm,
+    persistent,
     probe_plan,
+    second_look,
+    suspects,
 )
 from fs.types import CHUNK_SIZE, ROOT_INODE, ChunkHandle, ChunkVersion, InodeId, ServerId
 
@@ -22,7 +24,6 @@ DIR = stat.S_IFDIR | 0o755
 REG = stat.S_IFREG | 0o644
 S1, S2, S3 = ServerId(1), ServerId(2), ServerId(3)
 SERVERS = {S1: "a:1", S2: "a:2", S3: "a:3"}
-NOW = 1_000_000
 
 
 def ino(n: int) -> InodeId:
@@ -63,7 +64,7 @@ def views(ns: Namespace, **overrides: ServerView) -> dict[ServerId, ServerView]:
 
 
 def kinds(ns: Namespace, servers: dict[ServerId, ServerView], replicas: int = 3) -> list[Kind]:
-    return [p.kind for p in check(ns, servers, replicas=replicas, now_ms=NOW).problems]
+    return [p.kind for p in check(ns, servers, replicas=replicas).problems]
 
 
 def with_replica(ns: Namespace, server: ServerId, handle: ChunkHandle, seen: ReplicaSeen,
@@ -78,7 +79,7 @@ def with_replica(ns: Namespace, server: ServerId, handle: ChunkHandle, seen: Rep
 
 def test_a_healthy_file_system_is_clean() -> None:
     ns = healthy()
-    report = check(ns, views(ns), replicas=3, now_ms=NOW)
+    report = check(ns, views(ns), replicas=3)
     assert report.clean, report.problems
     assert report.notes == ()
 
@@ -97,7 +98,7 @@ def test_a_directory_cycle_cut_off_from_the_root_is_orphaned() -> None:
               ino(6): Inode(ino(6), DIR, 3, 0)}
     entries = (*healthy().entries, Entry(ino(5), b"x", ino(6)), Entry(ino(6), b"y", ino(5)))
     ns = healthy(inodes=inodes, entries=entries)
-    problems = check(ns, views(ns), replicas=3, now_ms=NOW).problems
+    problems = check(ns, views(ns), replicas=3).problems
     assert [(p.kind, p.inode) for p in problems if p.kind is Kind.ORPHANED_INODE] == [
         (Kind.ORPHANED_INODE, ino(5)), (Kind.ORPHANED_INODE, ino(6))]
 
@@ -108,7 +109,7 @@ def test_dangling_entry_and_nlink_mismatch() -> None:
     assert kinds(ns, views(ns)) == [Kind.DANGLING_ENTRY]
     inodes = {**healthy().inodes, ino(3): Inode(ino(3), REG, 1, CHUNK_SIZE + 10)}
     ns2 = healthy(inodes=inodes)
-    problems = check(ns2, views(ns2), replicas=3, now_ms=NOW).problems
+    problems = check(ns2, views(ns2), replicas=3).problems
     assert [(p.kind, p.inode) for p in problems] == [(Kind.NLINK_MISMATCH, ino(3))]
     assert "expected 2" in problems[0].message
 
@@ -116,7 +117,7 @@ def test_dangling_entry_and_nlink_mismatch() -> None:
 def test_directory_nlink_counts_subdirectories() -> None:
     inodes = {**healthy().inodes, ROOT_INODE: Inode(ROOT_INODE, DIR, 2, 0)}
     ns = healthy(inodes=inodes)
-    problems = check(ns, views(ns), replicas=3, now_ms=NOW).problems
+    problems = check(ns, views(ns), replicas=3).problems
     assert [(p.kind, p.inode) for p in problems] == [(Kind.NLINK_MISMATCH, ROOT_INODE)]
 
 
@@ -136,7 +137,7 @@ def test_chunk_of_a_missing_file_and_chunk_past_eof() -> None:
 def test_missing_replica() -> None:
     ns = healthy()
     servers = with_replica(ns, S2, h(10), ReplicaSeen(False), files=frozenset({h(11)}))
-    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    problems = check(ns, servers, replicas=3).problems
     assert [(p.kind, p.handle, p.server) for p in problems] == [
         (Kind.MISSING_REPLICA, h(10), S2)]
 
@@ -149,18 +150,6 @@ def test_stale_ahead_and_checksum_replicas() -> None:
         Kind.CHECKSUM]
     assert kinds(ns, with_replica(ns, S3, h(10), ReplicaSeen(False, error="EIO: disk"))) == [
         Kind.PROBE_FAILED]
-
-
-def test_a_running_lease_excuses_lagging_or_absent_replicas_as_notes() -> None:
-    live = ChunkMap(ino(3), 0, h(10), ChunkVersion(2), (S1, S2, S3), lease_until_ms=NOW + 5)
-    ns = healthy(chunks=(live, healthy().chunks[1]))
-    servers = with_replica(ns, S3, h(10), ReplicaSeen(True, 1))
-    report = check(ns, servers, replicas=3, now_ms=NOW)
-    assert report.clean
-    assert any("lease running" in n for n in report.notes)
-    ended = healthy(chunks=(ChunkMap(ino(3), 0, h(10), ChunkVersion(2), (S1, S2, S3),
-                                     lease_until_ms=NOW - 1), healthy().chunks[1]))
-    assert kinds(ended, servers) == [Kind.STALE_REPLICA]
 
 
 def test_no_readable_replica() -> None:
@@ -179,7 +168,7 @@ def test_no_readable_replica() -> None:
 def test_unreachable_server_is_reported_once_with_its_chunk_count() -> None:
     ns = healthy()
     servers = views(ns, s2=ServerView(S2, "a:2", False, error="connection refused"))
-    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    problems = check(ns, servers, replicas=3).problems
     assert [(p.kind, p.server) for p in problems] == [(Kind.SERVER_UNREACHABLE, S2)]
     assert "listed by 2 chunk(s)" in problems[0].message
 
@@ -208,7 +197,7 @@ def test_garbage_replicas_and_stray_files() -> None:
     servers[S1] = ServerView(S1, "a:1", True,
                              replicas={**servers[S1].replicas, h(51): ReplicaSeen(False)},
                              files=servers[S1].files, count=3)
-    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    problems = check(ns, servers, replicas=3).problems
     assert [(p.kind, p.handle, p.server) for p in problems] == [
         (Kind.GARBAGE, h(50), S1), (Kind.GARBAGE, h(51), S1)]
     assert "does not index" in problems[1].message
@@ -220,7 +209,7 @@ def test_garbage_by_count_when_the_data_folder_is_not_local() -> None:
     old = servers[S1]
     servers[S1] = ServerView(S1, old.address, True, replicas=old.replicas, files=None,
                              count=len(old.replicas) + 2)
-    problems = check(ns, servers, replicas=3, now_ms=NOW).problems
+    problems = check(ns, servers, replicas=3).problems
     assert [(p.kind, p.server) for p in problems] == [(Kind.GARBAGE, S1)]
     assert "2 replica(s)" in problems[0].message
 
@@ -228,7 +217,7 @@ def test_garbage_by_count_when_the_data_folder_is_not_local() -> None:
 def test_an_incomplete_namespace_notes_what_it_cannot_tell() -> None:
     ns = healthy(complete=False, total_inodes=5)
     servers = with_replica(ns, S1, h(50), ReplicaSeen(True, 1))
-    report = check(ns, servers, replicas=3, now_ms=NOW)
+    report = check(ns, servers, replicas=3)
     assert report.clean  # no orphan or garbage verdicts without the whole state
     assert any("2 inodes are not reachable" in n for n in report.notes)
     assert any("garbage not checked" in n for n in report.notes)
@@ -242,15 +231,31 @@ def test_probe_plan_lists_mapped_handles_and_unmapped_files() -> None:
     assert plan[S2] == {h(10): 2, h(11): 1}
 
 
-def test_confirm_drops_findings_about_chunks_that_changed_meanwhile() -> None:
+def test_only_findings_seen_twice_are_reported() -> None:
     ns = healthy()
     servers = with_replica(ns, S2, h(10), ReplicaSeen(False))
     servers = {**servers, S1: ServerView(S1, "a:1", True, replicas={
-        **servers[S1].replicas, h(50): ReplicaSeen(True, 1)}, files=None, count=3)}
-    report = check(ns, servers, replicas=3, now_ms=NOW)
-    assert {p.kind for p in report.problems} == {Kind.MISSING_REPLICA, Kind.GARBAGE}
-    dropped = ChunkMap(ino(3), 0, h(10), ChunkVersion(3), (S1, S3))
-    new = ChunkMap(ino(3), 2, h(50), ChunkVersion(1), (S1, S2, S3))
-    assert confirm(report, ns, {h(10): dropped, h(50): new}).clean
-    same = confirm(report, ns, {h(10): ns.chunks[0], h(50): None})
-    assert same.problems == report.problems
+        **servers[S1].replicas, h(50): ReplicaSeen(True, 1),
+        h(11): ReplicaSeen(True, 1, (3,))}, files=None, count=3)}
+    first = check(ns, servers, replicas=3)
+    assert {p.kind for p in first.problems} == {
+        Kind.MISSING_REPLICA, Kind.GARBAGE, Kind.CHECKSUM}
+    assert suspects(first) == {h(10), h(50)}  # a checksum failure needs no second look
+
+    # Meanwhile the replica on S2 was dropped from the map and chunk 50 was
+    # allocated on S1: the second look at those chunks finds nothing wrong.
+    latest = {h(10): ChunkMap(ino(3), 0, h(10), ChunkVersion(3), (S1, S3)),
+              h(50): ChunkMap(ino(3), 2, h(50), ChunkVersion(1), (S1,))}
+    again = second_look(ns, latest)
+    assert [c.handle for c in again.chunks] == [h(10), h(50)]
+    views2 = {s: ServerView(s, SERVERS[s], True, replicas={
+        handle: ReplicaSeen(True, v) for handle, v in plan.items()})
+        for s, plan in probe_plan(again, {}).items()}
+    second = check(again, views2, replicas=1)
+    kept = persistent(first, second)
+    assert [p.kind for p in kept.problems] == [Kind.CHECKSUM]
+    assert sum("passed over" in n for n in kept.notes) == 2
+
+    # Found again: kept.
+    still = persistent(first, check(ns, servers, replicas=3))
+    assert still.problems == first.problems

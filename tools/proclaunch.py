@@ -127,11 +127,15 @@ class Proc:
             os.kill(self.popen.pid, sig)
 
     def kill(self) -> None:
-        """SIGKILL and reap (a crash: nothing is flushed)."""
+        """SIGKILL and reap (a crash: nothing is flushed).
+
+        No SIGCONT first: SIGKILL ends a stopped process as it is, and a
+        SIGCONT would let a process stopped at a chosen step run on for a
+        moment (and, say, send the messages it was stopped before).
+        """
         if self.popen is None:
             return
         if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGCONT)  # a stopped process must be able to die
             self.popen.kill()
         self.popen.wait(timeout=10)
 

@@ -62,6 +62,8 @@ async def test_every_kill_step_of_both_roles_ends_consistent(tmp_path: Path) -> 
                 prepares = 0 if run["kill"]["step"] == "before-prepare" else 3
                 assert run["messages"].get("PREPARE", 0) >= prepares, _explain(run)
                 assert "sequenceDiagram" in run["mermaid"] and "CRASH at" in run["mermaid"]
+                # Killed while stopped at the step: it never ran past it.
+                assert "resumed after" not in run["mermaid"], _explain(run)
             assert result["all_agree"] and result["max_left_prepared"] == 0
 
             # A participant refuses: everybody aborts, and its data never changes.
@@ -74,6 +76,7 @@ async def test_every_kill_step_of_both_roles_ends_consistent(tmp_path: Path) -> 
             dead = Kill("coordinator", "c", "after-decision-logged", restart=False)
             alone = await cluster.transaction("dead-coordinator", dead, timeout=30)
             assert alone["coordinator"]["state"] == "down", _explain(alone)
+            assert "COMMIT" not in alone["messages"], _explain(alone)  # died before sending
             assert alone["left_prepared"] == 0 and alone["participants_agree"], _explain(alone)
             assert alone["outcome"] == "commit" and "QUERY" in alone["messages"]
             await cluster.restart("c")

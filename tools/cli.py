@@ -23,6 +23,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "rpc"): ("tools.bench_rpc", "RPC round trips and bandwidth vs raw trio echo"),
     ("meta",): ("tools.meta", "run a metadata server (one Raft member)"),
     ("chunk",): ("tools.chunk", "run a chunk server"),
+    ("coord", "run", "2pc"): (
+        "tools.coordrun",
+        "two-phase commit across real processes (kill at a named step, trace as Mermaid)",
+    ),
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
     ("cluster",): ("tools.cluster", "start (up) or stop (down) a whole cluster on this machine"),

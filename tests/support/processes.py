@@ -79,7 +79,8 @@ class Proc:
         if self.popen is None:
             return
         if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGCONT)  # a stopped process must be able to die
+            # No SIGCONT first: SIGKILL ends a stopped process as it is, and a
+            # SIGCONT would let it run (and send) for a moment before dying.
             self.popen.kill()
         self.popen.wait(timeout=10)
 

@@ -37,14 +37,15 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
 from coord.rpc import ClientConfig, RetryPolicy, RpcClient, TcpConnector
+from fs.api import FsApi
 from fs.client.chunkio import ChunkIO
 from fs.client.config import FsClientConfig
 from fs.client.errors import TRANSLATED, translate
@@ -71,8 +72,8 @@ T = TypeVar("T")
 
 
 def _edge(
-    fn: Callable[Concatenate[NetworkFs, P], Awaitable[T]],
-) -> Callable[Concatenate[NetworkFs, P], Awaitable[T]]:
+    fn: Callable[Concatenate[NetworkFs, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[NetworkFs, P], Coroutine[Any, Any, T]]:
     """Bound the call by the operation timeout and translate its failures once."""
     name = fn.__name__
 
@@ -440,6 +441,10 @@ class NetworkFs:
     @_edge
     async def forget(self, inodes: Sequence[tuple[InodeId, int]]) -> None:
         """Inodes live by names and opens on the servers, not by kernel lookups."""
+
+
+def _implements_fsapi(fs: NetworkFs) -> FsApi:
+    return fs  # mypy checks here that NetworkFs has every FsApi method, typed alike
 
 
 @asynccontextmanager

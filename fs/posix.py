@@ -16,7 +16,8 @@ Rules (as Linux applies them on a local file system):
 * a new inode in a set-gid directory takes the directory's group, and a new
   subdirectory also the set-gid bit; a caller outside the group loses S_ISGID
   on chmod and on creating a non-directory;
-* set-id bits are killed on write/truncate by non-root and on chown.
+* set-id bits are killed on write/truncate by non-root and on chown; anyone
+  may clear them (the kernel does so for a writer who is not the owner).
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ def killed_privs(mode: int) -> int:
     return mode
 
 
+def only_kills_privs(old: int, new: int) -> bool:
+    """True if `new` is `old` with at least one set-id bit cleared and nothing else.
+
+    Anyone may make such a change: the kernel sends it, with the writer's
+    credentials, when a non-owner writes to a set-id file (without
+    FUSE_HANDLE_KILLPRIV), and it only ever removes privileges.
+    """
+    setid = stat.S_ISUID | stat.S_ISGID
+    old, new = old & 0o7777, new & 0o7777
+    return new != old and new & ~setid == old & ~setid and new & setid == new & old & setid
+
+
 def check_name(name: bytes) -> None:
     """A single path component: 1..NAME_MAX bytes, no '/' or NUL."""
     if len(name) > NAME_MAX:
@@ -149,7 +162,7 @@ def check_setattr(node: Owned, fields: SetAttrFields, cred: Cred, max_size: int)
         cred.uid == node.uid and (cred.in_group(fields.gid) or fields.gid == node.gid)
     ):
         raise FsError(errno.EPERM, "chgrp: not owner or not a member of the group")
-    if fields.mode is not None and not owner:
+    if fields.mode is not None and not owner and not only_kills_privs(node.mode, fields.mode):
         raise FsError(errno.EPERM, "chmod: not owner")
     # UTIME_NOW arrives resolved to a number, so "set to now" (owner or any
     # writer) and explicit times (owner only) cannot be told apart here; the

@@ -30,9 +30,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tools.cli import UserError
+
+if TYPE_CHECKING:
+    from fs.api import FsApi
+    from fs.fuse.config import MountConfig
+    from fs.memfs import MemFs
 
 log = logging.getLogger("ddfs.mount")
 
@@ -73,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memfs: SIGUSR1 hangs every call, SIGUSR2 resumes")
 
 
-def _configs(args: argparse.Namespace) -> Any:
+def _configs(args: argparse.Namespace) -> MountConfig:
     from fs.fuse.config import FuseConfig, MountConfig
 
     remote = args.mode == "remote"
@@ -103,7 +108,7 @@ def _configs(args: argparse.Namespace) -> Any:
     return config
 
 
-def _memfs(args: argparse.Namespace) -> Any:
+def _memfs(args: argparse.Namespace) -> MemFs:
     from fs.memfs import MemFs, MemFsCore
     from fs.types import ROOT_CRED, ROOT_INODE
 
@@ -117,7 +122,7 @@ def _memfs(args: argparse.Namespace) -> Any:
     return MemFs(core)
 
 
-def _backend(args: argparse.Namespace) -> Any:
+def _backend(args: argparse.Namespace) -> FsApi:
     if args.backend == "memfs":
         return _memfs(args)
     raise UserError(
@@ -137,7 +142,7 @@ async def _watch_parent(parent: int) -> None:
     request_unmount()
 
 
-async def _hang_hooks(fs: Any) -> None:
+async def _hang_hooks(fs: MemFs) -> None:
     import trio
 
     with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
@@ -152,6 +157,7 @@ def _serve(args: argparse.Namespace, ready: Callable[[], None]) -> int:
     import trio
 
     from fs.fuse.mount import MountError, serve
+    from fs.memfs import MemFs
 
     config = _configs(args)
     fs = _backend(args)
@@ -161,7 +167,7 @@ def _serve(args: argparse.Namespace, ready: Callable[[], None]) -> int:
         async with trio.open_nursery() as nursery:
             if args.watch_parent:
                 nursery.start_soon(_watch_parent, parent, name="mount-watch-parent")
-            if args.memfs_test_hooks and args.backend == "memfs":
+            if args.memfs_test_hooks and isinstance(fs, MemFs):
                 nursery.start_soon(_hang_hooks, fs, name="mount-test-hooks")
             await serve(fs, config, ready=ready)
             nursery.cancel_scope.cancel()
@@ -230,6 +236,8 @@ def _detached_child(args: argparse.Namespace, report_fd: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.watch_parent and not args.foreground:
+        raise UserError("--watch-parent needs --foreground (a detached mount has no parent)")
     if not args.foreground:
         return _daemon(args)
     _log_to(args.log_file)

@@ -12,9 +12,10 @@ Invariants:
 * once pyfuse3.init has succeeded, pyfuse3.close(unmount=True) runs however
   `serve` ends (signal, error, cancellation): no mount outlives its process
   unless the process is killed with SIGKILL (then `fusermount3 -u -z`);
-* the mount process never stats its own mountpoint (a request to itself
-  before pyfuse3.main runs would deadlock): the mount's device number comes
-  from /proc/self/mountinfo.
+* the trio thread never touches its own mountpoint (the request would wait
+  for an answer only this thread can give): the path is resolved before
+  mounting, the device number comes from /proc/self/mountinfo, and the
+  readiness stat runs in a worker thread while pyfuse3.main answers it.
 """
 
 from __future__ import annotations

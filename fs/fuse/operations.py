@@ -20,6 +20,10 @@ Invariants:
   follows, only if no mutating request finished since it was fetched, and
   only within `attr_timeout`: listing a directory of any size takes bounded
   memory.
+* The kernel's attribute cache is dropped (invalidate_inode, attributes only)
+  after every open in remote mode (close-to-open: a fresh size) and after a
+  write to a file last seen with set-id bits (the write killed them:
+  FUSE_HANDLE_KILLPRIV leaves that to us, and the kernel keeps the old mode).
 * Cred = (uid, gid, pid) of the request plus the caller's supplementary
   groups (creds.GroupCache); requests without a context (read, write,
   release, readdir) use the handle's.
@@ -39,6 +43,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from fs import posix
 from fs.api import FsApi
 from fs.fuse.config import FuseConfig
 from fs.fuse.creds import GroupCache
@@ -117,6 +122,10 @@ class Operations(pyfuse3.Operations):
         self._lookups: dict[int, int] = {pyfuse3.ROOT_INODE: 1}  # the kernel holds the root
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dir = 1
+        self._open_files: dict[int, int] = {}  # file handle -> inode
+        # Inodes whose last attributes we sent carry set-id bits that a write
+        # kills; the kernel does not refresh the mode after a write itself.
+        self._setid: set[int] = set()
         self._epoch = 0  # bumped after every mutating request: invalidates held readdir batches
 
     # --- conversions (synchronous) ------------------------------------------------
@@ -141,6 +150,10 @@ class Operations(pyfuse3.Operations):
         entry.st_atime_ns = attr.atime_ns
         entry.st_mtime_ns = attr.mtime_ns
         entry.st_ctime_ns = attr.ctime_ns
+        if stat.S_ISREG(attr.mode) and posix.killed_privs(attr.mode) != attr.mode:
+            self._setid.add(attr.inode)
+        else:
+            self._setid.discard(attr.inode)
         return entry
 
     def _counted(self, attr: Attr) -> pyfuse3.EntryAttributes:
@@ -149,7 +162,8 @@ class Operations(pyfuse3.Operations):
         self._lookups[attr.inode] = self._lookups.get(attr.inode, 0) + 1
         return entry
 
-    def _file_info(self, fh: FileHandle) -> pyfuse3.FileInfo:
+    def _opened(self, fh: FileHandle, inode: int) -> pyfuse3.FileInfo:
+        self._open_files[fh] = inode
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=self.config.keep_cache)
 
     def _mutated(self) -> None:
@@ -328,26 +342,29 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if self.config.revalidate_on_open:
-            await self._drop_cached_attrs(inode)
         try:
             # O_TRUNC arrives here (libfuse 3 negotiates atomic_o_trunc).
             fh = await self._fs.open(InodeId(inode), flags, self._cred(ctx))
         finally:
             if flags & os.O_TRUNC:
                 self._mutated()
-        return self._file_info(fh)
+        if self.config.revalidate_on_open:
+            await self._drop_cached_attrs(inode)
+        return self._opened(fh, inode)
 
     async def _drop_cached_attrs(self, inode: int) -> None:
-        """Close-to-open: after open, the kernel asks for fresh attributes (size).
+        """Make the kernel ask for fresh attributes next time (close-to-open:
+        the size another client left; the mode a write's set-id kill changed).
 
-        Called before FsApi.open so that no failure here can leak an open
-        handle; from a worker thread, as a notification can block in the kernel.
+        From a worker thread (a notification can block in the kernel), shielded
+        and never raising: it runs after FsApi calls whose result (an open
+        handle, a done write) must reach the kernel.
         """
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
-        except OSError as exc:  # ENOENT: the kernel has no attributes cached
-            log.debug("invalidate_inode(%d): %s", inode, exc)
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
+            except OSError as exc:  # ENOENT: the kernel has nothing cached
+                log.debug("invalidate_inode(%d): %s", inode, exc)
 
     @_edge
     async def create(
@@ -360,7 +377,7 @@ class Operations(pyfuse3.Operations):
             )
         finally:
             self._mutated()
-        return self._file_info(fh), self._counted(attr)
+        return self._opened(fh, attr.inode), self._counted(attr)
 
     @_edge
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -369,9 +386,14 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         try:
-            return await self._fs.write(FileHandle(fh), off, buf)
+            written = await self._fs.write(FileHandle(fh), off, buf)
         finally:
             self._mutated()
+        inode = self._open_files.get(fh)
+        if inode in self._setid:  # the write may have killed set-id bits
+            self._setid.discard(inode)
+            await self._drop_cached_attrs(inode)
+        return written
 
     @_edge
     async def flush(self, fh: int) -> None:
@@ -383,6 +405,7 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def release(self, fh: int) -> None:
+        self._open_files.pop(fh, None)
         await self._fs.release(FileHandle(fh))
 
     # --- directories --------------------------------------------------------------
@@ -451,6 +474,7 @@ class Operations(pyfuse3.Operations):
             if left < 0:
                 log.error("forget(%d, %d): only %d lookups known", inode, count, left + count)
             self._lookups.pop(inode, None)
+            self._setid.discard(inode)
             gone.append((InodeId(inode), count))
         if gone:
             await self._tell_forgotten(gone)

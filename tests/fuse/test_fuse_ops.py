@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,11 +104,10 @@ def test_unlinked_open_file_stays_usable(d: Path, mount: DdfsMount) -> None:
     finally:
         os.close(fd)
     # release frees the orphan (the kernel sends it asynchronously after close)
-    for _ in range(100):
-        if os.statvfs(mount.mountpoint).f_ffree == free_before:
-            break
-        os.sched_yield()
-    assert os.statvfs(mount.mountpoint).f_ffree == free_before
+    deadline = time.monotonic() + 10
+    while os.statvfs(mount.mountpoint).f_ffree != free_before:
+        assert time.monotonic() < deadline, "the orphan was never freed"
+        time.sleep(0.01)
 
 
 def test_links_symlinks_and_special_files(d: Path) -> None:

@@ -186,3 +186,19 @@ def test_utimes_and_truncate_permissions() -> None:
     core.setattr(f, SetAttrFields(mtime_ns=3), BOB)  # a writer may touch (UTIME_NOW)
     core.setattr(f, SetAttrFields(size=0), BOB)
     fsck(core)
+
+
+def test_anyone_may_only_clear_setid_bits() -> None:
+    """The kernel clears set-id bits with the writer's credentials."""
+    core = new_core()
+    f = core.mknod(ROOT_INODE, b"f", stat.S_IFREG | 0o6777, 0, R).inode
+    core.setattr(f, SetAttrFields(gid=BOB.gid, mode=0o6777), R)  # bob may keep set-gid
+    with raises_errno(errno.EPERM):
+        core.setattr(f, SetAttrFields(mode=0o6777), BOB)  # no change is not a kill
+    with raises_errno(errno.EPERM):
+        core.setattr(f, SetAttrFields(mode=0o0775), BOB)  # clears more than set-id
+    assert stat.S_IMODE(core.setattr(f, SetAttrFields(mode=0o2777), BOB).mode) == 0o2777
+    assert stat.S_IMODE(core.setattr(f, SetAttrFields(mode=0o0777), BOB).mode) == 0o0777
+    with raises_errno(errno.EPERM):
+        core.setattr(f, SetAttrFields(mode=0o4777), BOB)  # setting one is not a kill
+    fsck(core)

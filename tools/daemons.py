@@ -15,7 +15,7 @@ Invariants:
 * `stop` signals only processes named by such a verified record, and
   removes the pid file once the process is gone; it never matches
   processes by name.
-* A mount point is "dead" when it is still in the mount table but stat()
+* A mount point is "dead" when it is still in the mount table but statvfs()
   fails (ENOTCONN: its FUSE server died); only a lazy unmount clears it.
 
 Linux only (/proc, fusermount3).
@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,6 +103,19 @@ def remove_pid_file(spec: DaemonSpec) -> None:
 # --- starting and stopping ---------------------------------------------------------------------
 
 
+# Runs in a short-lived intermediate process: starts the daemon in a new session
+# and exits at once, so the daemon is re-parented (to init or a subreaper) and
+# never becomes a zombie, nor a Popen object, of the process that asked for it.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,\n"
+    "                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
+    "print(p.pid, flush=True)\n"
+    "os._exit(0)\n"
+)
+
+
 def start(spec: DaemonSpec, env: dict[str, str] | None = None) -> int:
     """Start `spec` detached; write its pid file; return the pid."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,24 +123,22 @@ def start(spec: DaemonSpec, env: dict[str, str] | None = None) -> int:
     with spec.log_file.open("ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
                   f"{' '.join(spec.argv)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd=spec.cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-    started = start_time(proc.pid)
-    if started is None:  # it died at once; keep no pid file, the caller reads the log
-        proc.wait()
-        return proc.pid
-    _write_pid_file(spec.pid_file, proc.pid, started)
-    # Popen's handle is dropped on purpose: the daemon outlives this process.  When
-    # it is our child and dies first, `reap` collects it.
-    return proc.pid
+    launched = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(spec.log_file), *spec.argv],
+        capture_output=True, text=True, timeout=60, check=False, cwd=spec.cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    if launched.returncode != 0 or not launched.stdout.strip().isdigit():
+        raise OSError(f"cannot start {spec.name}: {launched.stderr.strip() or 'no pid'}")
+    pid = int(launched.stdout)
+    started = start_time(pid)
+    if started is not None:  # else it died at once: no pid file; the caller reads the log
+        _write_pid_file(spec.pid_file, pid, started)
+    return pid
 
 
 def reap(pid: int) -> None:
-    """Collect `pid` if it is our exited child (no zombie left in a long-lived caller)."""
+    """Collect `pid` if it is our exited child (daemons never are; harmless otherwise)."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -238,7 +250,9 @@ def mount_state(path: Path) -> MountState:
     if point not in mount_points():
         return MountState.ABSENT
     try:
-        os.stat(point)
+        # statvfs always reaches the FUSE server (stat may be answered from the
+        # kernel's attribute cache for a second after the server died).
+        os.statvfs(point)
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED):
             return MountState.DEAD

@@ -14,9 +14,11 @@ Invariants of `FileState`:
   them); `overlay(attr)` applies the same rule (and the pending mtime and
   set-id removal) to attributes handed to the caller, so a `stat` right
   after `write` sees the new size, as on a local disk;
-* flush jobs get tickets in the order they were started; `wait_turn`
-  lets them apply their chunk writes in that order (a later write of the
-  same bytes must land last), while their pushes may overlap;
+* flush jobs get tickets in the order they were started, and register the
+  byte ranges they will write at that moment; a job writes a range only
+  when no job with an earlier ticket still has an overlapping range
+  unwritten (`wait_clear`), so the last write of a byte lands last, while
+  writes of disjoint ranges - the sequential case - run concurrently;
 * `error` holds the first failure of buffered data not yet reported; it is
   reported once, by the next write/flush/fsync/release (as NFS does).
 """
@@ -53,9 +55,9 @@ class FileState:
     writer: Cred = ROOT_CRED  # the SetSize credential: any non-root writer since the last flush
     jobs: int = 0  # flush jobs running
     next_ticket: int = 0  # the ticket the next job gets
-    turn: int = 0  # the ticket whose chunk writes may run now
+    # ticket -> byte ranges [start, end) that job has not written yet
+    _pending: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     error: FsError | None = None  # failure of buffered data, not yet reported
-    _ended: set[int] = field(default_factory=set)  # tickets done before their turn came
     _lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
     # ------------------------------------------------------------------ state
@@ -104,31 +106,40 @@ class FileState:
             self.error = error
 
     # ------------------------------------------------------------------ jobs
-    def start_job(self) -> tuple[int, Cred]:
-        """A ticket and the credential for the job taking the buffer now."""
+    def start_job(self, ranges: list[tuple[int, int]]) -> tuple[int, Cred]:
+        """A ticket and the credential for a job that will write `ranges` (taken
+        from the buffer just now)."""
         ticket, self.next_ticket = self.next_ticket, self.next_ticket + 1
         self.jobs += 1
+        self._pending[ticket] = list(ranges)
         cred, self.writer = self.writer, ROOT_CRED
         return ticket, cred
 
-    def end_turn(self, ticket: int) -> None:
-        """The job holding `ticket` has written its chunks (or failed, maybe
-        before its turn came: the turn passes it by then)."""
-        self._ended.add(ticket)
-        while self.turn in self._ended:
-            self._ended.remove(self.turn)
-            self.turn += 1
-        self._lot.unpark_all()
+    def _blocked(self, ticket: int, start: int, end: int) -> bool:
+        return any(
+            earlier < ticket and s < end and start < e
+            for earlier, ranges in self._pending.items()
+            for s, e in ranges
+        )
 
-    def end_job(self) -> None:
-        self.jobs -= 1
-        self._lot.unpark_all()
-
-    async def wait_turn(self, ticket: int) -> None:
+    async def wait_clear(self, ticket: int, start: int, end: int) -> None:
+        """Until no earlier job has bytes of [start, end) left to write."""
         for _ in range(1 << 30):  # woken at every change; bounded by the caller's deadline
-            if self.turn >= ticket:
+            if not self._blocked(ticket, start, end):
                 return
             await self._lot.park()
+
+    def written(self, ticket: int, start: int, end: int) -> None:
+        """The job `ticket` has written (or given up on) [start, end)."""
+        ranges = self._pending.get(ticket)
+        if ranges is not None and (start, end) in ranges:
+            ranges.remove((start, end))
+            self._lot.unpark_all()
+
+    def end_job(self, ticket: int) -> None:
+        self._pending.pop(ticket, None)
+        self.jobs -= 1
+        self._lot.unpark_all()
 
     async def wait_jobs_below(self, count: int) -> None:
         for _ in range(1 << 30):

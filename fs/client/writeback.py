@@ -6,11 +6,13 @@ extents), hands it to a new job; `flush` hands over what is left and waits
 until every job of the file has finished, then reports the first failure
 of buffered data since the last report (`FileState.error`).
 
-A job: (1) leases and pushes for every extent, concurrently with the jobs
-before it; (2) waits for its turn (jobs write in the order they started,
-so the last write of a byte lands last); (3) writes its extents; (4)
-passes the turn on; (5) `SetSize(max end)`, which also stamps mtime and
-clears set-id bits for a non-root writer.  A job is bounded by the
+A job: (1) leases and pushes for every extent, concurrently with the other
+jobs; (2) writes each extent once no earlier job still has to write an
+overlapping range (`FileState.wait_clear`: the last write of a byte lands
+last; disjoint ranges - sequential writing - go concurrently, which lets
+the primary apply one write while it forwards the previous one); (3)
+`SetSize(max end)`, which also stamps mtime and clears set-id bits for a
+non-root writer.  A job is bounded by the
 operation timeout; its failure is translated once (fs/client/errors.py)
 and kept on the file for the next write/flush/fsync/release.
 
@@ -71,7 +73,7 @@ class WriteBack:
         if not state.buffer.size:
             return  # another task took it while we waited
         extents = state.buffer.take()
-        ticket, cred = state.start_job()
+        ticket, cred = state.start_job([(e.start, e.end) for e in extents])
         self._nursery.start_soon(self._job, state, ticket, extents, cred,
                                  name=f"flush-{state.inode}-{ticket}")
 
@@ -92,7 +94,7 @@ class WriteBack:
     async def _job(self, state: FileState, ticket: int, extents: list[Extent], cred: Cred) -> None:
         try:
             with trio.fail_after(self._config.op_timeout):
-                await self._write_in_turn(state, ticket, extents)
+                await self._write_extents(state, ticket, extents)
                 end = max(e.end for e in extents)
                 state.note(await self._meta.set_size(state.inode, end, False, cred))
         except TRANSLATED as exc:
@@ -103,19 +105,26 @@ class WriteBack:
             log.exception("flush job of inode %d failed", state.inode)
             state.fail(FsError(errno.EIO, "internal error while writing"))
         finally:
-            state.end_turn(ticket)
-            state.end_job()
+            state.end_job(ticket)
             self._on_idle(state)
 
-    async def _write_in_turn(self, state: FileState, ticket: int, extents: list[Extent]) -> None:
+    async def _write_extents(self, state: FileState, ticket: int, extents: list[Extent]) -> None:
         staged = await self._stage(state.inode, extents)
-        await state.wait_turn(ticket)
-        for extent, pushed in zip(extents, staged, strict=True):
-            await self._io.write(state.inode, extent, pushed)
-        state.end_turn(ticket)
+
+        def writer(extent: Extent, pushed: Pushed | None) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                await state.wait_clear(ticket, extent.start, extent.end)
+                try:
+                    await self._io.write(state.inode, extent, pushed)
+                finally:
+                    state.written(ticket, extent.start, extent.end)
+            return run
+
+        await run_all([writer(e, p) for e, p in zip(extents, staged, strict=True)],
+                      self._config.push_window, f"write-{state.inode}")
 
     async def _stage(self, inode: InodeId, extents: Sequence[Extent]) -> list[Pushed | None]:
-        """Leases and pushes ahead of our turn; a failure here is left for the
+        """Leases and pushes ahead of the writes; a failure here is left for the
         write itself to retry and report (None: push at write time)."""
         staged: list[Pushed | None] = [None] * len(extents)
 

@@ -176,11 +176,11 @@ def test_overlay_shows_unflushed_size_mtime_and_lost_setid_bits() -> None:
     seen = state.overlay(_attr(size=10))
     assert (seen.size, seen.mtime_ns, seen.ctime_ns) == (103, 99, 99)
     assert stat.S_IMODE(seen.mode) == 0o755  # a non-root writer kills set-id bits
-    ticket, cred = state.start_job()
+    ticket, cred = state.start_job([(100, 103)])
     assert (ticket, cred) == (0, ALICE) and state.writer == ROOT_CRED
     state.buffer.take()
     assert state.dirty  # the job still runs
-    state.end_job()
+    state.end_job(ticket)
     assert not state.dirty and state.size == 10  # the service's answer rules again
     state.truncated(_attr(size=50))
     assert state.written_end == 50
@@ -195,27 +195,36 @@ def test_errors_of_buffered_data_are_reported_once() -> None:
     assert state.take_error() is None
 
 
-async def test_jobs_write_in_ticket_order_even_if_one_ends_early() -> None:
+async def test_overlapping_ranges_are_written_in_job_order_disjoint_ones_at_once() -> None:
     state = FileState(INO, _attr())
-    order: list[int] = []
-    tickets = [state.start_job()[0] for _ in range(3)]
+    order: list[str] = []
+    first, _ = state.start_job([(0, 100), (200, 300)])
+    second, _ = state.start_job([(50, 60), (400, 500)])  # overlaps the first's (0, 100)
+    third, _ = state.start_job([(250, 260)])
 
-    async def job(ticket: int, delay: float) -> None:
+    async def write(ticket: int, start: int, end: int, delay: float = 0.0) -> None:
         await trio.sleep(delay)
-        await state.wait_turn(ticket)
-        order.append(ticket)
-        state.end_turn(ticket)
-        state.end_job()
+        await state.wait_clear(ticket, start, end)
+        order.append(f"{ticket}:{start}")
+        state.written(ticket, start, end)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(job, tickets[2], 0.0)
-        nursery.start_soon(job, tickets[1], 0.01)
-        # Ticket 0 fails before its turn: the turn must still pass it by.
-        state.end_turn(tickets[0])
-        state.end_job()
-        with trio.fail_after(5):
-            await state.wait_jobs_below(1)
-    assert order == [1, 2] and state.turn == 3
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, second, 50, 60)  # must wait for first:0
+            nursery.start_soon(write, second, 400, 500)  # disjoint: goes at once
+            nursery.start_soon(write, first, 0, 100, 0.05)
+            await trio.sleep(0.01)
+            assert order == ["1:400"]
+        # The first job fails before writing (200, 300): ending it unblocks the third.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, third, 250, 260)
+            await trio.sleep(0.01)
+            assert order[-1] != "2:250"
+            state.end_job(first)
+    assert order == ["1:400", "0:0", "1:50", "2:250"]
+    state.end_job(second)
+    state.end_job(third)
+    assert state.jobs == 0 and not state.dirty
 
 
 # --------------------------------------------------------------------------- run_all

@@ -185,10 +185,16 @@ def ensure_running(specs: list[daemons.DaemonSpec], say: Printer) -> dict[str, f
 
 
 def _dead_starters(specs: list[daemons.DaemonSpec]) -> str:
-    """What the daemons that already exited said (for an error message)."""
-    dead = [s for s in specs if daemons.running_pid(s.pid_file) is None]
-    return "\n".join(f"--- {s.name} exited; end of {s.log_file}:\n{daemons.log_tail(s, 800)}"
-                     for s in dead)
+    """What the daemons that already exited said in their last run."""
+    out = []
+    for s in specs:
+        if daemons.running_pid(s.pid_file) is None:
+            last = daemons.log_tail(s, 4000).rpartition("--- ")[2].partition("\n")[2]
+            out.append(f"--- {s.name} exited ({s.log_file}):\n{last.strip()[-800:]}")
+    running = len(specs) - len(out)
+    if running:
+        out.append(f"({running} other server(s) still running: `ddfs cluster down` stops them)")
+    return "\n".join(out)
 
 
 # --- up ------------------------------------------------------------------------------------------
@@ -196,28 +202,40 @@ def _dead_starters(specs: list[daemons.DaemonSpec]) -> str:
 
 def _wait_servers(config: ClusterConfig, layout: Layout, timeout: float, say: Printer,
                   spawned: dict[int, float]) -> None:
-    """Wait for a leader, then for every chunk server (restarted ones: heard since)."""
+    """Wait for a leader, then for every chunk server (restarted ones: heard since).
+    A daemon that exits meanwhile (a port taken, a bad data folder) ends the wait
+    at once with its log, rather than after the whole timeout."""
     import trio
 
     from tools.clusterrpc import ClusterUnavailable, wait_chunk_servers, wait_leader
     from tools.common import rpc_client
 
     secret = clusterconf.read_secret(config)
+    specs = meta_specs(layout, config) + chunk_specs(layout, config)
+
+    async def watch() -> None:
+        while True:  # until cancelled by the end of the wait
+            await trio.sleep(0.25)
+            if any(daemons.running_pid(s.pid_file) is None for s in specs):
+                raise ClusterUnavailable("a server exited")
 
     async def main() -> None:
-        async with rpc_client(secret) as rpc:
+        async with rpc_client(secret) as rpc, trio.open_nursery() as nursery:
+            nursery.start_soon(watch, name="cluster-up-watch")
             lead = await wait_leader(rpc, config.endpoints, timeout)
             say(f"leader: meta {lead['id']} (term {lead['term']})")
             reply = await wait_chunk_servers(rpc, config.endpoints,
                                              [c.id for c in config.chunks], timeout, spawned)
             alive = sum(1 for s in reply.servers if s.alive)
             say(f"chunk servers alive: {alive}/{len(config.chunks)}")
+            nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
-    except ClusterUnavailable as exc:
-        specs = meta_specs(layout, config) + chunk_specs(layout, config)
-        raise UserError(f"the cluster did not come up: {exc}\n{_dead_starters(specs)}") from None
+    except* ClusterUnavailable as group:
+        reason = "; ".join(str(e) for e in group.exceptions)
+        raise UserError(f"the cluster did not come up: {reason}\n{_dead_starters(specs)}"
+                        ) from None
 
 
 def clear_mount_point(point: Path, spec: daemons.DaemonSpec, say: Printer) -> None:

@@ -10,9 +10,10 @@ Prints "mounted at MOUNTPOINT" once the mount is usable.  Without
 mount until `ddfs umount MOUNTPOINT` (or `fusermount3 -u`); with it, the
 command serves in the foreground until unmounted or sent SIGTERM/SIGINT.
 
-Backends: `memfs` keeps everything in this process's memory (tests, demos);
-`cluster` (the default) will use the networked client (fs/client), which does
-not exist yet.  Test hooks of memfs (`--memfs-test-hooks`): SIGUSR1 makes
+Backends: `cluster` (the default) is the networked client (fs/client) on
+the metadata servers named by --meta (or a cluster file, --config) with the
+cluster secret; `memfs` keeps everything in this process's memory (tests,
+demos).  Test hooks of memfs (`--memfs-test-hooks`): SIGUSR1 makes
 every file-system call hang (the mount then answers ETIMEDOUT after
 --op-timeout), SIGUSR2 ends the hang; `--memfs-populate NAME=N` starts with a
 directory /NAME holding N names (hard links of one empty file).
@@ -24,12 +25,14 @@ the rest.  `python -m tools.mount ...` runs it without the `ddfs` wrapper.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.cli import UserError
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ddfs.mount")
 
 PARENT_POLL_SECONDS = 0.5
+CLIENT_TIMEOUT_SHARE = 0.9  # of --op-timeout, for the networked client's own bound
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="remote: NFS-like, close-to-open (default); cache: AFS-like")
     parser.add_argument("--meta", metavar="ENDPOINTS",
                         help="metadata servers, host:port[,host:port...] (cluster backend)")
-    parser.add_argument("--secret-file", metavar="F", help="the cluster secret (cluster backend)")
+    parser.add_argument("--secret-file", type=Path, metavar="F",
+                        help="the cluster secret (default: $DDFS_SECRET_FILE, or $DDFS_SECRET)")
+    parser.add_argument("--config", type=Path, metavar="F",
+                        help="a cluster file (`ddfs cluster`): fills --meta, --secret-file, -o")
     parser.add_argument("--attr-timeout", type=float, default=1.0, metavar="S",
                         help="seconds the kernel caches attributes (default 1)")
     parser.add_argument("--entry-timeout", type=float, default=1.0, metavar="S",
@@ -122,13 +129,37 @@ def _memfs(args: argparse.Namespace) -> MemFs:
     return MemFs(core)
 
 
-def _backend(args: argparse.Namespace) -> FsApi:
+@contextlib.asynccontextmanager
+async def _backend(args: argparse.Namespace) -> AsyncIterator[FsApi]:
+    """The FsApi to mount, open for as long as the mount is served."""
     if args.backend == "memfs":
-        return _memfs(args)
-    raise UserError(
-        "the cluster backend needs the networked client (fs/client), which is not "
-        "built yet; use --backend memfs"
-    )
+        yield _memfs(args)
+        return
+    from fs.client.config import FsClientConfig
+    from fs.client.network import connect
+    from fs.types import FsError
+    from tools.common import read_secret
+
+    endpoints = tuple(e.strip() for e in (args.meta or "").split(",") if e.strip())
+    if not endpoints:
+        raise UserError("the cluster backend needs --meta HOST:PORT[,...] (or --config)")
+    # The client answers within a little less than the mount's own bound, so
+    # its precise error (ETIMEDOUT, EIO) wins over the edge's ETIMEDOUT.
+    client_timeout = args.op_timeout * CLIENT_TIMEOUT_SHARE
+    try:
+        config = FsClientConfig(
+            meta_endpoints=endpoints, op_timeout=client_timeout,
+            meta_attempt_timeout=min(2.0, client_timeout),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    secret = read_secret(args)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            fs = await stack.enter_async_context(connect(config, secret))
+        except FsError as exc:
+            raise UserError(f"no session with the metadata service at {args.meta}: {exc}") from None
+        yield fs
 
 
 async def _watch_parent(parent: int) -> None:
@@ -160,11 +191,10 @@ def _serve(args: argparse.Namespace, ready: Callable[[], None]) -> int:
     from fs.memfs import MemFs
 
     config = _configs(args)
-    fs = _backend(args)
     parent = os.getppid()
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
+        async with _backend(args) as fs, trio.open_nursery() as nursery:
             if args.watch_parent:
                 nursery.start_soon(_watch_parent, parent, name="mount-watch-parent")
             if args.memfs_test_hooks and isinstance(fs, MemFs):
@@ -236,6 +266,11 @@ def _detached_child(args: argparse.Namespace, report_fd: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        from tools import clusterconf
+
+        clusterconf.fill_mount_args(args)
+        args.secret_file = Path(args.secret_file) if args.secret_file else None
     if args.watch_parent and not args.foreground:
         raise UserError("--watch-parent needs --foreground (a detached mount has no parent)")
     if not args.foreground:

@@ -1,7 +1,8 @@
-"""A memfs-backed ddfs mount in its own process, for tests on real mounts.
+"""A ddfs mount in its own process, for tests on real mounts.
 
 `DdfsMount` runs `python -m tools.mount --backend memfs --foreground
---watch-parent ... MOUNTPOINT` and waits for "mounted at".  The mountpoint
+--watch-parent ... MOUNTPOINT` (or another backend) and waits for
+"mounted at".  The mountpoint
 lives in a fresh 0755 folder under /tmp (not under pytest's 0700 tmp_path),
 so unprivileged test processes can reach it.
 
@@ -38,8 +39,12 @@ UNPRIVILEGED_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /
 class DdfsMount:
     """One mount process; `.mountpoint`, `.pid`, `.rss_kb()`, `.signal()`."""
 
-    def __init__(self, *extra_args: str, allowed_warnings: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *extra_args: str, backend: tuple[str, ...] = ("--backend", "memfs"),
+        allowed_warnings: tuple[str, ...] = (),
+    ) -> None:
         self.extra_args = extra_args  # e.g. ("--op-timeout", "1", "--memfs-test-hooks")
+        self.backend = backend  # e.g. ("--backend", "cluster", "--meta", ...)
         self.allowed_warnings = allowed_warnings  # log lines a test expects
         self.root = Path(tempfile.mkdtemp(prefix="ddfs-fuse-", dir="/tmp"))
         self.root.chmod(0o755)
@@ -56,7 +61,7 @@ class DdfsMount:
         unmount_lazily(self.mountpoint)
         self.mountpoint.mkdir(exist_ok=True)
         argv = [
-            sys.executable, "-m", "tools.mount", "--backend", "memfs", "--foreground",
+            sys.executable, "-m", "tools.mount", *self.backend, "--foreground",
             "--watch-parent", *self.extra_args, str(self.mountpoint),
         ]
         env = dict(os.environ)

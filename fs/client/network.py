@@ -31,11 +31,13 @@ reply) and forgets the inode's cached chunk locations.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
 import os
 import secrets
+import socket
 import stat
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -137,14 +139,15 @@ class NetworkFs:
             await self._stack.__aexit__(None, None, None)
 
     async def _shutdown(self) -> None:
-        """Flush what is buffered, then end the session (the servers release its opens)."""
-        for state in list(self._files.values()):
-            if state.dirty and self._wb is not None:
-                with trio.move_on_after(self.config.op_timeout):
+        """Flush what is buffered, then end the session (the servers release its
+        opens); each step bounded by the operation timeout."""
+        with trio.move_on_after(self.config.op_timeout):
+            for state in list(self._files.values()):
+                if state.dirty and self._wb is not None:
                     try:
                         await self._wb.flush(state)
                     except FsError as exc:
-                        log.warning("inode %d: buffered data lost at unmount: %s",
+                        log.warning("inode %d: buffered data lost at shutdown: %s",
                                     state.inode, exc)
         with trio.move_on_after(self.config.op_timeout):
             await self.meta.close()
@@ -280,9 +283,15 @@ class NetworkFs:
 
     @_edge
     async def setattr(self, inode: InodeId, fields: SetAttrFields, cred: Cred) -> Attr:
-        if fields.size is None:
-            return self._seen(await self.meta.setattr(inode, fields, cred))
-        return self._seen(await self._setattr_size(inode, fields, cred))
+        if fields.size is not None:
+            return self._seen(await self._setattr_size(inode, fields, cred))
+        state = self._files.get(inode)
+        if state is not None and state.dirty:
+            # As an NFS client does before SETATTR: writes made before a utimes
+            # (tar, cp -p) or chmod must not stamp mtime or drop set-id bits
+            # after it, at a later flush.
+            await self.writeback.flush(state)
+        return self._seen(await self.meta.setattr(inode, fields, cred))
 
     @_edge
     async def mknod(self, parent: InodeId, name: bytes, mode: int, rdev: int, cred: Cred) -> Attr:
@@ -443,6 +452,10 @@ class NetworkFs:
         """Inodes live by names and opens on the servers, not by kernel lookups."""
 
 
+def default_local_hosts() -> tuple[str, ...]:
+    return ("127.0.0.1", "::1", "localhost", socket.gethostname())
+
+
 def _implements_fsapi(fs: NetworkFs) -> FsApi:
     return fs  # mypy checks here that NetworkFs has every FsApi method, typed alike
 
@@ -451,7 +464,11 @@ def _implements_fsapi(fs: NetworkFs) -> FsApi:
 async def connect(
     config: FsClientConfig, secret: bytes, *, node_id: int | None = None
 ) -> AsyncIterator[NetworkFs]:
-    """A running `NetworkFs` with its own RPC client (TCP, the cluster secret)."""
+    """A running `NetworkFs` with its own RPC client (TCP, the cluster secret).
+    Without `config.local_hosts`, replicas on loopback or under this host's
+    name count as local (no DNS lookup: that could block)."""
+    if not config.local_hosts:
+        config = dataclasses.replace(config, local_hosts=default_local_hosts())
     rpc_config = ClientConfig(
         node_id=secrets.randbits(63) if node_id is None else node_id,
         secret=secret,

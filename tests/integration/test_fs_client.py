@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from coord.kv.commands import EndSession, encode_body
+from coord.kv.remote import LeaderRouter
+from coord.kv.types import ClientId
 from fs.client import NetworkFs
+from fs.meta.protocol import FsSubmit
 from fs.types import CHUNK_SIZE, ROOT_CRED, ROOT_INODE, FsError, InodeId
 from tests.support.fs_cluster import FsCluster, fs_cluster
 
@@ -140,3 +144,40 @@ async def test_ending_a_session_reclaims_its_orphans(cluster: FsCluster) -> None
         with pytest.raises(FsError) as info:
             await b.getattr(attr.inode, R)
         assert info.value.errno == errno.ENOENT
+
+
+async def _end_session(cluster: FsCluster, client_id: int) -> None:
+    """End a client's metadata session behind its back (as its expiry would)."""
+    body = encode_body(EndSession(ClientId(client_id)))
+    router = LeaderRouter(cluster.endpoints, timeout=10.0)
+    async with cluster.client() as rpc:
+        await router.call(lambda address: rpc.call(address, FsSubmit(body), timeout=2.0))
+
+
+async def test_a_lost_session_is_replaced_and_its_open_files_refuse_writes(
+    cluster: FsCluster,
+) -> None:
+    await ready(cluster)
+    async with cluster.connect(keepalive_interval=100.0) as fs:
+        fh, attr = await fs.create(ROOT_INODE, b"session", 0o644, CREAT, R)
+        await fs.write(fh, 0, b"before")
+        await fs.flush(fh)
+        await _end_session(cluster, fs.meta.client_id)
+        with pytest.raises(FsError) as info:  # the next command finds it gone
+            await fs.mkdir(ROOT_INODE, b"in-new-session", 0o755, R)
+        assert info.value.errno == errno.EIO
+        with trio.fail_after(10):
+            while fs.generation < 2:
+                await trio.sleep(0.02)
+        await fs.mkdir(ROOT_INODE, b"in-new-session", 0o755, R)
+        with pytest.raises(FsError) as info:
+            await fs.write(fh, 0, b"lost")
+        assert info.value.errno == errno.EIO
+        assert await fs.read(fh, 0, 100) == b"before"  # reading needs no session
+        await fs.release(fh)
+        fh = await fs.open(attr.inode, os.O_RDWR, R)
+        await fs.write(fh, 6, b" and after")
+        await fs.release(fh)
+        fh = await fs.open(attr.inode, os.O_RDONLY, R)
+        assert await fs.read(fh, 0, 100) == b"before and after"
+        await fs.release(fh)

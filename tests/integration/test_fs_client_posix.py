@@ -186,6 +186,24 @@ async def test_o_trunc_o_append_and_create_of_existing(env: Env) -> None:
     await fs.release(fh)
 
 
+async def test_times_and_mode_set_after_unflushed_writes_stick(env: Env) -> None:
+    fs = env.fs
+    fh, attr = await fs.create(env.top, b"timed", 0o644, CREAT, ALICE)
+    await fs.write(fh, 0, b"written, then the time set, then closed (tar, cp -p)")
+    await fs.setattr(attr.inode, SetAttrFields(atime_ns=1_000_000_000,
+                                               mtime_ns=2_000_000_000), ALICE)
+    await fs.write(FileHandle(fh), 0, b"W")  # a later write moves mtime again ...
+    await fs.setattr(attr.inode, SetAttrFields(mtime_ns=3_000_000_000, mode=0o2755), ALICE)
+    await fs.flush(fh)
+    await fs.release(fh)
+    after = await fs.getattr(attr.inode, R)  # ... and the last setattr wins over the flush
+    assert (after.atime_ns, after.mtime_ns, stat.S_IMODE(after.mode)) == (
+        1_000_000_000, 3_000_000_000, 0o2755)
+    fh = await fs.open(attr.inode, RO, R)
+    assert (await fs.read(fh, 0, 7)) == b"Written"
+    await fs.release(fh)
+
+
 async def test_handles_check_their_access_mode(env: Env) -> None:
     fs = env.fs
     inode = await new_file(env, b"m", b"data")

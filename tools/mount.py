@@ -1,7 +1,7 @@
 """`ddfs mount`: mount a ddfs file system with FUSE.
 
     ddfs mount [--backend cluster|memfs] [--mode remote|cache] [--meta ENDPOINTS]
-               [--secret-file F] [--attr-timeout S] [--entry-timeout S]
+               [--secret-file F] [--config F] [--attr-timeout S] [--entry-timeout S]
                [--negative-timeout S] [--op-timeout S] [-o OPTIONS] [--read-ahead-kb N]
                [--foreground] [--log-file F] MOUNTPOINT
 
@@ -193,19 +193,25 @@ def _serve(args: argparse.Namespace, ready: Callable[[], None]) -> int:
     config = _configs(args)
     parent = os.getppid()
 
-    async def main() -> None:
-        async with _backend(args) as fs, trio.open_nursery() as nursery:
-            if args.watch_parent:
-                nursery.start_soon(_watch_parent, parent, name="mount-watch-parent")
-            if args.memfs_test_hooks and isinstance(fs, MemFs):
-                nursery.start_soon(_hang_hooks, fs, name="mount-test-hooks")
-            await serve(fs, config, ready=ready)
-            nursery.cancel_scope.cancel()
+    async def main() -> str | None:
+        """Serve; the reason the mount could not be made, if it could not."""
+        failure: str | None = None
+        async with _backend(args) as fs:
+            try:
+                async with trio.open_nursery() as nursery:
+                    if args.watch_parent:
+                        nursery.start_soon(_watch_parent, parent, name="mount-watch-parent")
+                    if args.memfs_test_hooks and isinstance(fs, MemFs):
+                        nursery.start_soon(_hang_hooks, fs, name="mount-test-hooks")
+                    await serve(fs, config, ready=ready)
+                    nursery.cancel_scope.cancel()
+            except* MountError as failed:  # the nursery wraps it in a group
+                failure = str(failed.exceptions[0])
+        return failure
 
-    try:
-        trio.run(main)
-    except MountError as exc:
-        raise UserError(str(exc)) from None
+    failure = trio.run(main)
+    if failure is not None:
+        raise UserError(failure)
     return 0
 
 

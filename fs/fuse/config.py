@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 # Options the mount always sets itself (see MountConfig.fuse_options).
 _RESERVED = ("fsname", "subtype", "allow_other", "default_permissions")
-# Options that break libfuse 3's session setup or our semantics.
-_FORBIDDEN = ("max_read",)
+# Options libfuse 3.14's session setup refuses ("unknown option" / "different
+# maximum read size"); max_write is 1 MiB already (FUSE_MAX_MAX_PAGES pages).
+_FORBIDDEN = ("max_read", "max_write")
 
 
 @dataclass(frozen=True, slots=True)

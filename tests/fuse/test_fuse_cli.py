@@ -77,6 +77,7 @@ def test_background_mount_then_umount(mountpoint: Path, tmp_path: Path) -> None:
         (("--backend", "cluster"), "--meta"),
         (("--backend", "cluster", "--meta", "127.0.0.1:1", "--op-timeout", "1"), "secret"),
         (("--backend", "memfs", "-o", "max_read=4096"), "max_read"),
+        (("--backend", "memfs", "-o", "no_such_option"), "fuse_session_new"),
         (("--backend", "memfs", "--op-timeout", "0"), "op_timeout"),
         (("--backend", "memfs", "--memfs-populate", "bad"), "NAME=N"),
     ],

@@ -56,6 +56,7 @@ class WriteBack:
         self._config = config
         self._nursery = nursery  # runs the jobs; owned by NetworkFs
         self._on_idle = on_idle  # called when a job ends (the state may be dropped)
+        self._running = 0  # jobs running, all files
 
     async def write(self, state: FileState, offset: int, data: bytes, cred: Cred) -> None:
         """Buffer one accepted write, starting a job when the buffer fills."""
@@ -67,6 +68,10 @@ class WriteBack:
         if state.buffer.size >= self._config.write_buffer:
             await self.start(state)
 
+    def busy(self) -> bool:
+        """Is any flush job running (for tests and shutdown)?"""
+        return self._running > 0
+
     async def start(self, state: FileState) -> None:
         """Hand the buffer to a new job, once fewer than the limit are running."""
         await state.wait_jobs_below(self._config.flushes_in_flight)
@@ -74,6 +79,7 @@ class WriteBack:
             return  # another task took it while we waited
         extents = state.buffer.take()
         ticket, cred = state.start_job([(e.start, e.end) for e in extents])
+        self._running += 1
         self._nursery.start_soon(self._job, state, ticket, extents, cred,
                                  name=f"flush-{state.inode}-{ticket}")
 
@@ -106,6 +112,7 @@ class WriteBack:
             state.fail(FsError(errno.EIO, "internal error while writing"))
         finally:
             state.end_job(ticket)
+            self._running -= 1
             self._on_idle(state)
 
     async def _write_extents(self, state: FileState, ticket: int, extents: list[Extent]) -> None:

@@ -84,9 +84,25 @@ async def test_chunk_servers_killed_during_and_between_writes(tmp_path: Path) ->
             last = await chunk0(fs, attr.inode)
             assert len(last.replicas) == 1 and last.replicas[0][0] not in (victim, primary)
             assert last.version > after.version
-        expected = data[:5] + b"after the primary died" + data[27:]
-        async with cluster.connect() as reader:
-            assert await content(reader, attr.inode) == expected
+            expected = data[:5] + b"after the primary died" + data[27:]
+            assert await content(fs, attr.inode) == expected
+            async with cluster.connect() as reader:  # cold caches
+                assert await content(reader, attr.inode) == expected
+
+            # 3. No chunk server left: the failure of buffered data is reported
+            # by the next write, once.
+            for proc in cluster.chunks.values():
+                proc.kill()
+            fh, _ = await fs.create(ROOT_INODE, b"g", 0o644, CREAT, R)
+            await fs.write(fh, 0, data[:4 * MiB])  # fills the buffer: a job starts
+            with trio.fail_after(30):
+                while fs.writeback.busy():
+                    await trio.sleep(0.05)
+            with pytest.raises(FsError) as info:
+                await fs.write(fh, 4 * MiB, b"more")
+            assert info.value.errno in (errno.EIO, errno.ENOSPC)
+            await fs.flush(fh)  # already reported
+            await fs.release(fh)
 
 
 async def test_leader_killed_during_creates_and_writes_then_all_stopped(tmp_path: Path) -> None:

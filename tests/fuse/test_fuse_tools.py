@@ -73,7 +73,7 @@ def contents(root: Path) -> dict[str, object]:
     return {rel: attrs[6] for rel, attrs in describe(root).items() if attrs[6] is not None}
 
 
-def describe(root: Path, *, file_mtimes: bool = True) -> dict[str, tuple[object, ...]]:
+def describe(root: Path) -> dict[str, tuple[object, ...]]:
     """Path -> attributes and content digest; hard links become a group number."""
     out: dict[str, tuple[object, ...]] = {}
     groups: dict[tuple[int, int], int] = {}
@@ -91,9 +91,7 @@ def describe(root: Path, *, file_mtimes: bool = True) -> dict[str, tuple[object,
         )
         group = groups.setdefault((st.st_dev, st.st_ino), len(groups)) if st.st_nlink > 1 else -1
         size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0  # directory sizes are fs-specific
-        mtime = st.st_mtime_ns
-        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and not file_mtimes):
-            mtime = 0
+        mtime = st.st_mtime_ns if not stat.S_ISLNK(st.st_mode) else 0  # symlinks: not kept by all
         out[rel] = (st.st_mode, st.st_uid, st.st_gid, size, mtime, st.st_rdev, content,
                     xattrs, group, st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0)
     return out

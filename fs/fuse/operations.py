@@ -22,8 +22,10 @@ Invariants:
   memory.
 * The kernel's attribute cache is dropped (invalidate_inode, attributes only)
   after every open in remote mode (close-to-open: a fresh size) and after a
-  write to a file last seen with set-id bits (the write killed them:
-  FUSE_HANDLE_KILLPRIV leaves that to us, and the kernel keeps the old mode).
+  write to a file last seen with set-id bits (where FUSE_HANDLE_KILLPRIV is
+  negotiated the backend kills them and the kernel would go on showing the
+  old mode; where it is not, as with libfuse 3.14 here, the kernel sends the
+  chmod itself and this costs one extra invalidation).
 * Cred = (uid, gid, pid) of the request plus the caller's supplementary
   groups (creds.GroupCache); requests without a context (read, write,
   release, readdir) use the handle's.

@@ -265,3 +265,24 @@ def test_config_validation_and_options(tmp_path: Any) -> None:
     )
     assert mount_device("/mnt/with space", str(info)) == "0:40"
     assert mount_device("/mnt/other", str(info)) is None
+
+
+async def test_open_and_setid_writes_drop_the_kernels_cached_attributes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dropped: list[tuple[int, bool]] = []
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda i, a=False: dropped.append((i, a)))
+    ops, _ = make_ops()
+    info, plain = await ops.create(ROOT_INODE, b"plain", 0o644, os.O_RDWR, CTX)
+    await ops.write(info.fh, 0, b"x")
+    assert dropped == []  # no set-id bits: the kernel's own update is right
+    reader = (await ops.open(plain.st_ino, os.O_RDONLY, CTX)).fh
+    assert dropped == [(plain.st_ino, True)]  # close-to-open
+    dropped.clear()
+    setid_info, setid = await ops.create(ROOT_INODE, b"setid", 0o4755, os.O_RDWR, CTX)
+    await ops.write(setid_info.fh, 0, b"y")
+    assert dropped == [(setid.st_ino, True)]  # the mode may have changed under the kernel
+    await ops.write(setid_info.fh, 1, b"z")
+    assert dropped == [(setid.st_ino, True)]  # once, until attributes show the bits again
+    for handle in (info.fh, reader, setid_info.fh):
+        await ops.release(handle)

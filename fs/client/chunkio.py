@@ -363,9 +363,12 @@ class ChunkIO:
             except RpcError as exc:
                 if not is_unreachable(exc):
                     raise
-                slow += isinstance(exc, Timeout)
-                if isinstance(exc, Timeout) and slow < 2:
-                    continue  # slow, not gone: one more try with the same primary
+                if isinstance(exc, Timeout):
+                    if trio.current_time() >= trio.current_effective_deadline():
+                        raise  # our own time is up: that says nothing about the primary
+                    slow += 1
+                    if slow < 2:
+                        continue  # slow, not gone: one more try with the same primary
                 await self._primary_gone(inode, index, lease, exc)
                 continue
             if failed:

@@ -23,8 +23,11 @@ What counts as a problem (`Kind`):
   that does not answer (unreachable), a chunk with fewer replicas in its
   map than min(replication factor, chunk servers known), or with no
   readable replica at all;
-* servers vs maps: a replica (or replica file) on a server that no map
-  lists for that server (garbage).
+* servers vs maps: a replica file on a server that no map lists for that
+  server and that the server does not index (it is never collected), or a
+  replica it indexes that no map lists and that has outlived the leader's
+  garbage collection (`GARBAGE_GRACE_S` since its last change; younger ones
+  are pending collection and only noted) (garbage).
 
 Invariants: `check` is a pure function of its inputs, deterministic in its
 output order, and never raises on inconsistent input (an inconsistency is
@@ -62,6 +65,11 @@ class Kind(StrEnum):
     UNREADABLE_CHUNK = "unreadable-chunk"
     GARBAGE = "garbage"
 
+
+#: How long a replica no chunk map lists may wait for the leader's garbage rule:
+#: an unchanged replica is reported only in a chunk server's full report (every
+#: 60 heartbeats of 1 s by default, fs/chunk/server.py), then deleted.
+GARBAGE_GRACE_S = 90.0
 
 #: Findings about a chunk that a concurrent write, deletion or replica drop can
 #: produce for a moment: reported only when a second observation finds them too.
@@ -154,7 +162,8 @@ class ServerView:
     reachable: bool
     error: str = ""
     replicas: Mapping[ChunkHandle, ReplicaSeen] = field(default_factory=dict)
-    files: frozenset[ChunkHandle] | None = None  # replica files on its disk (None: not listed)
+    # replica files on its disk -> seconds since each last changed (None: not listed)
+    files: Mapping[ChunkHandle, float] | None = None
     count: int | None = None  # replicas it reports holding (chunk.stat)
 
 
@@ -326,8 +335,13 @@ def check_chunks(ns: Namespace, servers: Mapping[ServerId, ServerView], replicas
     return out
 
 
-def check_garbage(ns: Namespace, servers: Mapping[ServerId, ServerView],
+def check_garbage(ns: Namespace, servers: Mapping[ServerId, ServerView], grace: float,
                   notes: list[str]) -> list[Problem]:
+    """Replicas no map lists on their server.  One the server indexes is deleted by
+    the leader once the server reports it, which for an unchanged replica is only
+    at its next full report: within `grace` seconds of its last change (or of
+    unknown age) it is pending collection, a note; older, a problem.  A replica
+    file the server does not index is never reported, so never collected."""
     if not ns.complete:
         notes.append("garbage not checked: the chunk maps of unreachable (open, unlinked) "
                      "files are unknown without a metadata member's data folder")
@@ -338,28 +352,43 @@ def check_garbage(ns: Namespace, servers: Mapping[ServerId, ServerView],
         if not view.reachable:
             continue
         mine = refs.get(s, {})
-        held = {h for h, r in view.replicas.items() if r.present}
-        for h in sorted((held | (view.files or frozenset())) - set(mine)):
-            what = "a replica" if h in held else "a replica file the server does not index " \
-                "(removed at its next restart)"
-            out.append(Problem(Kind.GARBAGE, f"server {s} holds {what} of chunk {h}, which "
-                               "no chunk map lists on it", handle=h, server=s))
+        files = view.files or {}
+        pending: list[ChunkHandle] = []
+        for h in sorted((set(view.replicas) | set(files)) - set(mine)):
+            seen = view.replicas.get(h)
+            age = files.get(h) if view.files is not None else None
+            if seen is None or seen.error:
+                notes.append(f"server {s}: replica file of chunk {h} could not be probed")
+            elif not seen.present:
+                out.append(Problem(Kind.GARBAGE, f"server {s} holds a replica file of chunk "
+                                   f"{h} that it does not index and no chunk map lists "
+                                   "(removed at its next restart)", handle=h, server=s))
+            elif age is not None and age > grace:
+                out.append(Problem(Kind.GARBAGE, f"server {s} holds a replica of chunk {h}, "
+                                   f"unchanged for {age:.0f} s, which no chunk map lists on "
+                                   "it and the leader has not collected", handle=h, server=s))
+            else:
+                pending.append(h)
+        if pending:
+            notes.append(f"server {s}: {len(pending)} replica(s) no chunk map lists, changed "
+                         f"within {grace:g} s or of unknown age, await the leader's garbage "
+                         f"collection: {pending[:10]}")
         if view.files is None and view.count is not None:
-            excess = view.count - len(held)
+            excess = view.count - sum(1 for r in view.replicas.values() if r.present)
             if excess > 0:
-                out.append(Problem(Kind.GARBAGE, f"server {s} holds {excess} replica(s) no "
-                                   "chunk map lists on it (handles unknown: its data folder "
-                                   "is not local)", server=s))
+                notes.append(f"server {s}: {excess} replica(s) no chunk map lists on it "
+                             "(handles and ages unknown: its data folder is not local)")
     return out
 
 
-def check(ns: Namespace, servers: Mapping[ServerId, ServerView], *, replicas: int) -> Report:
+def check(ns: Namespace, servers: Mapping[ServerId, ServerView], *, replicas: int,
+          garbage_grace: float = GARBAGE_GRACE_S) -> Report:
     """Every cross-check; problems in a stable order (by check, then by id)."""
     notes: list[str] = []
     problems = [Problem(Kind.META_INVARIANT, m) for m in ns.invariants or ()]
     problems += check_namespace(ns, notes)
     problems += check_chunks(ns, servers, replicas, notes)
-    problems += check_garbage(ns, servers, notes)
+    problems += check_garbage(ns, servers, garbage_grace, notes)
     return Report(tuple(problems), tuple(notes))
 
 

@@ -305,17 +305,17 @@ def chunk_argv(config: ClusterConfig, ident: int) -> list[str]:
 
 
 def mount_argv(config: ClusterConfig, mountpoint: Path, *, foreground: bool) -> list[str]:
-    """`ddfs mount` for this cluster; run as `python -m tools.mount` until `mount` is a
-    registered command (the module has its own entry point)."""
+    """`ddfs mount --config F` for this cluster (the mount reads --meta, --secret-file
+    and the -o options from the file); run as `python -m tools.mount` until `mount`
+    is a registered command (the module has its own entry point)."""
     from tools.cli import COMMANDS
 
+    if config.path is None:
+        raise UserError("the configuration must be saved before a mount can read it")
     head = ddfs_command("mount") if ("mount",) in COMMANDS else [
         sys.executable, "-m", "tools.mount"]
-    argv = [*head, "--meta", ",".join(config.endpoints),
-            "--secret-file", str(config.secret_file), "--mode", config.mount.mode]
-    for option in config.mount.options:
-        argv += ["-o", option]
-    argv += list(config.mount.extra_args)
+    argv = [*head, "--config", str(config.path), "--mode", config.mount.mode,
+            *config.mount.extra_args]
     if foreground:
         argv.append("--foreground")
     return [*argv, str(mountpoint)]

@@ -39,9 +39,11 @@ what lasts, and says in its notes what it passed over.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -290,14 +292,17 @@ async def _chunk_maps(rpc: RpcClient, endpoints: Sequence[str], inode: Inode) ->
 # --- chunk servers ---------------------------------------------------------------------------
 
 
-def replica_files(data_dir: Path) -> frozenset[ChunkHandle]:
-    """Handles of the replica files in a chunk server's data folder."""
-    out = set()
+def replica_files(data_dir: Path) -> dict[ChunkHandle, float]:
+    """Handles of the replica files in a chunk server's data folder -> seconds
+    since each file last changed."""
+    out: dict[ChunkHandle, float] = {}
+    now = time.time()
     for path in (data_dir / "chunks").iterdir():
         stem, _, ext = path.name.partition(".")
         if ext == "chunk" and stem.isdigit():
-            out.add(ChunkHandle(int(stem)))
-    return frozenset(out)
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                out[ChunkHandle(int(stem))] = max(0.0, now - path.stat().st_mtime)
+    return out
 
 
 async def probe(rpc: RpcClient, address: str, handle: ChunkHandle, version: ChunkVersion,
@@ -325,7 +330,7 @@ async def probe(rpc: RpcClient, address: str, handle: ChunkHandle, version: Chun
 
 async def observe_server(rpc: RpcClient, server: ServerId, address: str,
                          plan: Mapping[ChunkHandle, ChunkVersion],
-                         files: frozenset[ChunkHandle] | None, verify: bool,
+                         files: Mapping[ChunkHandle, float] | None, verify: bool,
                          limiter: trio.CapacityLimiter) -> ServerView:
     if not address:
         return ServerView(server, address, False, "no address known")
@@ -353,7 +358,7 @@ async def observe_servers(rpc: RpcClient, target: FsckTarget, ns: Namespace, ver
     addresses = {**ns.servers, **{ServerId(i): a for i, a in target.chunk_addresses.items()}}
     files = {ServerId(i): replica_files(d) for i, d in target.chunk_data.items()}
     if only is not None:
-        files = {s: frozenset(f & only) for s, f in files.items()}
+        files = {s: {h: age for h, age in f.items() if h in only} for s, f in files.items()}
     plan = probe_plan(ns, files)
     limiter = trio.CapacityLimiter(PROBES_IN_FLIGHT)
     views: dict[ServerId, ServerView] = {}

@@ -3,13 +3,13 @@ the one-file configuration (tools/clusterconf.py) and verified pid files
 (tools/daemons.py).
 
 The lifecycle test drives one real cluster (3 `ddfs meta`, 3 `ddfs chunk`,
-a FUSE mount) through: up, up again (a no-op), a chunk server killed and
-restarted by up, the mount with the default backend (usable, or reported
-clearly while the networked backend is missing), a memfs mount, a crash of
+a FUSE mount of the networked client) through: up without the mount, up
+again (a no-op), a chunk server killed and restarted by up, a mount that
+cannot start (reported, exit 1, servers left up), the mount, a crash of
 everything that leaves the FUSE mount dead, down, down again, and up again
-with the file system's contents back.  Every process it starts is stopped in
-`finally`, whatever happens (down, then SIGKILL by verified pid, then a lazy
-unmount).
+with the file's contents back and fsck clean.  Every process it starts is
+stopped in `finally`, whatever happens (down, then SIGKILL by verified pid,
+then a lazy unmount).
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-import trio
 
-from fs.meta.client import MetaClient
-from fs.types import ROOT_CRED, ROOT_INODE
 from tools import clusterconf, daemons
 from tools.cli import UserError
 from tools.cluster import Layout, all_specs
-from tools.common import rpc_client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,21 +92,6 @@ def status(base: Path) -> dict[str, object]:
     assert out.returncode in (0, 1), out.stderr
     parsed: dict[str, object] = json.loads(out.stdout)
     return parsed
-
-
-async def make_dir(base: Path, name: bytes) -> None:
-    config = clusterconf.load(base / clusterconf.CONFIG_NAME)
-    async with rpc_client(clusterconf.read_secret(config)) as rpc, \
-            MetaClient(rpc, config.endpoints, timeout=20.0) as meta:
-        await meta.mkdir(ROOT_INODE, name, 0o755, ROOT_CRED)
-
-
-async def has_entry(base: Path, name: bytes) -> bool:
-    config = clusterconf.load(base / clusterconf.CONFIG_NAME)
-    async with rpc_client(clusterconf.read_secret(config)) as rpc, \
-            MetaClient(rpc, config.endpoints, timeout=20.0) as meta:
-        entries, _ = await meta.readdir(ROOT_INODE, 0, 100, ROOT_CRED)
-    return any(e.name == name for e in entries)
 
 
 # --- the configuration file ------------------------------------------------------------------
@@ -260,8 +241,6 @@ def _check_status(base: Path) -> None:
 def _assert_mount_usable(mnt: Path) -> None:
     assert daemons.mount_state(mnt) is daemons.MountState.MOUNTED
     assert os.stat(mnt).st_dev != os.stat(mnt.parent).st_dev
-    (mnt / "hello").write_bytes(b"world")
-    assert (mnt / "hello").read_bytes() == b"world"
 
 
 def _crash_everything(base: Path, mnt: Path) -> None:
@@ -273,19 +252,28 @@ def _crash_everything(base: Path, mnt: Path) -> None:
     assert daemons.mount_state(mnt) is daemons.MountState.DEAD
 
 
+def _set_mount_options(base: Path, *options: str) -> None:
+    from dataclasses import replace
+
+    path = base / clusterconf.CONFIG_NAME
+    config = clusterconf.load(path)
+    clusterconf.save(replace(config, mount=replace(config.mount, options=options)), path)
+
+
 def test_cluster_lifecycle(tmp_path: Path) -> None:
     base = tmp_path / "c"
     mnt = base / "mnt"
+    data = os.urandom(3 << 20)
     with cluster_dir(base) as seen:
         first = up(base, "--no-mount")
         assert first.returncode == 0, first.stdout + first.stderr
         assert "leader: meta" in first.stdout and "chunk servers alive: 3/3" in first.stdout
+        assert "mount    skipped (--no-mount)" in first.stdout
         assert (base / "secret").stat().st_mode & 0o777 == 0o600
         seen.update(pids(base))
         running = live(base)
         assert sorted(running) == ["chunk1", "chunk2", "chunk3", "meta1", "meta2", "meta3"]
         _check_status(base)
-        trio.run(make_dir, base, b"kept")
         config_text = (base / clusterconf.CONFIG_NAME).read_text()
 
         again = up(base, "--no-mount")  # a no-op: everything is running
@@ -293,28 +281,19 @@ def test_cluster_lifecycle(tmp_path: Path) -> None:
         assert live(base) == running
         assert (base / clusterconf.CONFIG_NAME).read_text() == config_text  # ports kept
 
-        spec = next(s for s in all_specs(layout(base), clusterconf.load(
-            base / clusterconf.CONFIG_NAME)) if s.name == "chunk2")
-        assert daemons.kill(spec)
-        restarted = up(base, "--no-mount")
-        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-        assert "chunk2   started" in restarted.stdout
-        seen.update(pids(base))
-        now = live(base)
-        assert now["chunk2"] != running["chunk2"]
-        assert {k: v for k, v in now.items() if k != "chunk2"} == {
-            k: v for k, v in running.items() if k != "chunk2"}
-        _check_status(base)
+        _restart_a_killed_chunk_server(base, running, seen)
+        _a_failing_mount_is_reported(base, mnt, seen)
 
-        _mount_with_the_default_backend(base, mnt, seen)
-        config = clusterconf.load(base / clusterconf.CONFIG_NAME)
-        memfs = clusterconf.MountOptions(mountpoint=mnt, extra_args=("--backend", "memfs"))
-        from dataclasses import replace
-        clusterconf.save(replace(config, mount=memfs), base / clusterconf.CONFIG_NAME)
         mounted = up(base)
         assert mounted.returncode == 0, mounted.stdout + mounted.stderr
+        assert f"ready: {mnt}" in mounted.stdout
         seen.update(pids(base))
         _assert_mount_usable(mnt)
+        (mnt / "dir").mkdir()
+        (mnt / "dir" / "file").write_bytes(data)
+        noop = up(base)
+        assert noop.returncode == 0 and "started" not in noop.stdout, noop.stdout
+        assert "mount    " in noop.stdout and "mounted (pid" in noop.stdout
 
         _crash_everything(base, mnt)
         recovered = up(base)
@@ -322,34 +301,49 @@ def test_cluster_lifecycle(tmp_path: Path) -> None:
         assert "was dead" in recovered.stdout and "ready:" in recovered.stdout
         seen.update(pids(base))
         _assert_mount_usable(mnt)
+        assert (mnt / "dir" / "file").read_bytes() == data  # written, closed: survived
         _check_status(base)
 
-        _down_and_up_again(base, mnt, seen)
+        _down_and_up_again(base, mnt, seen, data)
 
 
-def _mount_with_the_default_backend(base: Path, mnt: Path,
-                                    seen: dict[str, tuple[int, int]]) -> None:
-    """Mounted and usable, or - while `ddfs mount`'s networked backend is missing -
-    a clear report, exit status 1, the servers still up and nothing left mounted."""
+def _restart_a_killed_chunk_server(base: Path, running: dict[str, int],
+                                   seen: dict[str, tuple[int, int]]) -> None:
+    spec = next(s for s in all_specs(layout(base), clusterconf.load(
+        base / clusterconf.CONFIG_NAME)) if s.name == "chunk2")
+    assert daemons.kill(spec)
+    restarted = up(base, "--no-mount")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "chunk2   started" in restarted.stdout
+    seen.update(pids(base))
+    now = live(base)
+    assert now["chunk2"] != running["chunk2"]
+    assert {k: v for k, v in now.items() if k != "chunk2"} == {
+        k: v for k, v in running.items() if k != "chunk2"}
+    _check_status(base)
+
+
+def _a_failing_mount_is_reported(base: Path, mnt: Path,
+                                 seen: dict[str, tuple[int, int]]) -> None:
+    """A mount that cannot start (here: an option ddfs refuses): exit status 1, the
+    reason, the servers still up, and nothing left mounted or running for it."""
+    _set_mount_options(base, "fsname=mine")
     out = up(base)
     seen.update(pids(base))
-    if out.returncode == 0:
-        _assert_mount_usable(mnt)
-        down = ddfs("cluster", "down", "--dir", str(base))
-        assert down.returncode == 0, down.stdout
-        assert up(base, "--no-mount").returncode == 0
-        seen.update(pids(base))
-        return
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "mount    FAILED" in out.stdout and "--no-mount" in out.stdout
+    assert "mount    FAILED" in out.stdout and "fsname" in out.stdout
+    assert "--no-mount" in out.stdout
     assert daemons.mount_state(mnt) is daemons.MountState.ABSENT
     assert "mount" not in live(base) and len(live(base)) == 6
+    _set_mount_options(base)
 
 
-def _down_and_up_again(base: Path, mnt: Path, seen: dict[str, tuple[int, int]]) -> None:
+def _down_and_up_again(base: Path, mnt: Path, seen: dict[str, tuple[int, int]],
+                       data: bytes) -> None:
     down = ddfs("cluster", "down", "--dir", str(base))
     assert down.returncode == 0, down.stdout + down.stderr
-    assert "mount    " in down.stdout and down.stdout.rstrip().endswith("down")
+    assert f"mount    {mnt} unmounted" in down.stdout, down.stdout
+    assert down.stdout.rstrip().endswith("down")
     assert not list((base / "run").glob("*.pid"))
     for name, (pid, started) in seen.items():
         assert daemons.start_time(pid) != started, f"{name} (pid {pid}) still running"
@@ -357,10 +351,12 @@ def _down_and_up_again(base: Path, mnt: Path, seen: dict[str, tuple[int, int]]) 
     twice = ddfs("cluster", "down", "--dir", str(base))
     assert twice.returncode == 0 and "not running" in twice.stdout
 
-    back = up(base, "--no-mount")
+    back = up(base)
     assert back.returncode == 0, back.stdout + back.stderr
     seen.update(pids(base))
-    assert trio.run(has_entry, base, b"kept")  # the data folders persisted
+    assert (mnt / "dir" / "file").read_bytes() == data  # the data folders persisted
+    fsck = ddfs("fsck", "--dir", str(base))
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 def test_down_without_a_cluster_is_a_clear_error(tmp_path: Path) -> None:

@@ -213,8 +213,10 @@ def namespace_from_store(data_dir: Path) -> Namespace:
         store.close()
 
 
-async def _local_member(rpc: RpcClient, target: FsckTarget) -> tuple[Path, str] | None:
-    """The data folder to read (the leader's if local) and a note on its freshness."""
+async def _local_member(rpc: RpcClient,
+                        target: FsckTarget) -> tuple[Path, str, bool] | None:
+    """The data folder to read (the leader's if local), a note on its freshness, and
+    whether a member answered (False: the state is read as last applied)."""
     if not target.meta_data:
         return None
     rows = await member_statuses(rpc, target.endpoints)
@@ -229,10 +231,11 @@ async def _local_member(rpc: RpcClient, target: FsckTarget) -> tuple[Path, str] 
             await fs_query_at(rpc, row["address"], StatFsQuery(), timeout=10.0)
         except ClusterUnavailable:
             continue
-        return target.meta_data[ident], f"metadata state of member {ident} (after a barrier)"
+        return (target.meta_data[ident], f"metadata state of member {ident} (after a barrier)",
+                True)
     ident = order[0]
     return target.meta_data[ident], (f"metadata state of member {ident} as last applied "
-                                     "(no member answered a read barrier)")
+                                     "(no member answered a read barrier)"), False
 
 
 # --- the namespace by walking over RPC --------------------------------------------------------
@@ -392,12 +395,14 @@ async def latest_maps(rpc: RpcClient, endpoints: Sequence[str],
     return out
 
 
-async def _namespace(rpc: RpcClient, target: FsckTarget) -> tuple[Namespace, str]:
+async def _namespace(rpc: RpcClient, target: FsckTarget) -> tuple[Namespace, str, bool]:
+    """(namespace, where it came from, whether the metadata service answers)."""
     local = await _local_member(rpc, target)
     if local is not None:
-        return await trio.to_thread.run_sync(namespace_from_store, local[0]), local[1]
+        path, source, answers = local
+        return await trio.to_thread.run_sync(namespace_from_store, path), source, answers
     return (await walk_namespace(rpc, target.endpoints),
-            "a walk over RPC (no local metadata data folder)")
+            "a walk over RPC (no local metadata data folder)", True)
 
 
 async def check_cluster(target: FsckTarget, *, verify_checksums: bool = False,
@@ -409,11 +414,14 @@ async def check_cluster(target: FsckTarget, *, verify_checksums: bool = False,
     if rpc is None:
         async with rpc_client(target.secret, role="fsck") as own:
             return await check_cluster(target, verify_checksums=verify_checksums, rpc=own)
-    ns, source = await _namespace(rpc, target)
+    ns, source, answers = await _namespace(rpc, target)
     views, probes = await observe_servers(rpc, target, ns, verify_checksums)
     report = check(ns, views, replicas=target.replicas)
     again = suspects(report)
-    if again:
+    if again and not answers:
+        report = Report(report.problems, (*report.notes, "not looked at twice: no metadata "
+                                          "member answers"))
+    elif again:
         await trio.sleep(SETTLE)
         try:
             ns2 = second_look(ns, await latest_maps(rpc, target.endpoints, again))

@@ -25,10 +25,12 @@ log = logging.getLogger("ddfs.chunk")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tools.common import add_secret_argument
 
+    parser.add_argument("--config", type=Path, default=None,
+                        help="cluster TOML (docs/operations.md): fills the options not given")
     parser.add_argument("--id", type=int, required=True, help="this chunk server's id (stable)")
-    parser.add_argument("--listen", required=True, help="HOST:PORT to serve chunk.* on")
-    parser.add_argument("--data", type=Path, required=True, help="data folder")
-    parser.add_argument("--meta", required=True,
+    parser.add_argument("--listen", default="", help="HOST:PORT to serve chunk.* on")
+    parser.add_argument("--data", type=Path, default=None, help="data folder")
+    parser.add_argument("--meta", default="",
                         help="metadata members, HOST:PORT[,HOST:PORT...] (or ID=HOST:PORT)")
     parser.add_argument("--advertise", default="",
                         help="HOST:PORT clients should use (default: the bound address)")
@@ -48,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from tools.cli import UserError
     from tools.common import parse_endpoints, read_secret, rpc_client
 
+    if args.config is not None:
+        from tools.clusterconf import fill_chunk_args
+
+        fill_chunk_args(args)
+    for option in ("listen", "data", "meta"):
+        if not getattr(args, option):
+            raise UserError(f"missing --{option} (or --config with chunk {args.id} in it)")
     secret = read_secret(args)
     endpoints = parse_endpoints(args.meta)
     try:

@@ -23,6 +23,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "rpc"): ("tools.bench_rpc", "RPC round trips and bandwidth vs raw trio echo"),
     ("meta",): ("tools.meta", "run a metadata server (one Raft member)"),
     ("chunk",): ("tools.chunk", "run a chunk server"),
+    ("mount",): ("tools.mount", "mount a ddfs file system with FUSE"),
+    ("umount",): ("tools.umount", "unmount a ddfs mount"),
     ("coord", "run", "2pc"): (
         "tools.coordrun",
         "two-phase commit across real processes (kill at a named step, trace as Mermaid)",

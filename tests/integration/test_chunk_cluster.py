@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +20,6 @@ from coord.rpc import ClientConfig, RemoteError, RpcClient, TcpConnector
 from fs.chunk import protocol as p
 from fs.types import BLOCK_SIZE, ChunkHandle, ChunkVersion
 from tests.support.processes import Proc, ProcessGroup, ddfs_argv, free_ports
-from tools.cli import COMMANDS
 
 SECRET = b"chunk-integration-secret"
 V1 = ChunkVersion(1)
@@ -29,10 +27,8 @@ T = FencingToken
 
 
 def chunk_argv(*args: str) -> list[str]:
-    """`ddfs chunk ...`, or the module itself until the command is registered."""
-    if ("chunk",) in COMMANDS:
-        return ddfs_argv(*args)
-    return [sys.executable, "-m", "tools.chunk", *args[1:]]
+    """`ddfs -v chunk ...` (-v is the global option: it goes before the command)."""
+    return ddfs_argv("-v", *(a for a in args if a != "-v"))
 
 
 class ChunkCluster:

@@ -14,6 +14,12 @@ The leader's own decisions enter the log here and only here:
 * chunk-server records: `ServerState` leader commands, proposed by the
   background task (`run`) when `Liveness.updates` finds a difference, and at
   once by a heartbeat from a server the state does not know yet;
+* failure detection: every `meta.heartbeat` feeds the leader's detector
+  (`Liveness`, coord.failure); the background task polls it every tick.
+  Each suspicion and death is logged as a WARNING and each recovery as
+  INFO, with the detector's reason; a suspected server gets no new chunks
+  and no lease renewals, and is recorded dead only after `dead_after`
+  seconds of silence (docs/fs-meta.md, "Failure detection");
 * `meta.bad_replica` becomes a `DropReplica` leader command; the leader
   then raises the remaining replicas to the bumped version with
   `chunk.set_version` (best effort, fenced with the chunk's last token), so
@@ -75,7 +81,8 @@ from fs.meta.commands import (
     encode_query,
 )
 from fs.meta.context import FsConfig
-from fs.meta.liveness import Liveness, LivenessConfig
+from fs.meta.liveness import Died, Liveness, LivenessConfig, Recovered, Suspected
+from fs.meta.liveness_protocol import LivenessQuery, LivenessReply
 from fs.meta.protocol import (
     BUSY,
     FS_SPACE,
@@ -143,6 +150,7 @@ class FsService:
         router.add(Heartbeat, self.heartbeat)
         router.add(BadReplica, self.bad_replica)
         router.add(ChunkServers, self.servers)
+        router.add(LivenessQuery, self.liveness_view)
 
     # ------------------------------------------------------------------ helpers
     def _hint(self, leader: NodeId | None) -> str:
@@ -160,7 +168,23 @@ class FsService:
         if not self._driver.is_leader:
             hint = self._hint(self._driver.leader)
             raise _Redirect(NOT_LEADER if hint else UNAVAILABLE, hint)
-        self.liveness.lead(trio.current_time())
+        self._lead(trio.current_time())
+
+    def _lead(self, now: float) -> None:
+        if self.liveness.lead(now):
+            log.info("leading: chunk-server liveness starts empty; no server is suspected "
+                     "for the first %.1f s (grace period)", self.liveness.config.grace)
+
+    def _log_liveness(self) -> None:
+        """Log what the failure detector concluded since the last call, with its reasons."""
+        for event in self.liveness.take_events():
+            if isinstance(event, Suspected):
+                log.warning("chunk server %d suspected: %s", event.server, event.reason)
+            elif isinstance(event, Died):
+                log.warning("chunk server %d declared dead: %s", event.server, event.reason)
+            elif isinstance(event, Recovered):
+                log.info("chunk server %d recovered%s: %s", event.server,
+                         " from dead" if event.was_dead else "", event.reason)
 
     async def _propose(self, body: Body) -> Applied:
         try:
@@ -211,14 +235,16 @@ class FsService:
         if not isinstance(command, AllocChunk | AcquireLease) or not self._driver.is_leader:
             return body  # a follower's proposal fails with NOT_LEADER anyway
         now = trio.current_time()
-        self.liveness.lead(now)
+        self._lead(now)
         if self.liveness.warming_up(now):
+            self._log_liveness()
             raise _Redirect(BUSY, self._hint(self._driver.id))
         if isinstance(command, AllocChunk):
             decided: FsCommand = replace(
                 command, placement=self.liveness.placement(now, self._fs_config.replicas))
         else:
             decided = replace(command, live=self.liveness.live(now))
+        self._log_liveness()
         return replace(body, command=ExtCommand(FS_SPACE, encode_command(decided)))
 
     async def submit(self, req: FsSubmit, ctx: CallContext) -> FsReply:
@@ -251,6 +277,7 @@ class FsService:
         try:
             self._require_leader()
             want_full = self.liveness.heartbeat(trio.current_time(), req)
+            self._log_liveness()
             recorded = self._recorded().get(req.server)
             if recorded is None or recorded.address != req.address:
                 # Record it now: chunk locations need its address from the next entry on.
@@ -309,32 +336,71 @@ class FsService:
                     if address:
                         nursery.start_soon(one, address)
 
+    def _under_replicated(self, live: tuple[ServerId, ...]) -> int:
+        result = self._ask(UnderReplicated(live, self._fs_config.replicas))
+        return result.count if isinstance(result, CountResult) else 0
+
     async def servers(self, req: ChunkServers, ctx: CallContext) -> ChunkServersReply:
         try:
             self._require_leader()
         except _Redirect as r:
             return ChunkServersReply(r.status, r.leader)
-        now = trio.current_time()
-        result = self._ask(UnderReplicated(self.liveness.live(now), self._fs_config.replicas))
-        count = result.count if isinstance(result, CountResult) else 0
-        return ChunkServersReply(OK, servers=tuple(self.liveness.info(now, self._recorded())),
-                                 under_replicated=count)
+        now, recorded = trio.current_time(), self._recorded()
+        # Under-replicated means "a replica is on a server declared dead": a merely
+        # suspected server still holds its replicas (they are at risk, not lost).
+        count = self._under_replicated(self.liveness.holders(now, recorded))
+        infos = tuple(self.liveness.info(now, recorded))
+        self._log_liveness()
+        return ChunkServersReply(OK, servers=infos, under_replicated=count)
+
+    async def liveness_view(self, req: LivenessQuery, ctx: CallContext) -> LivenessReply:
+        try:
+            self._require_leader()
+        except _Redirect as r:
+            return LivenessReply(r.status, r.leader)
+        now, recorded = trio.current_time(), self._recorded()
+        config = self.liveness.config
+        threshold = config.phi_threshold if config.detector == "phi" else config.suspect_after
+        reply = LivenessReply(
+            OK, detector=config.detector, threshold=threshold, dead_after=config.dead_after,
+            grace_left=self.liveness.grace_left(now),
+            servers=tuple(self.liveness.view(now, recorded)),
+            under_replicated=self._under_replicated(self.liveness.holders(now, recorded)),
+            at_risk=self._under_replicated(self.liveness.live(now)),
+        )
+        self._log_liveness()
+        return reply
 
     # ------------------------------------------------------------------ background
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow leadership; as leader, write chunk-server changes into the state."""
+        """Follow leadership; as leader, poll the failure detector every tick and write
+        chunk-server changes (new, dead, restored, free space) into the state."""
         task_status.started()
         while True:
             await trio.sleep(_TICK)
             if not self._driver.is_leader:
                 if self.liveness.leading:
+                    log.info("no longer the leader: chunk-server liveness view dropped")
                     self.liveness.step_down()
                 continue
             now = trio.current_time()
-            self.liveness.lead(now)
-            for update in self.liveness.updates(now, self._recorded()):
-                try:
-                    await self._leader_command(update)
-                except (_Redirect, RemoteError) as exc:
-                    log.info("recording chunk server %d failed: %s", update.server, exc)
-                    break
+            self._lead(now)
+            recorded = self._recorded()
+            updates = self.liveness.updates(now, recorded)
+            self._log_liveness()
+            await self._record(updates, recorded)
+
+    async def _record(self, updates: list[ServerState],
+                      recorded: Mapping[ServerId, ServerRec]) -> None:
+        for update in updates:
+            try:
+                await self._leader_command(update)
+            except (_Redirect, RemoteError) as exc:
+                log.info("recording chunk server %d failed: %s", update.server, exc)
+                return
+            before = recorded.get(update.server)
+            if before is not None and before.alive and not update.alive:
+                log.warning("chunk server %d recorded dead; its replicas no longer count",
+                            update.server)
+            elif before is not None and not before.alive and update.alive:
+                log.info("chunk server %d recorded alive again (restored)", update.server)

@@ -16,7 +16,12 @@ Semantics the implementations share (remote mode, NFS-like):
   file stays readable (an orphan) until `release` or until the client's
   session ends;
 * readdir offsets (cookies) are stable: listing resumes correctly after
-  entries before the cookie were added or removed.
+  entries before the cookie were added or removed;
+* `setattr(..., fh=h)` is a change made through the open file `h`
+  (ftruncate, futimens): a size change through a handle of that inode opened
+  for writing needs no write permission on the file (the access mode was
+  checked at open, as for any descriptor); a handle that is unknown, of
+  another inode or read-only changes nothing about the checks.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ class FsApi(Protocol):
 
     async def getattr(self, inode: InodeId, cred: Cred) -> Attr: ...
 
-    async def setattr(self, inode: InodeId, fields: SetAttrFields, cred: Cred) -> Attr: ...
+    async def setattr(
+        self, inode: InodeId, fields: SetAttrFields, cred: Cred, fh: FileHandle | None = None
+    ) -> Attr: ...
 
     async def mknod(
         self, parent: InodeId, name: bytes, mode: int, rdev: int, cred: Cred

@@ -237,9 +237,13 @@ class MemFsCore:
     def getattr(self, inode: InodeId, cred: Cred) -> Attr:
         return self._attr(self._node(inode))
 
-    def setattr(self, inode: InodeId, fields: SetAttrFields, cred: Cred) -> Attr:
+    def setattr(
+        self, inode: InodeId, fields: SetAttrFields, cred: Cred, fh: FileHandle | None = None
+    ) -> Attr:
         node = self._node(inode)
-        posix.check_setattr(node, fields, cred, MAX_FILE_SIZE)
+        handle = None if fh is None else self._handles.get(fh)
+        writable = handle is not None and handle.ino == inode and bool(handle.flags & os.O_ACCMODE)
+        posix.check_setattr(node, fields, cred, MAX_FILE_SIZE, writable_handle=writable)
         now = self._clock()
         if fields.size is not None:
             self._truncate(node, fields.size, now)
@@ -252,9 +256,9 @@ class MemFsCore:
         if fields.mode is not None:
             node.mode = stat.S_IFMT(node.mode) | posix.chmod_bits(fields.mode, node.gid, cred)
         if fields.atime_ns is not None:
-            node.atime_ns = fields.atime_ns
+            node.atime_ns = now if fields.times_now else fields.atime_ns
         if fields.mtime_ns is not None:
-            node.mtime_ns = fields.mtime_ns
+            node.mtime_ns = now if fields.times_now else fields.mtime_ns
         if fields != SetAttrFields():
             node.ctime_ns = now
         return self._attr(node)
@@ -680,9 +684,11 @@ class MemFs:
         await self._enter()
         return self.core.getattr(inode, cred)
 
-    async def setattr(self, inode: InodeId, fields: SetAttrFields, cred: Cred) -> Attr:
+    async def setattr(
+        self, inode: InodeId, fields: SetAttrFields, cred: Cred, fh: FileHandle | None = None
+    ) -> Attr:
         await self._enter()
-        return self.core.setattr(inode, fields, cred)
+        return self.core.setattr(inode, fields, cred, fh)
 
     async def mknod(
         self, parent: InodeId, name: bytes, mode: int, rdev: int, cred: Cred

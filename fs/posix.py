@@ -17,7 +17,10 @@ Rules (as Linux applies them on a local file system):
   subdirectory also the set-gid bit; a caller outside the group loses S_ISGID
   on chmod and on creating a non-directory;
 * set-id bits are killed on write/truncate by non-root and on chown; anyone
-  may clear them (the kernel does so for a writer who is not the owner).
+  may clear them (the kernel does so for a writer who is not the owner);
+* setting times to "now" needs the owner, root or write permission (EACCES);
+  explicit times need the owner or root (EPERM); a truncate through a
+  descriptor opened for writing needs no write permission.
 """
 
 from __future__ import annotations
@@ -145,8 +148,15 @@ def chmod_bits(mode: int, gid: int, cred: Cred) -> int:
     return mode
 
 
-def check_setattr(node: Owned, fields: SetAttrFields, cred: Cred, max_size: int) -> None:
-    """Raise unless `cred` may make every change in `fields` to `node`."""
+def check_setattr(
+    node: Owned, fields: SetAttrFields, cred: Cred, max_size: int, *,
+    writable_handle: bool = False,
+) -> None:
+    """Raise unless `cred` may make every change in `fields` to `node`.
+
+    `writable_handle`: the change comes through a descriptor of `node` opened
+    for writing (ftruncate), so a size change needs no write permission.
+    """
     owner = cred.is_root or cred.uid == node.uid
     if fields.size is not None:
         if stat.S_ISDIR(node.mode):
@@ -155,7 +165,8 @@ def check_setattr(node: Owned, fields: SetAttrFields, cred: Cred, max_size: int)
             raise FsError(errno.EINVAL)
         if fields.size > max_size:
             raise FsError(errno.EFBIG)
-        require(node, cred, W_OK, "truncate needs write permission")
+        if not writable_handle:
+            require(node, cred, W_OK, "truncate needs write permission")
     if fields.uid is not None and not cred.is_root and not cred.uid == node.uid == fields.uid:
         raise FsError(errno.EPERM, "only root changes the owner")
     if fields.gid is not None and not cred.is_root and not (
@@ -164,12 +175,19 @@ def check_setattr(node: Owned, fields: SetAttrFields, cred: Cred, max_size: int)
         raise FsError(errno.EPERM, "chgrp: not owner or not a member of the group")
     if fields.mode is not None and not owner and not only_kills_privs(node.mode, fields.mode):
         raise FsError(errno.EPERM, "chmod: not owner")
-    # UTIME_NOW arrives resolved to a number, so "set to now" (owner or any
-    # writer) and explicit times (owner only) cannot be told apart here; the
-    # kernel tells them apart under default_permissions before we are asked.
-    times = fields.atime_ns is not None or fields.mtime_ns is not None
-    if times and not owner and not may(node, cred, W_OK):
-        raise FsError(errno.EPERM, "utimes: not owner")
+    check_times(node, fields, cred)
+
+
+def check_times(node: Owned, fields: SetAttrFields, cred: Cred) -> None:
+    """utimensat's rule: explicit times need the owner or root (EPERM); "now"
+    (`times_now`) also any caller with write permission (EACCES otherwise)."""
+    if fields.atime_ns is None and fields.mtime_ns is None:
+        return
+    if cred.is_root or cred.uid == node.uid:
+        return
+    if not fields.times_now:
+        raise FsError(errno.EPERM, "utimes: explicit times need the owner")
+    require(node, cred, W_OK, "utimes: 'now' needs the owner or write permission")
 
 
 def open_mask(flags: int) -> int:

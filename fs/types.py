@@ -102,8 +102,14 @@ class Attr:
 
 @dataclass(frozen=True, slots=True)
 class SetAttrFields:
-    """Which attributes a setattr changes (None: unchanged).  Times are resolved
-    to numbers by the caller (UTIME_NOW included), so every replica agrees."""
+    """Which attributes a setattr changes (None: unchanged).
+
+    Times are numbers (the caller resolves UTIME_NOW too).  `times_now` says
+    the atime/mtime given mean "now" (utimensat(NULL) or UTIME_NOW): POSIX
+    lets the owner, root or anyone with write permission do that (else
+    EACCES), while explicit times need the owner or root (else EPERM); the
+    metadata service then stamps its own log time, so every replica agrees.
+    """
 
     mode: int | None = None  # permission bits only (07777); the type never changes
     uid: int | None = None
@@ -111,6 +117,7 @@ class SetAttrFields:
     size: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    times_now: bool = False  # the times given are "now" (see above)
 
 
 @dataclass(frozen=True, slots=True)

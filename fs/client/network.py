@@ -230,14 +230,36 @@ class NetworkFs:
                 contextlib.suppress(FsError):
             await self.meta.release(inode)
 
-    async def _setattr_size(self, inode: InodeId, fields: SetAttrFields, cred: Cred) -> Attr:
+    def _writable(self, inode: InodeId, fh: FileHandle | None) -> bool:
+        """Is `fh` a handle of `inode` opened for writing in the current session?
+        (The metadata service trusts this check: its SetSize only needs the
+        session to hold the file open.)"""
+        handle = None if fh is None else self._handles.get(fh)
+        return (handle is not None and handle.inode == inode
+                and handle.generation == self.generation and bool(handle.flags & os.O_ACCMODE))
+
+    async def _setattr_size(
+        self, inode: InodeId, fields: SetAttrFields, cred: Cred, *, through: bool = False
+    ) -> Attr:
         """setattr with a size (truncate): flush this client's writes, change the
-        metadata (one entry, all fields), then zero the last chunk's tail."""
+        metadata (one entry, all fields), then zero the last chunk's tail.
+
+        `through` a writable handle (ftruncate), the size is set by `SetSize`,
+        which needs no write permission (and stamps mtime/ctime, so "now" times
+        sent with the truncate are that stamp); other fields follow as a SetAttr."""
         assert fields.size is not None
         state = self._files.get(inode)
         if state is not None:
             await self.writeback.flush(state)
-        attr = await self.meta.setattr(inode, fields, cred)
+        if through:
+            attr = await self.meta.set_size(inode, fields.size, True, cred)
+            rest = dataclasses.replace(fields, size=None)
+            if rest.times_now:
+                rest = dataclasses.replace(rest, atime_ns=None, mtime_ns=None, times_now=False)
+            if rest != SetAttrFields():
+                attr = await self.meta.setattr(inode, rest, cred)
+        else:
+            attr = await self.meta.setattr(inode, fields, cred)
         self.io.forget_from(inode, -(-fields.size // CHUNK_SIZE))
         if state is not None:
             state.truncated(attr)
@@ -282,9 +304,12 @@ class NetworkFs:
         return self._seen(await self.meta.getattr(inode))
 
     @_edge
-    async def setattr(self, inode: InodeId, fields: SetAttrFields, cred: Cred) -> Attr:
+    async def setattr(
+        self, inode: InodeId, fields: SetAttrFields, cred: Cred, fh: FileHandle | None = None
+    ) -> Attr:
         if fields.size is not None:
-            return self._seen(await self._setattr_size(inode, fields, cred))
+            through = self._writable(inode, fh)
+            return self._seen(await self._setattr_size(inode, fields, cred, through=through))
         state = self._files.get(inode)
         if state is not None and state.dirty:
             # As an NFS client does before SETATTR: writes made before a utimes

@@ -39,7 +39,7 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
@@ -94,6 +94,20 @@ def _edge(
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return handler
+
+
+def _was_now(exc: FsError, change: SetAttrFields, cred: Cred) -> bool:
+    """Was a refused time change really a "now" (utimensat(NULL), UTIME_NOW)?
+
+    Under default_permissions (always set) the kernel refuses explicit times
+    from a caller who is neither root nor the owner before asking us, so a
+    time change the backend refused as "explicit times need the owner"
+    (EPERM) for such a caller can only have been a "now": it is asked again
+    as one, and the backend applies the rule for "now" (owner, root or write
+    permission).  Exact, and it costs a second call only in that case.
+    """
+    times = change.atime_ns is not None or change.mtime_ns is not None
+    return exc.errno == errno.EPERM and times and not change.times_now and not cred.is_root
 
 
 @dataclass(slots=True)
@@ -203,7 +217,8 @@ class Operations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        # pyfuse3 has already resolved UTIME_NOW to a number in `attr`.
+        # pyfuse3 resolves UTIME_NOW to a number in `attr` and does not say so
+        # (see _was_now).  `fh` is set for ftruncate/futimens on an open file.
         change = SetAttrFields(
             mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
@@ -212,8 +227,15 @@ class Operations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        handle, cred = None if fh is None else FileHandle(fh), self._cred(ctx)
         try:
-            result = await self._fs.setattr(InodeId(inode), change, self._cred(ctx))
+            try:
+                result = await self._fs.setattr(InodeId(inode), change, cred, handle)
+            except FsError as exc:
+                if not _was_now(exc, change, cred):
+                    raise
+                now = replace(change, times_now=True)
+                result = await self._fs.setattr(InodeId(inode), now, cred, handle)
         finally:
             self._mutated()
         return self._entry(result)

@@ -2,8 +2,11 @@
 
 Rules (Linux behaviour; each refusal before any write):
 
-* chmod: owner or root, else EPERM; S_ISGID is cleared when a non-root
-  caller is not in the file's (new) group.
+* chmod: owner or root, else EPERM - except a change that only clears
+  set-id bits, which anyone may make (the kernel sends it, with the
+  writer's credentials, when a non-owner writes to a set-id file; it only
+  ever removes privileges); S_ISGID is cleared when a non-root caller is
+  not in the file's (new) group.
 * chown: only root changes the owner (the owner may "change" it to itself);
   the owner may change the group to one it belongs to; else EPERM.  A chown
   clears S_ISUID, and S_ISGID if group-execute is set, on non-directories
@@ -36,6 +39,7 @@ from fs.meta.context import Op
 from fs.meta.namespace import allow, get
 from fs.meta.perms import R_OK, W_OK, Refused, kill_suid, permitted
 from fs.meta.state import FsReader, FsWriter, InodeRec
+from fs.posix import only_kills_privs
 from fs.types import (
     MAX_FILE_SIZE,
     NAME_MAX,
@@ -64,7 +68,7 @@ def _check_chown(rec: InodeRec, f: SetAttrFields, cred: Cred) -> None:
 
 def _check_setattr(rec: InodeRec, f: SetAttrFields, cred: Cred, times_now: bool) -> None:
     owner = cred.is_root or cred.uid == rec.uid
-    if f.mode is not None and not owner:
+    if f.mode is not None and not owner and not only_kills_privs(rec.mode, f.mode):
         raise Refused(errno.EPERM, "only the owner changes the mode")
     _check_chown(rec, f, cred)
     if f.size is not None:

@@ -21,6 +21,7 @@ a nursery, or call `keep_alive()` well within `session_ttl_ms`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -235,7 +236,11 @@ class MetaClient:
     async def setattr(
         self, inode: InodeId, fields: SetAttrFields, cred: Cred, times_now: bool = False
     ) -> Attr:
-        return await self._attr(c.SetAttr(inode, fields, cred, times_now))
+        # "now" travels as the command's flag (the wire form of the fields has
+        # no room for it), so the fields are sent without it.
+        now = times_now or fields.times_now
+        return await self._attr(
+            c.SetAttr(inode, dataclasses.replace(fields, times_now=False), cred, now))
 
     async def setxattr(
         self, inode: InodeId, name: bytes, value: bytes, flags: int, cred: Cred

@@ -98,7 +98,9 @@ CRED = Kind(lambda c: [c.uid, c.gid, list(c.groups), c.pid], _cred_dec)
 
 def _fields_dec(obj: object, what: str) -> SetAttrFields:
     values = [None if v is None else _u64(v, what) for v in as_list(obj, what, 6)]
-    return SetAttrFields(*values)
+    mode, uid, gid, size, atime_ns, mtime_ns = values
+    # times_now is not part of the fields' wire form: SetAttr carries it.
+    return SetAttrFields(mode, uid, gid, size, atime_ns, mtime_ns)
 
 
 SETATTR = Kind(

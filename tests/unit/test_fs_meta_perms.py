@@ -120,6 +120,21 @@ def test_chmod_only_by_owner_or_root(fs: FsHarness) -> None:
     assert s.attr_of(SetAttr(f.inode, SetAttrFields(mode=0o666), ROOT)).mode & 0o777 == 0o666
 
 
+def test_anyone_may_make_a_chmod_that_only_clears_setid_bits(fs: FsHarness) -> None:
+    """The kernel sends that chmod with a non-owner writer's credentials
+    (pjdfstest chmod/12); anything more than clearing set-id bits stays EPERM."""
+    s = fs.session()
+    pub = s.mkdir(ROOT_DIR, b"pub", 0o777)
+    f = s.mknod(pub.inode, b"f", 0o6777, ALICE)
+    assert s.fails(SetAttr(f.inode, SetAttrFields(mode=0o6777), BOB)) == errno.EPERM  # no-op
+    assert s.fails(SetAttr(f.inode, SetAttrFields(mode=0o0775), BOB)) == errno.EPERM
+    assert s.fails(SetAttr(f.inode, SetAttrFields(mode=0o7777), BOB)) == errno.EPERM  # adds
+    # set-uid cleared; set-gid too, as for any chmod by a caller outside the group
+    assert s.attr_of(SetAttr(f.inode, SetAttrFields(mode=0o2777), BOB)).mode & 0o7777 == 0o777
+    g = s.mknod(pub.inode, b"g", 0o6777, ALICE)
+    assert s.attr_of(SetAttr(g.inode, SetAttrFields(mode=0o2777), CAROL)).mode & 0o7777 == 0o2777
+
+
 def test_chmod_by_non_member_clears_setgid(fs: FsHarness) -> None:
     s = fs.session()
     pub = s.mkdir(ROOT_DIR, b"pub", 0o777)

@@ -182,9 +182,33 @@ def test_utimes_and_truncate_permissions() -> None:
         core.setattr(f, SetAttrFields(mtime_ns=3), BOB)
     with raises_errno(errno.EACCES):
         core.setattr(f, SetAttrFields(size=0), BOB)
+    with raises_errno(errno.EACCES):  # "now" needs write permission
+        core.setattr(f, SetAttrFields(mtime_ns=3, times_now=True), BOB)
     core.setattr(f, SetAttrFields(mode=0o646), ALICE)
-    core.setattr(f, SetAttrFields(mtime_ns=3), BOB)  # a writer may touch (UTIME_NOW)
+    with raises_errno(errno.EPERM):  # explicit times need the owner, even for a writer
+        core.setattr(f, SetAttrFields(mtime_ns=3), BOB)
+    now = core.setattr(f, SetAttrFields(atime_ns=3, mtime_ns=3, times_now=True), BOB)
+    assert now.mtime_ns == now.atime_ns != 3  # "now" is the file system's clock
     core.setattr(f, SetAttrFields(size=0), BOB)
+    fsck(core)
+
+
+def test_truncate_through_a_writable_handle_needs_no_permission() -> None:
+    """ftruncate on a descriptor opened for writing (pjdfstest ftruncate/00)."""
+    core = new_core()
+    top = core.mkdir(ROOT_INODE, b"top", 0o777, R).inode
+    fh, attr = core.create(top, b"f", 0, os.O_CREAT | os.O_RDWR, ALICE)  # mode 0
+    ro = core.open(attr.inode, os.O_RDONLY, R)
+    with raises_errno(errno.EACCES):
+        core.setattr(attr.inode, SetAttrFields(size=5), ALICE)
+    with raises_errno(errno.EACCES):  # a read-only handle is no excuse
+        core.setattr(attr.inode, SetAttrFields(size=5), ALICE, ro)
+    other = core.mknod(top, b"g", stat.S_IFREG, 0, ALICE).inode
+    with raises_errno(errno.EACCES):  # nor a handle of another file
+        core.setattr(other, SetAttrFields(size=5), ALICE, fh)
+    assert core.setattr(attr.inode, SetAttrFields(size=5), ALICE, fh).size == 5
+    core.release(fh)
+    core.release(ro)
     fsck(core)
 
 

@@ -5,11 +5,14 @@
 * metadata members: id, address, role, term, leader, commit/applied index,
   follower lag (on the leader), clock offset from this host (`raft.status`
   and the clock probe, as `ddfs raft status`);
-* chunk servers: the leader's view (alive, seconds since the last
-  heartbeat) merged with each server's own `chunk.stat` (capacity, used,
-  free, replicas held);
-* under-replicated chunks (fewer live replicas than the replication
-  factor, counted by the leader), with the files they belong to when a
+* chunk servers: the leader's view (`meta.servers`: placeable or not,
+  seconds since the last heartbeat) and its failure detector's opinion
+  (`meta.liveness`: alive / waiting / suspected / dead, phi, how long
+  suspected, the detector's reason) merged with each server's own
+  `chunk.stat` (capacity, used, free, replicas held);
+* under-replicated chunks (fewer replicas than the replication factor on
+  servers not declared dead, counted by the leader; "at risk" also leaves
+  out the suspected ones), with the files they belong to when a
   member's data folder is on this host (only looked up when the count is
   not zero, at most `--files` of them);
 * client sessions: the metadata service does not expose them yet (shown
@@ -25,9 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.clusterconf import ClusterConfig
+
+if TYPE_CHECKING:
+    from coord.rpc import RpcClient
+    from fs.meta.liveness_protocol import LivenessReply
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +44,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.add_argument("--files", type=int, default=20, metavar="N",
                         help="name at most N files of under-replicated chunks (default 20)")
+
+
+async def detector_view(rpc: RpcClient, endpoints: list[str]) -> LivenessReply | str:
+    """The leader's `meta.liveness` reply, or an error string (an older leader
+    without the call, no leader)."""
+    from coord.kv.remote import KvError, LeaderRouter
+    from fs.meta.liveness_protocol import LivenessQuery
+    from tools.clusterrpc import ATTEMPT_TIMEOUT
+
+    router = LeaderRouter(endpoints, timeout=5.0)
+
+    async def attempt(address: str) -> LivenessReply:
+        return await rpc.call(address, LivenessQuery(), timeout=ATTEMPT_TIMEOUT)
+
+    try:
+        return await router.call(attempt)
+    except KvError as exc:
+        return str(exc)
+
+
+def _detector_rows(
+    reply: LivenessReply | str,
+) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+    """Per-server detector fields and the detector's settings, from `detector_view`."""
+    if isinstance(reply, str):
+        return {}, None
+    rows: dict[int, dict[str, Any]] = {
+        v.server: {"state": v.state, "phi": round(v.phi, 2),
+                   "suspected_for": round(v.suspected_for, 1), "reason": v.reason,
+                   "recorded_alive": v.recorded_alive}
+        for v in reply.servers}
+    settings: dict[str, Any] = {
+        "name": reply.detector, "threshold": reply.threshold, "dead_after": reply.dead_after,
+        "grace_left": round(reply.grace_left, 1), "at_risk": reply.at_risk}
+    return rows, settings
 
 
 async def gather(config: ClusterConfig, secret: bytes, max_files: int = 20) -> dict[str, Any]:
@@ -63,27 +105,34 @@ async def gather(config: ClusterConfig, secret: bytes, max_files: int = 20) -> d
                                "address": s.address} for s in reply.servers}
         except ClusterUnavailable as exc:
             error = str(exc)
+        detected, detector = _detector_rows(await detector_view(rpc, config.endpoints))
         servers = []
         for c in config.chunks:
-            row: dict[str, Any] = {"id": c.id, "address": c.address, **view.get(c.id, {})}
+            row: dict[str, Any] = {"id": c.id, "address": c.address, **view.get(c.id, {}),
+                                   **detected.get(c.id, {})}
             row.setdefault("alive", False)
+            row.setdefault("state", "alive" if row["alive"] else "unknown")
             st = await chunk_stat(rpc, c.address)
             if isinstance(st, str):
                 row["error"] = st
             else:
                 row.update(capacity=st.capacity, used=st.used, free=st.free, chunks=st.chunks)
             servers.append(row)
-    files = under_replicated_files(config, view, max_files) if under else []
+    holders = {sid: row for sid, row in view.items()
+               if row["alive"] or detected.get(sid, {}).get("state") in ("suspected", "waiting")}
+    files = under_replicated_files(config, holders, max_files) if under else []
     return {"cluster": config.name, "config": str(config.path), "replicas": config.replicas,
             "leader": lead["id"] if lead else None, "members": members,
             "chunk_servers": servers, "under_replicated": under,
-            "under_replicated_files": files, "leader_error": error, "sessions": None}
+            "under_replicated_files": files, "leader_error": error, "sessions": None,
+            "detector": detector}
 
 
 def under_replicated_files(config: ClusterConfig, view: dict[int, dict[str, Any]],
                            limit: int) -> list[dict[str, Any]]:
-    """Chunks with fewer live replicas than the factor, with their file's path,
-    read from a local member's state (empty when none is local)."""
+    """Chunks with fewer replicas than the factor on the servers of `view` (those
+    not declared dead), with their file's path, read from a local member's state
+    (empty when none is local)."""
     from fs.types import ROOT_INODE, InodeId
     from tools.fsck import namespace_from_store
 
@@ -91,7 +140,7 @@ def under_replicated_files(config: ClusterConfig, view: dict[int, dict[str, Any]
     if not local:
         return []
     ns = namespace_from_store(local[0])
-    live = {sid for sid, row in view.items() if row["alive"]}
+    live = set(view)
     parent = {e.child: (e.parent, e.name) for e in ns.entries}
 
     def path(ino: InodeId) -> str:
@@ -148,21 +197,48 @@ def render(status: dict[str, Any]) -> list[str]:
         lines.append(f"  {m['id']:>3} {m['address']:<21} {m['role']:<10} {m['term']:>5} "
                      f"{m['leader']!s:>6} {m['commit_index']:>8} {m['applied_index']:>8} "
                      f"{skew:>14}  {lag}")
-    lines += ["", "chunk servers:",
-              f"  {'id':>3} {'address':<21} {'alive':<5} {'capacity':>9} {'used':>9} "
-              f"{'free':>9} {'chunks':>7}  last heartbeat"]
-    for s in status["chunk_servers"]:
-        beat = f"{s['silent_for']}s ago" if s.get("silent_for", -1) >= 0 else "never"
-        tail = f"  unreachable: {s['error']}" if "error" in s else f"  {beat}"
-        lines.append(f"  {s['id']:>3} {s['address']:<21} {'yes' if s['alive'] else 'NO':<5} "
-                     f"{_size(s.get('capacity')):>9} {_size(s.get('used')):>9} "
-                     f"{_size(s.get('free')):>9} {s.get('chunks', '?')!s:>7}{tail}")
+    lines += ["", *render_chunk_servers(status)]
     under = status["under_replicated"]
-    lines += ["", f"under-replicated chunks: {'?' if under is None else under}"
+    detector = status.get("detector") or {}
+    risk = f", at risk {detector['at_risk']}" if detector.get("at_risk") else ""
+    lines += ["", f"under-replicated chunks: {'?' if under is None else under}{risk}"
               + (f" ({status['leader_error']})" if status["leader_error"] else "")]
     lines += [f"  chunk {f['handle']} of {f['path']} (index {f['index']}): live replicas "
               f"{f['live_replicas']}" for f in status["under_replicated_files"]]
     lines.append("client sessions: unknown (not exposed by the metadata service yet)")
+    return lines
+
+
+def _phi_text(row: dict[str, Any]) -> str:
+    phi = row.get("phi", -1.0)
+    return "-" if phi < 0 else f"{phi:.1f}"
+
+
+def render_chunk_servers(status: dict[str, Any]) -> list[str]:
+    """The chunk-server table: state as the leader's detector sees it, with the reason
+    of every suspicion or death underneath."""
+    detector = status.get("detector")
+    head = "chunk servers:"
+    if detector:
+        limit = (f"phi > {detector['threshold']:g}" if detector["name"] == "phi"
+                 else f"silent > {detector['threshold']:g} s")
+        head += (f" (detector {detector['name']}: suspect when {limit}, dead after "
+                 f"{detector['dead_after']:g} s of silence")
+        head += f"; grace {detector['grace_left']:g} s left)" if detector["grace_left"] else ")"
+    lines = [head, f"  {'id':>3} {'address':<21} {'state':<9} {'capacity':>9} {'used':>9} "
+                   f"{'free':>9} {'chunks':>7} {'phi':>6}  last heartbeat"]
+    for s in status["chunk_servers"]:
+        beat = f"{s['silent_for']}s ago" if s.get("silent_for", -1) >= 0 else "never"
+        tail = f"  unreachable: {s['error']}" if "error" in s else ""
+        state = s["state"] if s["state"] in ("alive", "waiting") else s["state"].upper()
+        lines.append(f"  {s['id']:>3} {s['address']:<21} {state:<9} "
+                     f"{_size(s.get('capacity')):>9} {_size(s.get('used')):>9} "
+                     f"{_size(s.get('free')):>9} {s.get('chunks', '?')!s:>7} "
+                     f"{_phi_text(s):>6}  {beat}{tail}")
+        if s["state"] in ("suspected", "dead") and s.get("reason"):
+            since = (f" for {s['suspected_for']:g} s" if s.get("suspected_for", -1) >= 0
+                     else "")
+            lines.append(f"        {s['state']}{since}: {s['reason']}")
     return lines
 
 

@@ -35,7 +35,9 @@ Invariants:
   fencing token (docs/leases.md);
 * a heartbeat from a suspected or dead server recovers it at once (event
   `Recovered`, `was_dead` when it had been declared dead), and `updates()`
-  then records it alive again;
+  then records it alive again; when the detector had learned its rhythm
+  (two intervals or more) its history restarts there (the outage is not
+  one of its heartbeat intervals);
 * every suspicion, recovery and death is reported exactly once, with the
   detector's reason;
 * `placement(n)` returns at most n distinct live servers, most free space
@@ -191,6 +193,7 @@ class _Server:
     full_seen: bool  # this leader got a full replica report from it
     recorded_at: float = float("-inf")  # when its free space was last written to the state
     gap: float = 0.0  # the silence its latest heartbeat ended (for the recovery reason)
+    intervals: int = 0  # heartbeat intervals the detector has seen since its history began
     suspected_at: float | None = None  # when the current suspicion began
     dead: bool = False  # declared dead (suspected, silent >= dead_after) and not heard since
     reason: str = ""  # the reason of the latest suspicion, recovery or death
@@ -268,8 +271,21 @@ class Liveness:
             server.last_seen = max(now, old.last_seen)
             server.heard = True
             server.full_seen = old.full_seen or hb.full
+        was_suspected = server.suspected_at is not None
+        learned = server.intervals >= 2  # the detector knew its rhythm before this gap
+        if old is not None:
+            server.intervals += 1  # the detector records the interval since its last word
         self._detector.heartbeat(_peer(hb.server), now)
         self.poll(now)  # a suspected server recovers at once, not at the next tick
+        if was_suspected and server.suspected_at is None and learned:
+            # The outage is not a sample of a known rhythm: kept in phi's window it
+            # would make the detector patient for the next `phi_window` heartbeats (a
+            # crash right after a 6 s pause took 11.7 s to suspect instead of 2.5 s).
+            # Without a known rhythm the gap is kept: it is how a slow server's real
+            # interval is learned, instead of being suspected at every heartbeat.
+            self._detector.forget(_peer(hb.server))
+            self._detector.monitor(_peer(hb.server), now)
+            server.intervals = 0
         return not server.full_seen
 
     def poll(self, now: float) -> None:

@@ -165,6 +165,21 @@ def test_a_lasting_suspicion_is_recorded_dead_and_a_heartbeat_restores_it(
     assert w.lv.live(w.now) == (S1, S2)
 
 
+def test_after_a_recovery_a_crash_is_suspected_as_quickly_as_before() -> None:
+    """The outage is not fed to phi as an interval: otherwise the next crash would
+    be judged against a window with a 10 s sample in it (~7 s to suspect)."""
+    w = _settled(PHI)
+    w.advance(10.0, S1)
+    w.beat(S2)
+    assert [type(e) for e in w.events] == [Suspected, Recovered]
+    w.advance(10.0, S1, S2)
+    last = w.now
+    w.advance(8.0, S1)
+    suspect = w.events[-1]
+    assert isinstance(suspect, Suspected) and suspect.server == S2
+    assert suspect.at - last <= 4.0, suspect.reason  # fresh history: ~3.1 s, as at first
+
+
 def _jittery_intervals(rng: random.Random, n: int) -> list[float]:
     """A slow, overloaded server: intervals 0.5-2 s, and one in 20 a stall of 4-9 s."""
     out = []

@@ -236,9 +236,9 @@ def render_chunk_servers(status: dict[str, Any]) -> list[str]:
                      f"{_size(s.get('free')):>9} {s.get('chunks', '?')!s:>7} "
                      f"{_phi_text(s):>6}  {beat}{tail}")
         if s["state"] in ("suspected", "dead") and s.get("reason"):
-            since = (f" for {s['suspected_for']:g} s" if s.get("suspected_for", -1) >= 0
-                     else "")
-            lines.append(f"        {s['state']}{since}: {s['reason']}")
+            since = (f" (suspected for {s['suspected_for']:g} s)"
+                     if s.get("suspected_for", -1) >= 0 else "")
+            lines.append(f"        {s['state']}: {s['reason']}{since}")
     return lines
 
 

@@ -146,7 +146,8 @@ async def pause_and_resume(cluster: FsCluster, rpc: RpcClient, status_file: Path
         row = victim(reply)
         assert reply.detector == "phi" and row.phi > reply.threshold == DEFAULTS.phi_threshold
         assert row.reason.startswith("phi ") and row.recorded_alive
-        assert "mean interval 0.3" in row.reason, row.reason  # learned, not the 1 s prior
+        mean = re.search(r"mean interval (\d+\.\d+) s", row.reason)
+        assert mean is not None and 0.2 < float(mean.group(1)) < 0.6, row.reason  # not 1 s
         assert reply.under_replicated == 0 and reply.at_risk == 1  # at risk, not lost
         line = await wait_log(cluster, f"chunk server {VICTIM} suspected: phi ")
         assert " WARNING " in line and "> threshold 8.00 (silent" in line, line
@@ -202,7 +203,7 @@ async def new_leader_grace(cluster: FsCluster, rpc: RpcClient) -> None:
     assert "grace period" in line
     # Let the grace period and a few more seconds pass: nobody is suspected, every
     # chunk server is alive in the new leader's fresh view.
-    await trio.sleep(DEFAULTS.grace + 2.0)
+    await trio.sleep(DEFAULTS.grace + 1.0)
     reply = await liveness(cluster, rpc)
     assert [(v.server, v.state) for v in reply.servers] == [
         (ServerId(1), "alive"), (ServerId(2), "alive"), (ServerId(3), "alive")], reply

@@ -3,13 +3,15 @@
 Layout under the data folder:
 
     chunks/<handle>.chunk   the replica's bytes (sparse; only [0, length) is meaningful)
-    index/                  LMDB: replicas, fences, pending, server (named DBs)
+    staged/                 data of prepared mutations (fs/chunk/journal.py)
+    index/                  LMDB: replicas, fences, pending, intents, server (named DBs)
 
 | DB | key (u64 BE) | value |
 | --- | --- | --- |
 | replicas | handle | msgpack [version, length, token, serial, checksums (LE u32s)] |
 | fences | handle | msgpack token: the highest admitted, kept after deletion |
 | pending | handle | msgpack [seq, old length, [[block, old checksum], ...]] |
+| intents | handle, token, serial | a prepared / applied / aborted mutation (fs/chunk/journal.py) |
 | server | b"id" | msgpack server id (a data folder belongs to one server) |
 
 File names are built only from integer handles (`check_handle`), so no
@@ -38,19 +40,28 @@ Crash safety (docs/chunk-server.md has the argument in full):
 * **Disk full**: a write first reserves its blocks (posix_fallocate) and
   only then touches the index and data; ENOSPC there, or from LMDB,
   leaves the replica unchanged and raises `NoSpace`.
+* **Two-phase commit** (what the service uses): `prepare` reserves the
+  blocks, stages the data durably (fs/chunk/journal.py) and commits the
+  intent record; `commit` verifies the partial blocks, commits the new
+  checksums/length/serial with the intent marked APPLIED, and writes the
+  data without syncing it; `checkpoint` syncs the chunk file and forgets
+  the APPLIED intents; recovery *redoes* APPLIED intents from their staged
+  copies (never rolls a decided mutation back).  So a commit costs one
+  index commit, and an acknowledged mutation survives any crash.
+  Reservations of prepared mutations are never trimmed away (recovery and
+  truncate trim to `_keep_length`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-import struct
 import threading
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +71,30 @@ import msgpack
 import native
 from coord.lease import FencingToken
 from fs.chunk import blocks
+from fs.chunk.diskfmt import (
+    KEY,
+    Pending,
+    Record,
+    Writer,
+    key_of,
+    pack_pending,
+    pack_record,
+    translate,
+    unpack_pending,
+    unpack_record,
+)
+from fs.chunk.diskfmt import (
+    pwrite_all as _pwrite_all,  # a module global: crash tests replace it
+)
+from fs.chunk.intent import Intent, IntentKey, IntentStatus
+from fs.chunk.journal import (
+    Journal,
+    intent_key,
+    pack_intent,
+    redo,
+    reserve_span,
+    unpack_intent,
+)
 from fs.chunk.ordering import ReplicaState
 from fs.chunk.store import (
     CorruptBlock,
@@ -69,92 +104,21 @@ from fs.chunk.store import (
     Space,
     StoreError,
     StoreIOError,
+    aborted_serials,
     bad_blocks,
     check_handle,
+    decided_state,
 )
 from fs.types import BLOCK_SIZE, ChunkHandle, ChunkVersion, ServerId
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_KEY = struct.Struct(">Q")
 DEFAULT_MAP_SIZE = 1 << 30  # sparse: ~4.1 KiB per replica, so room for ~200k replicas
 # Disk blocks allocated to the index file up front, so that index commits
 # (deletes above all, which free space) still work when chunk data has
 # filled the file system.
 DEFAULT_INDEX_RESERVE = 8 << 20
 _VERIFY_STEP = 64  # blocks read per step when verifying a whole replica (4 MiB)
-
-
-def _key(handle: int) -> bytes:
-    return _KEY.pack(check_handle(handle))
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    state: ReplicaState
-    crcs: array[int]
-
-
-class _Writer:
-    """One write transaction and what it changes, published after commit."""
-
-    __slots__ = ("deleted", "fences", "states", "txn")
-
-    def __init__(self, txn: Any) -> None:
-        self.txn = txn
-        self.states: dict[ChunkHandle, ReplicaState] = {}
-        self.fences: dict[ChunkHandle, FencingToken] = {}
-        self.deleted: list[ChunkHandle] = []
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    seq: int
-    old_length: int
-    old: dict[int, int]  # block -> checksum before the write
-
-
-def _pack_record(st: ReplicaState, crcs: array[int]) -> bytes:
-    out: bytes = msgpack.packb(
-        [st.version, st.length, st.token, st.serial, blocks.crcs_to_bytes(crcs)])
-    return out
-
-
-def _unpack_record(handle: ChunkHandle, raw: bytes) -> _Record:
-    version, length, token, serial, crcs = msgpack.unpackb(raw)
-    st = ReplicaState(handle, ChunkVersion(version), length, FencingToken(token), serial)
-    return _Record(st, blocks.crcs_from_bytes(crcs))
-
-
-def _unpack_pending(raw: bytes) -> _Pending:
-    seq, old_length, pairs = msgpack.unpackb(raw)
-    return _Pending(seq, old_length, {b: c for b, c in pairs})
-
-
-def _pack_pending(p: _Pending) -> bytes:
-    out: bytes = msgpack.packb([p.seq, p.old_length, sorted(p.old.items())])
-    return out
-
-
-def _is_enospc(exc: BaseException) -> bool:
-    if isinstance(exc, lmdb.MapFullError):
-        return True
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "No space left" in str(exc) or "MDB_MAP_FULL" in str(exc)
-
-
-def _translate(exc: BaseException, what: str) -> StoreError:
-    if _is_enospc(exc):
-        return NoSpace(f"{what}: no space left on device")
-    return StoreIOError(f"{what}: {exc}")
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 class DiskChunkStore:
@@ -167,13 +131,16 @@ class DiskChunkStore:
         self.chunk_dir = self.root / "chunks"
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "index").mkdir(exist_ok=True)
-        self._env = lmdb.open(str(self.root / "index"), map_size=map_size, max_dbs=4,
+        self._env = lmdb.open(str(self.root / "index"), map_size=map_size, max_dbs=5,
                               sync=True, metasync=True, writemap=False)
         self._replicas = self._env.open_db(b"replicas")
         self._fences_db = self._env.open_db(b"fences")
         self._pending_db = self._env.open_db(b"pending")
         self._server_db = self._env.open_db(b"server")
-        self._lock = threading.Lock()  # guards the four fields below
+        self._intents_db = self._env.open_db(b"intents")
+        self.journal = Journal(self.root)
+        self._lock = threading.Lock()  # guards the five fields below
+        self._intents: dict[ChunkHandle, dict[IntentKey, Intent]] = {}  # == the intents DB
         self._states: dict[ChunkHandle, ReplicaState] = {}  # == the replicas DB
         self._fences: dict[ChunkHandle, FencingToken] = {}  # == the fences DB
         self._durable: dict[ChunkHandle, int] = {}  # pending seq whose data is fdatasynced
@@ -217,18 +184,23 @@ class DiskChunkStore:
     def _load(self) -> None:
         with self._env.begin() as txn:
             for k, v in txn.cursor(db=self._replicas):
-                h = ChunkHandle(_KEY.unpack(k)[0])
-                self._states[h] = _unpack_record(h, v).state
+                h = ChunkHandle(KEY.unpack(k)[0])
+                self._states[h] = unpack_record(h, v).state
             for k, v in txn.cursor(db=self._fences_db):
-                self._fences[ChunkHandle(_KEY.unpack(k)[0])] = FencingToken(msgpack.unpackb(v))
+                self._fences[ChunkHandle(KEY.unpack(k)[0])] = FencingToken(msgpack.unpackb(v))
+            for k, v in txn.cursor(db=self._intents_db):
+                i = unpack_intent(k, v)
+                self._intents.setdefault(i.handle, {})[i.key] = i
 
     def recover(self) -> None:
-        """Resolve pending records, trim garbage tails, create missing files,
-        delete orphan files.  Idempotent; run at open."""
+        """Resolve pending records, redo applied intents, trim garbage tails,
+        create missing files, delete orphan files.  Idempotent; run at open."""
         with self._env.begin() as txn:
-            pending = [ChunkHandle(_KEY.unpack(k)[0]) for k, _ in txn.cursor(db=self._pending_db)]
+            pending = [ChunkHandle(KEY.unpack(k)[0]) for k, _ in txn.cursor(db=self._pending_db)]
         for handle in pending:
             self._resolve(handle)
+        self._redo_applied()
+        self._drop_orphan_staged()
         for handle, st in list(self._states.items()):
             path = self._path(handle)
             try:
@@ -239,23 +211,68 @@ class DiskChunkStore:
                                 handle)
                 path.touch()
                 continue
-            if size > st.length:
-                os.truncate(path, st.length)
+            if size > self._keep_length(handle, st.length):
+                os.truncate(path, self._keep_length(handle, st.length))
         for path in self.chunk_dir.iterdir():
             stem, _dot, ext = path.name.partition(".")
-            if ext == "chunk" and stem.isdigit() and ChunkHandle(int(stem)) not in self._states:
+            if ext == "chunk" and stem.isdigit() and not self._known(ChunkHandle(int(stem))):
                 log.info("removing orphan replica file %s", path.name)
                 path.unlink()
 
+    def _known(self, handle: ChunkHandle) -> bool:
+        with self._lock:
+            return handle in self._states or bool(self._intents.get(handle))
+
+    def _keep_length(self, handle: ChunkHandle, length: int) -> int:
+        """How much of the chunk file to keep: the data and the blocks reserved
+        for prepared mutations."""
+        with self._lock:
+            ends = [sum(reserve_span(i.offset, i.length))
+                    for i in self._intents.get(handle, {}).values()
+                    if i.undecided and not i.truncate]
+        return max([length, *ends])
+
+    def _redo_applied(self) -> None:
+        """Re-apply every APPLIED intent from its staged copy, in serial order,
+        then sync and forget them (their data may not have reached the file)."""
+        with self._lock:
+            todo = {h: sorted(k for k, i in mine.items() if i.status is IntentStatus.APPLIED)
+                    for h, mine in self._intents.items()}
+        for handle, keys in todo.items():
+            if not keys:
+                continue
+            with self._open_write(handle) as fd:
+                for key in keys:
+                    intent = self._intents[handle][key]
+                    try:
+                        redo(fd, intent, self.journal.load(handle, key, intent.length))
+                    except (OSError, ValueError) as exc:  # a checkpoint had synced it
+                        log.info("chunk %d: no redo of %s: %s", handle, key, exc)
+                os.fdatasync(fd)
+            self._forget_applied(handle, keys)
+
+    def _drop_orphan_staged(self) -> None:
+        with self._lock:
+            live = {(h, k) for h, mine in self._intents.items() for k, i in mine.items()
+                    if i.status is not IntentStatus.ABORTED}
+        for (handle, key), path in self.journal.files().items():
+            if (handle, key) not in live:
+                path.unlink(missing_ok=True)
+            elif self._intents[handle][key].undecided:
+                want = self._intents[handle][key].length
+                if not self._intents[handle][key].truncate and path.stat().st_size != want:
+                    log.error("chunk %d: staged data of %s is damaged; its commit will fail",
+                              handle, key)
+
     def _resolve(self, handle: ChunkHandle) -> None:
         """Put back the old checksum of every pending block whose data did not land."""
-        def fix(w: _Writer) -> None:
-            raw = w.txn.get(_key(handle), db=self._pending_db)
+        def fix(w: Writer) -> None:
+            raw = w.txn.get(key_of(handle), db=self._pending_db)
             rec = self._get_in(w.txn, handle)
-            w.txn.delete(_key(handle), db=self._pending_db)
+            w.txn.delete(key_of(handle), db=self._pending_db)
             if raw is None or rec is None:
                 return
-            pend = _unpack_pending(raw)
+            pend = unpack_pending(raw)
             crcs, length = self._check_pending(rec, pend)
             st = rec.state
             self._put_record(w, ReplicaState(handle, st.version, length, st.token, st.serial),
@@ -263,10 +280,12 @@ class DiskChunkStore:
         self._commit(fix)
         st = self.state(handle)
         path = self._path(handle)
-        if st is not None and path.exists() and path.stat().st_size > st.length:
-            os.truncate(path, st.length)
+        if st is not None and path.exists():
+            keep = self._keep_length(handle, st.length)
+            if path.stat().st_size > keep:
+                os.truncate(path, keep)
 
-    def _check_pending(self, rec: _Record, pend: _Pending) -> tuple[array[int], int]:
+    def _check_pending(self, rec: Record, pend: Pending) -> tuple[array[int], int]:
         crcs = array("I", rec.crcs)
         landed = False
         with self._open_read(rec.state.handle, missing_ok=True) as fd:
@@ -306,26 +325,26 @@ class DiskChunkStore:
             if fd >= 0:
                 os.close(fd)
 
-    def _get_in(self, txn: Any, handle: ChunkHandle) -> _Record | None:
-        raw = txn.get(_key(handle), db=self._replicas)
-        return None if raw is None else _unpack_record(handle, raw)
+    def _get_in(self, txn: Any, handle: ChunkHandle) -> Record | None:
+        raw = txn.get(key_of(handle), db=self._replicas)
+        return None if raw is None else unpack_record(handle, raw)
 
-    def _get(self, handle: ChunkHandle) -> _Record | None:
+    def _get(self, handle: ChunkHandle) -> Record | None:
         with self._env.begin() as txn:
             return self._get_in(txn, handle)
 
-    def _put_record(self, w: _Writer, st: ReplicaState, crcs: array[int]) -> None:
-        w.txn.put(_key(st.handle), _pack_record(st, crcs), db=self._replicas)
+    def _put_record(self, w: Writer, st: ReplicaState, crcs: array[int]) -> None:
+        w.txn.put(key_of(st.handle), pack_record(st, crcs), db=self._replicas)
         w.states[st.handle] = st
 
-    def _put_fence(self, w: _Writer, handle: ChunkHandle, token: FencingToken) -> None:
+    def _put_fence(self, w: Writer, handle: ChunkHandle, token: FencingToken) -> None:
         with self._lock:
             if token <= self._fences.get(handle, 0):
                 return
-        w.txn.put(_key(handle), msgpack.packb(token), db=self._fences_db)
+        w.txn.put(key_of(handle), msgpack.packb(token), db=self._fences_db)
         w.fences[handle] = token
 
-    def _commit(self, fn: Callable[[_Writer], T]) -> T:
+    def _commit(self, fn: Callable[[Writer], T]) -> T:
         """Run fn in one durable write transaction, then publish what it put.
 
         Also deletes the pending records whose data has been fdatasynced since
@@ -336,13 +355,13 @@ class DiskChunkStore:
         try:
             with self._env.begin(write=True) as txn:
                 for handle, seq in durable.items():
-                    raw = txn.get(_key(handle), db=self._pending_db)
-                    if raw is not None and _unpack_pending(raw).seq == seq:
-                        txn.delete(_key(handle), db=self._pending_db)
-                w = _Writer(txn)
+                    raw = txn.get(key_of(handle), db=self._pending_db)
+                    if raw is not None and unpack_pending(raw).seq == seq:
+                        txn.delete(key_of(handle), db=self._pending_db)
+                w = Writer(txn)
                 result = fn(w)
         except lmdb.Error as exc:
-            raise _translate(exc, "index") from exc
+            raise translate(exc, "index") from exc
         with self._lock:
             for handle, seq in durable.items():
                 if self._durable.get(handle) == seq:
@@ -350,6 +369,11 @@ class DiskChunkStore:
             self._states.update(w.states)
             for handle in w.deleted:
                 self._states.pop(handle, None)
+                self._intents.pop(handle, None)
+            for handle, key in w.gone:
+                self._intents.get(handle, {}).pop(key, None)
+            for i in w.intents:
+                self._intents.setdefault(i.handle, {})[i.key] = i
             for handle, token in w.fences.items():
                 self._fences[handle] = FencingToken(max(token, self._fences.get(handle, 0)))
         return result
@@ -395,7 +419,7 @@ class DiskChunkStore:
             with self._open_read(handle) as fd:
                 os.preadv(fd, [memoryview(buf)[:want]], start)
         except OSError as exc:
-            raise _translate(exc, f"chunk {handle}") from exc
+            raise translate(exc, f"chunk {handle}") from exc
         bad = native.verify_blocks(buf, rec.crcs[span[0]:span[-1] + 1], BLOCK_SIZE)
         if bad >= 0:
             raise CorruptBlock(handle, span[0] + bad)
@@ -417,7 +441,7 @@ class DiskChunkStore:
 
     # -- ChunkStore: mutations -------------------------------------------------
 
-    def _old_block(self, fd: int, rec: _Record, block: int) -> bytes:
+    def _old_block(self, fd: int, rec: Record, block: int) -> bytes:
         """Block `block` as it stands, verified (a partial write merges into it)."""
         raw = os.pread(fd, BLOCK_SIZE, block * BLOCK_SIZE)
         padded = blocks.padded_block(raw, block, rec.state.length)
@@ -433,7 +457,7 @@ class DiskChunkStore:
             os.posix_fallocate(fd, plan.image_offset, len(plan.image))
         except OSError as exc:
             self._trim(fd, length)
-            raise _translate(exc, "chunk data") from exc
+            raise translate(exc, "chunk data") from exc
 
     @staticmethod
     def _trim(fd: int, length: int) -> None:
@@ -441,29 +465,29 @@ class DiskChunkStore:
         if os.fstat(fd).st_size > length:
             os.ftruncate(fd, length)
 
-    def _stage_index(self, w: _Writer, new: ReplicaState, crcs: array[int], m: Mutation,
+    def _stage_index(self, w: Writer, new: ReplicaState, crcs: array[int], m: Mutation,
                      seq: int, old_length: int, old: dict[int, int]) -> None:
         """The index half of a write: new state + checksums + pending record."""
-        k = _key(new.handle)
+        k = key_of(new.handle)
         raw = w.txn.get(k, db=self._pending_db)
         if raw is not None:  # an earlier write's data is not known durable: keep its olds
-            prev = _unpack_pending(raw)
+            prev = unpack_pending(raw)
             old = {**old, **prev.old}
             old_length = prev.old_length
-        w.txn.put(k, _pack_pending(_Pending(seq, old_length, old)), db=self._pending_db)
+        w.txn.put(k, pack_pending(Pending(seq, old_length, old)), db=self._pending_db)
         self._put_record(w, new, crcs)
         self._put_fence(w, new.handle, m.token)
 
     def write(self, handle: ChunkHandle, m: Mutation, offset: int, data: bytes,
               sync: bool) -> ReplicaState:
         blocks.check_range(offset, len(data))
-        rec = self._get(handle) or _Record(ReplicaState(handle, m.version, 0, m.token, 0),
+        rec = self._get(handle) or Record(ReplicaState(handle, m.version, 0, m.token, 0),
                                            array("I"))
         path = self._path(handle)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise _translate(exc, f"chunk {handle}") from exc
+            raise translate(exc, f"chunk {handle}") from exc
         try:
             return self._write_fd(fd, rec, m, offset, data, sync)
         except StoreError:
@@ -473,7 +497,7 @@ class DiskChunkStore:
         finally:
             os.close(fd)
 
-    def _write_fd(self, fd: int, rec: _Record, m: Mutation, offset: int, data: bytes,
+    def _write_fd(self, fd: int, rec: Record, m: Mutation, offset: int, data: bytes,
                   sync: bool) -> ReplicaState:
         handle, length = rec.state.handle, rec.state.length
         created = self.state(handle) is None
@@ -502,7 +526,7 @@ class DiskChunkStore:
             except (OSError, StoreError):
                 log.exception("chunk %d: could not settle a failed write; its torn "
                               "blocks will fail verification", handle)
-            raise _translate(exc, f"chunk {handle}") from exc
+            raise translate(exc, f"chunk {handle}") from exc
         if sync:
             with self._lock:
                 self._durable[handle] = seq
@@ -517,14 +541,22 @@ class DiskChunkStore:
 
     def truncate(self, handle: ChunkHandle, m: Mutation, length: int,
                  sync: bool) -> ReplicaState:
+        return self._truncate(handle, m, length, sync)
+
+    def _truncate(self, handle: ChunkHandle, m: Mutation, length: int, sync: bool,
+                  extra: Callable[[Writer], None] | None = None) -> ReplicaState:
+        """Cut the data to `length`; `extra` adds to the same index transaction.
+        Also a checkpoint: earlier writes are synced first, so their pending
+        records and APPLIED intents are dropped with it."""
         blocks.check_range(length, 0)
         rec = self._get(handle)
         if rec is None:
-            return self.set_version(handle, m)
+            return self.set_version(handle, m, extra)
+        applied = self._applied(handle)
         try:
             fd = os.open(self._path(handle), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise _translate(exc, f"chunk {handle}") from exc
+            raise translate(exc, f"chunk {handle}") from exc
         try:
             last = None
             if length < rec.state.length and length % BLOCK_SIZE:
@@ -535,22 +567,29 @@ class DiskChunkStore:
             os.fdatasync(fd)
             new = ReplicaState(handle, m.version, plan.length, m.token, m.serial)
 
-            def index(w: _Writer) -> None:
-                w.txn.delete(_key(handle), db=self._pending_db)
+            def index(w: Writer) -> None:
+                w.txn.delete(key_of(handle), db=self._pending_db)
                 self._put_record(w, new, plan.crcs)
                 self._put_fence(w, handle, m.token)
+                for key in applied:
+                    self._drop_intent(w, handle, key)
+                if extra is not None:
+                    extra(w)
 
             self._commit(index)
-            self._trim(fd, plan.length)
+            for key in applied:
+                self.journal.drop(handle, key)
+            self._trim(fd, self._keep_length(handle, plan.length))
             if sync:
                 os.fdatasync(fd)
             return new
         except OSError as exc:
-            raise _translate(exc, f"chunk {handle}") from exc
+            raise translate(exc, f"chunk {handle}") from exc
         finally:
             os.close(fd)
 
-    def set_version(self, handle: ChunkHandle, m: Mutation) -> ReplicaState:
+    def set_version(self, handle: ChunkHandle, m: Mutation,
+                    extra: Callable[[Writer], None] | None = None) -> ReplicaState:
         rec = self._get(handle)
         crcs = rec.crcs if rec else array("I")
         length = rec.state.length if rec else 0
@@ -559,24 +598,30 @@ class DiskChunkStore:
             try:
                 self._path(handle).touch()
             except OSError as exc:
-                raise _translate(exc, f"chunk {handle}") from exc
+                raise translate(exc, f"chunk {handle}") from exc
 
-        def index(w: _Writer) -> None:
+        def index(w: Writer) -> None:
             self._put_record(w, new, crcs)
             self._put_fence(w, handle, m.token)
+            if extra is not None:
+                extra(w)
 
         self._commit(index)
         return new
 
     def delete(self, handle: ChunkHandle) -> bool:
-        """Forget the replica (index first: a crash leaves an orphan file, which
-        the next open removes).  Its fence stays."""
-        if self.state(handle) is None:
+        """Forget the replica and its intents (index first: a crash leaves orphan
+        files, which the next open removes).  Its fence stays."""
+        with self._lock:
+            keys = list(self._intents.get(handle, {}))
+        if self.state(handle) is None and not keys:
             return False
 
-        def index(w: _Writer) -> None:
-            w.txn.delete(_key(handle), db=self._replicas)
-            w.txn.delete(_key(handle), db=self._pending_db)
+        def index(w: Writer) -> None:
+            w.txn.delete(key_of(handle), db=self._replicas)
+            w.txn.delete(key_of(handle), db=self._pending_db)
+            for key in keys:
+                w.txn.delete(intent_key(handle, key), db=self._intents_db)
             w.deleted.append(handle)
 
         try:
@@ -590,7 +635,197 @@ class DiskChunkStore:
         with self._lock:
             self._durable.pop(handle, None)
         self._path(handle).unlink(missing_ok=True)
+        for key in keys:
+            self.journal.drop(handle, key)
         return True
+
+    # -- ChunkStore: two-phase commit -----------------------------------------------
+
+    def intents(self, handle: ChunkHandle) -> list[Intent]:
+        with self._lock:
+            return sorted(self._intents.get(handle, {}).values(), key=lambda i: i.key)
+
+    def intent_handles(self) -> list[ChunkHandle]:
+        with self._lock:
+            return [h for h, mine in self._intents.items() if mine]
+
+    def aborted(self, handle: ChunkHandle) -> list[int]:
+        return aborted_serials(self.state(handle), self.intents(handle))
+
+    def _applied(self, handle: ChunkHandle) -> list[IntentKey]:
+        return [i.key for i in self.intents(handle) if i.status is IntentStatus.APPLIED]
+
+    def _put_intent(self, w: Writer, intent: Intent) -> None:
+        w.txn.put(intent_key(intent.handle, intent.key), pack_intent(intent),
+                  db=self._intents_db)
+        w.intents.append(intent)
+
+    def _drop_intent(self, w: Writer, handle: ChunkHandle, key: IntentKey) -> None:
+        w.txn.delete(intent_key(handle, key), db=self._intents_db)
+        w.gone.append((handle, key))
+
+    def _decided(self, w: Writer, st: ReplicaState, fence: FencingToken) -> None:
+        """In a decision's transaction: ABORTED markers of older tokens go."""
+        for i in self.intents(st.handle):
+            if i.status is IntentStatus.ABORTED and i.token < st.token:
+                self._drop_intent(w, st.handle, i.key)
+        self._put_fence(w, st.handle, fence)
+
+    @contextmanager
+    def _open_write(self, handle: ChunkHandle) -> Iterator[int]:
+        try:
+            fd = os.open(self._path(handle), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise translate(exc, f"chunk {handle}") from exc
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def stage(self, handle: ChunkHandle, key: IntentKey, data: bytes) -> None:
+        """Make a mutation's data durable before it is prepared (no index change,
+        so the caller need not hold the chunk's lock meanwhile)."""
+        try:
+            self.journal.stage(handle, key, data)
+        except OSError as exc:
+            raise translate(exc, f"chunk {handle}: staging {len(data)} bytes") from exc
+
+    def unstage(self, handle: ChunkHandle, key: IntentKey) -> None:
+        """Drop staged data that will not be prepared after all."""
+        with self._lock:
+            recorded = key in self._intents.get(handle, {})
+        if not recorded:
+            self.journal.drop(handle, key)
+
+    def prepare(self, handle: ChunkHandle, intent: Intent, data: bytes) -> None:
+        """Reserve, stage durably, record the intent (see the module docstring)."""
+        blocks.check_range(intent.offset, 0 if intent.truncate else len(data))
+        created = not self._path(handle).exists()
+        rec = self._get(handle)
+        length = rec.state.length if rec else 0
+        try:
+            with self._open_write(handle) as fd:
+                if not intent.truncate:
+                    if rec is not None:
+                        for b in blocks.partial_blocks(length, intent.offset, len(data)):
+                            self._old_block(fd, rec, b)  # a corrupt replica votes no
+                    start, size = reserve_span(intent.offset, len(data))
+                    os.posix_fallocate(fd, start, size)
+                    if not self.journal.staged(handle, intent.key, len(data)):
+                        self.journal.stage(handle, intent.key, data)
+            if created:
+                self._sync_dir()
+
+            def index(w: Writer) -> None:
+                self._put_intent(w, intent)
+                self._put_fence(w, handle, intent.token)
+
+            self._commit(index)
+        except (OSError, StoreError) as exc:
+            self._unprepare(handle, intent.key, length)
+            if isinstance(exc, StoreError):
+                raise
+            raise translate(exc, f"chunk {handle}: prepare") from exc
+
+    def _unprepare(self, handle: ChunkHandle, key: IntentKey, length: int) -> None:
+        """Undo what a failed or aborted prepare left on disk."""
+        self.journal.drop(handle, key)
+        path = self._path(handle)
+        if not self._known(handle):
+            path.unlink(missing_ok=True)
+            return
+        keep = self._keep_length(handle, length)
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > keep:
+                os.truncate(path, keep)
+
+    def commit(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken,
+               version: ChunkVersion, data: bytes | None = None) -> ReplicaState:
+        with self._lock:
+            intent = self._intents.get(handle, {}).get(key)
+        if intent is None or not intent.undecided:
+            raise StoreIOError(f"chunk {handle}: no prepared mutation {key} to commit")
+        rec = self._get(handle)
+        st = decided_state(rec.state if rec else None, handle,
+                           ChunkVersion(max(version, intent.version)), key)
+        done = Intent(handle, key[0], key[1], st.version, intent.offset, intent.length,
+                      intent.truncate, IntentStatus.APPLIED, st.length)
+        if intent.truncate:
+            m = Mutation(st.version, intent.token, intent.serial)
+
+            def forget(w: Writer) -> None:
+                self._drop_intent(w, handle, key)
+                self._decided(w, ReplicaState(handle, st.version, 0, key[0], key[1]), fence)
+
+            return self._truncate(handle, m, intent.offset, True, forget)
+        if data is None or len(data) != intent.length:
+            try:
+                data = self.journal.load(handle, key, intent.length)
+            except (OSError, ValueError) as exc:
+                raise StoreIOError(f"chunk {handle}: staged data of {key}: {exc}") from exc
+        with self._open_write(handle) as fd:
+            old = {b: self._old_block(fd, rec, b)
+                   for b in blocks.partial_blocks(st.length, intent.offset, len(data))
+                   if rec is not None}
+            plan = blocks.plan_write(st.length, rec.crcs if rec else array("I"),
+                                     intent.offset, data, old)
+            new = ReplicaState(handle, st.version, plan.length, key[0], key[1])
+
+            def index(w: Writer) -> None:
+                self._put_record(w, new, plan.crcs)
+                self._put_intent(w, done)
+                self._decided(w, new, fence)
+
+            self._commit(index)
+            try:  # no sync: the staged copy is durable, recovery redoes it
+                _pwrite_all(fd, plan.image, plan.image_offset)
+            except OSError as exc:
+                raise translate(exc, f"chunk {handle}") from exc
+        return new
+
+    def abort(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken,
+              version: ChunkVersion) -> ReplicaState:
+        with self._lock:
+            old = self._intents.get(handle, {}).get(key)
+        if old is not None and not old.undecided:
+            raise StoreIOError(f"chunk {handle}: mutation {key} was decided already")
+        rec = self._get(handle)
+        st = decided_state(rec.state if rec else None, handle,
+                           old.version if old is not None else version, key)
+        marker = Intent(handle, key[0], key[1], st.version, 0, 0, False, IntentStatus.ABORTED)
+
+        def index(w: Writer) -> None:
+            if rec is not None:  # a replica never written stays without a state
+                self._put_record(w, st, rec.crcs)
+            self._put_intent(w, marker)
+            self._decided(w, st, fence)
+
+        self._commit(index)
+        self._unprepare(handle, key, st.length)
+        return st
+
+    def raise_fence(self, handle: ChunkHandle, token: FencingToken) -> None:
+        self._commit(lambda w: self._put_fence(w, handle, token))
+
+    def checkpoint(self, handle: ChunkHandle) -> int:
+        """Sync the chunk file, then forget the APPLIED intents it now holds.
+        The caller keeps mutations of `handle` out meanwhile."""
+        keys = self._applied(handle)
+        if not keys:
+            return 0
+        with self._open_write(handle) as fd:
+            os.fdatasync(fd)
+        self._forget_applied(handle, keys)
+        return len(keys)
+
+    def _forget_applied(self, handle: ChunkHandle, keys: list[IntentKey]) -> None:
+        def index(w: Writer) -> None:
+            for key in keys:
+                self._drop_intent(w, handle, key)
+
+        self._commit(index)
+        for key in keys:
+            self.journal.drop(handle, key)
 
     def close(self) -> None:
         self._env.close()

@@ -14,11 +14,17 @@ Invariants:
   a token below the highest admitted is refused (STALE_TOKEN).  The guard
   is only raised when a request is admitted, never by a refused one.
 * Serial order: mutations of one chunk under one token are numbered
-  1, 2, 3, ...; `ReplicaState.serial` is the last one applied under
-  `ReplicaState.token`.  A primary takes the next number; a secondary
-  applies number n only right after n - 1 (earlier: `Wait`; already
-  applied: `Duplicate`, acknowledged without applying again).  A new,
-  higher token starts again at 1.
+  1, 2, 3, ... by the primary; `ReplicaState.serial` is the last one
+  *decided* (committed or aborted) under `ReplicaState.token`.  Prepares
+  may arrive in any order, but a replica takes the decision on number n
+  only right after n - 1 (earlier: `Wait`; already decided: `Duplicate`,
+  acknowledged without deciding again).  A new, higher token starts again
+  at 1.
+* Two-phase commit (fs/chunk/twopc.py): a replica refuses to prepare a
+  mutation of a newer token while it holds an undecided one of an older
+  token (IN_DOUBT): the new primary must settle the old ones first.  A
+  decision is admitted whatever the version (the prepare checked it) but
+  never with a stale `fence`.
 * Roles: under one token a server is either the chunk's primary (it
   numbers mutations) or a secondary (it applies another's numbers), never
   both: two numberings under one token would make secondaries skip
@@ -135,14 +141,74 @@ class ChunkGate:
         return state.serial + 1 if state is not None and state.token == token else 1
 
     def primary(self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
-                token: FencingToken) -> Admit | Reject:
-        """A client's mutation at the primary: admit with the next serial, or refuse."""
+                token: FencingToken, serial: int | None = None) -> Admit | Reject:
+        """A client's mutation at the primary: admit with `serial` (default: the
+        next after the last decided one), or refuse."""
         refused = (self._version_and_fence(state, handle, version, token)
                    or self._role_conflict(handle, token, primary=True))
         if refused is not None:
             return refused
-        return self._admit(handle, state, version, token, self.next_serial(state, token),
-                           primary=True)
+        if serial is None:
+            serial = self.next_serial(state, token)
+        return self._admit(handle, state, version, token, serial, primary=True)
+
+    def prepare(
+        self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
+        token: FencingToken, serial: int, *, older_undecided: bool, primary: bool,
+    ) -> Admit | Reject:
+        """Phase 1 at a replica (the primary's own copy included): may mutation
+        (token, serial) be prepared here?"""
+        if serial < 1:
+            return Reject(p.BAD_ARGS, f"serial {serial} < 1")
+        refused = (self._version_and_fence(state, handle, version, token)
+                   or self._role_conflict(handle, token, primary=primary))
+        if refused is not None:
+            return refused
+        if older_undecided:
+            return Reject(p.IN_DOUBT, f"chunk {handle}: a mutation of an older lease is "
+                                      "undecided here; the new primary must settle it first")
+        if serial < self.next_serial(state, token):
+            return Reject(p.OUT_OF_ORDER, f"chunk {handle}: serial {serial} of token {token} "
+                                          "was decided already")
+        return self._admit(handle, state, version, token, serial, primary=primary)
+
+    def decide(
+        self, state: ReplicaState | None, handle: ChunkHandle, fence: FencingToken,
+        token: FencingToken, serial: int, *, older_undecided: bool = False,
+    ) -> Admit | Reject | Wait | Duplicate:
+        """Phase 2 at a replica: may the decision on (token, serial), sent by the
+        holder of `fence`, be taken now?  In serial order per token, and never
+        past an undecided mutation of an older token (it would be stranded)."""
+        if serial < 1 or token > fence:
+            return Reject(p.BAD_ARGS, f"decision on serial {serial} of token {token} "
+                                      f"under fence {fence}")
+        highest = self.highest(handle)
+        if fence <= 0 or fence < highest:
+            return Reject(p.STALE_TOKEN, f"chunk {handle}: stale fencing token {fence} "
+                                         f"< {highest}")
+        if state is not None and state.token > token:
+            return Reject(p.OUT_OF_ORDER, f"chunk {handle}: already deciding under token "
+                                          f"{state.token} > {token}")
+        if older_undecided:
+            return Reject(p.IN_DOUBT, f"chunk {handle}: a mutation of a token older than "
+                                      f"{token} is undecided here")
+        expected = self.next_serial(state, token)
+        if serial < expected:
+            return Duplicate(serial)
+        if serial > expected:
+            return Wait(expected)
+        version = state.version if state is not None else ChunkVersion(0)
+        return self._admit(handle, state, version, fence, serial)
+
+    def fence(self, handle: ChunkHandle, token: FencingToken) -> Admit | Reject:
+        """Accept `token` as the chunk's highest (a new primary's inquiry)."""
+        highest = self.highest(handle)
+        if token <= 0 or token < highest:
+            return Reject(p.STALE_TOKEN, f"chunk {handle}: stale fencing token {token} "
+                                         f"< {highest}")
+        verdict = self._guard.check(resource(handle), token)
+        assert not isinstance(verdict, FenceRejected), verdict
+        return Admit(0, ChunkVersion(0), token, verdict.raised)
 
     def secondary(
         self, state: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,

@@ -6,22 +6,35 @@ docs/fs-design.md the contracts between the parts.
 
 Invariants of the protocol:
 
-* A write is two steps, as in GFS: the data travels first (`ChunkPush`,
-  along a chain of replicas, into each server's bounded staging buffer),
-  then the mutation is ordered by the primary (`ChunkWrite`), which applies
-  it and forwards it to the secondaries (`ChunkApply`) under a per-chunk
-  serial number.  Every replica applies mutations of a chunk in serial
-  order; serial numbers restart at 1 with every new fencing token.
-* Staged data is keyed by (origin, data_id): `origin` is the RPC node id of
-  the client that pushed it first (servers forwarding a push say whose data
-  it is), `data_id` a number the client chooses, unique among its pushes
-  still in flight.  A write or apply consumes the staged data it names,
-  whether it succeeds or fails; staged data nobody consumes expires.
+* A write is three steps.  The data travels first (`ChunkPush`, along a
+  chain of replicas, into each server's bounded staging buffer).  Then the
+  primary (the lease holder) runs a two-phase commit over the replica set
+  (`ChunkWrite`): it gives the mutation the chunk's next serial number and
+  every replica, itself included, *prepares* it (`ChunkPrepare`: the data
+  and an intent record made durable, nothing readable yet) and votes.  The
+  primary decides COMMIT only if every replica of the write prepared it,
+  and the decision (`ChunkDecide`) is applied by every replica in serial
+  order.  Serial numbers restart at 1 with every new fencing token.
+* Staged data (pushed, in memory) is keyed by (origin, data_id): `origin`
+  is the RPC node id of the client that pushed it first (servers
+  forwarding a push say whose data it is), `data_id` a number the client
+  chooses, unique among its pushes still in flight.  A prepare consumes the
+  staged data it names, whether it succeeds or fails; staged data nobody
+  consumes expires.
+* Prepared data is never readable: a read returns committed mutations
+  only, and a read overlapping a prepared, undecided mutation waits for its
+  decision (bounded; then IN_DOUBT, read elsewhere).
 * Every mutation carries the chunk version and the primary's fencing token.
   A replica rejects a token lower than the highest it has accepted for the
   chunk (STALE_TOKEN; the highest token survives restarts and deletion) and
   a version lower than its own (STALE_VERSION); a higher version is adopted
-  (that is how a new lease's version bump reaches the replicas).
+  when the mutation commits (that is how a new lease's version bump reaches
+  the replicas).
+* A new primary (a new token) resolves every prepared, undecided mutation
+  of the replica set before it serves a write (`ChunkIntents` fences and
+  lists them, `ChunkDecide` settles them the same way everywhere);
+  `ChunkBegin` does that, then raises the replicas' versions, right after
+  a lease grant.
 * A read names the version the client expects; a replica at any other
   version refuses it (STALE_VERSION).  Every block a read touches is
   verified against its CRC-32C; a mismatch is reported to the metadata
@@ -56,13 +69,14 @@ OUT_OF_ORDER = "OUT_OF_ORDER"  # a secondary waited too long for an earlier seri
 ENOSPC = "ENOSPC"  # the data disk is full; nothing was changed, staged data dropped
 EIO = "EIO"  # a local I/O error other than a full disk
 BAD_ARGS = "BAD_ARGS"  # offset/length/handle out of range, data too large, ...
-NOT_PRIMARY = "NOT_PRIMARY"  # a write to a secondary of this lease (or an apply to its primary)
+NOT_PRIMARY = "NOT_PRIMARY"  # a write to a secondary of this lease (or a prepare to its primary)
+IN_DOUBT = "IN_DOUBT"  # an undecided prepared mutation is in the way (read: elsewhere / later)
 # A full staging buffer answers with the RPC framework's OVERLOADED code,
 # which the RPC client treats as transient and retries with backoff.
 STAGING_FULL = "OVERLOADED"
 
 # Codes after which the same bytes are worth asking of another replica.
-RETRY_ELSEWHERE = frozenset({CHECKSUM, STALE_VERSION, NO_CHUNK, EIO})
+RETRY_ELSEWHERE = frozenset({CHECKSUM, STALE_VERSION, NO_CHUNK, EIO, IN_DOUBT})
 
 _BLOCK_RE = re.compile(r"\bblock (\d+)\b")
 _VERSION_RE = re.compile(r"\breplica at version (\d+)\b")
@@ -112,28 +126,38 @@ class ChunkPush(Request[PushReply]):
     origin: int = 0
 
 
-# ---- mutations --------------------------------------------------------------
+# ---- mutations (to the primary) -----------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class WriteReply:
     serial: int  # the serial the primary gave this mutation
-    failed: list[str]  # secondaries that did not apply it (report them: fs.drop_replica)
+    failed: list[str]  # replicas to report (fs.drop_replica) before the write counts as done
+    committed: bool = True  # False: aborted everywhere; drop `failed`, then write again
 
 
 @request("chunk.write", semantics=Semantics.AT_MOST_ONCE)
 @dataclass(frozen=True, slots=True)
 class ChunkWrite(Request[WriteReply]):
-    """To the primary: write the staged data (caller, data_id) at `offset`.
+    """To the primary: write the staged data (caller, data_id) at `offset`,
+    atomically on every replica (two-phase commit).
 
-    The primary checks the fencing token and the version, assigns the next
-    serial of the chunk, applies the data locally (creating the replica if
-    this server has none), sends `ChunkApply` to every address in
-    `secondaries` and answers with those that failed.  An error reply means
-    the primary itself did not apply it (and no secondary was asked).
-    `sync`: make the data durable (fdatasync) before answering; the index
-    is always committed durably.  Without it a crash may lose the write's
-    data, never silently: its blocks come back old or fail verification.
+    The primary checks the fencing token and the version, resolves what a
+    previous primary left undecided (first write under a new token), gives
+    the mutation the chunk's next serial, has itself and every address in
+    `secondaries` prepare it, and decides:
+
+    * every replica prepared: COMMIT, applied everywhere in serial order;
+      `failed` lists those that did not confirm the commit (report them);
+    * otherwise ABORT everywhere, nothing changes anywhere: `committed` is
+      False and `failed` lists the replicas that could not prepare (report
+      them, then write again without them).
+
+    An error reply means nothing was committed: STALE_TOKEN / STALE_VERSION
+    (a newer lease exists), ENOSPC (some replica's disk is full), IN_DOUBT
+    (an old undecided mutation; retry), NO_DATA (push again).  `sync` is
+    kept for compatibility: a prepared mutation is always durable (its data
+    is fsynced before the vote), so an acknowledged write survives crashes.
     """
 
     handle: ChunkHandle
@@ -146,22 +170,66 @@ class ChunkWrite(Request[WriteReply]):
 
 
 @dataclass(frozen=True, slots=True)
-class ApplyReply:
+class TruncateReply:
     serial: int
-    version: ChunkVersion  # the replica's version after applying
+    failed: list[str]  # replicas to report, as WriteReply.failed
+    committed: bool = True
 
 
-@request("chunk.apply", semantics=Semantics.AT_MOST_ONCE)
+@request("chunk.truncate", semantics=Semantics.AT_MOST_ONCE)
 @dataclass(frozen=True, slots=True)
-class ChunkApply(Request[ApplyReply]):
-    """Primary to secondary: apply mutation number `serial` of the chunk.
+class ChunkTruncate(Request[TruncateReply]):
+    """To the primary: cut the replica's data to `length` bytes (bytes beyond
+    read as zeros if the chunk grows again), ordered with the writes and
+    committed like one.  A length at or past the current data length changes
+    no data (the version/token checks and adoption still run)."""
 
-    Applied strictly in serial order per (chunk, token): an apply whose
-    predecessor has not arrived waits for it (bounded, then OUT_OF_ORDER); a
-    serial already applied is acknowledged without applying it again.
-    A write stages data (origin, data_id) at `offset`; with `truncate` the
-    mutation is a truncate to length `offset` (no data).
-    """
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+    length: int
+    secondaries: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BeginReply:
+    version: ChunkVersion  # the primary's version afterwards
+    failed: list[str]  # replicas that could not be resolved or raised: report them
+    resolved: int  # undecided mutations of earlier leases settled now
+
+
+@request("chunk.begin", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkBegin(Request[BeginReply]):
+    """To the primary, right after a lease grant: settle every prepared,
+    undecided mutation of the replica set (commit it everywhere if some
+    replica committed it, else abort it everywhere), then raise every
+    replica to `version` (closing the version-bump gap).  Idempotent; a
+    write does the settling itself if this call was lost."""
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+    secondaries: list[str]
+
+
+# ---- two-phase commit between the primary and the replicas ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareReply:
+    serial: int
+
+
+@request("chunk.prepare", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkPrepare(Request[PrepareReply]):
+    """Primary to secondary: prepare mutation (token, serial) - take the
+    staged data (origin, data_id), make it and an intent record durable,
+    reserve the disk blocks the commit will need - and vote (an answer is
+    READY, an error is a no vote).  Nothing becomes readable.  With
+    `truncate` the mutation is a truncate to length `offset` (no data).
+    Idempotent: an intent already prepared is acknowledged again."""
 
     handle: ChunkHandle
     version: ChunkVersion
@@ -170,29 +238,55 @@ class ChunkApply(Request[ApplyReply]):
     data_id: int
     offset: int
     origin: int
-    sync: bool = True
     truncate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class TruncateReply:
-    serial: int
-    failed: list[str]  # secondaries that did not apply it
+class DecideReply:
+    version: ChunkVersion  # the replica's version afterwards
 
 
-@request("chunk.truncate", semantics=Semantics.AT_MOST_ONCE)
+@request("chunk.decide", semantics=Semantics.AT_LEAST_ONCE)
 @dataclass(frozen=True, slots=True)
-class ChunkTruncate(Request[TruncateReply]):
-    """To the primary: cut the replica's data to `length` bytes (bytes beyond
-    read as zeros if the chunk grows again), ordered with the writes like one
-    and forwarded to `secondaries`.  A length at or past the current data
-    length changes no data (the version/token checks and adoption still run)."""
+class ChunkDecide(Request[DecideReply]):
+    """The outcome of mutation (token, serial): applied (`commit`) or
+    dropped, strictly in serial order per (chunk, token) - an early one
+    waits for its predecessors (bounded, then OUT_OF_ORDER).  `fence` is
+    the sender's token (the primary's own, or a newer primary settling an
+    old mutation): it must not be stale.  `version` is the sender's lease
+    version (adopted on commit, never lowering the replica's).
+    Idempotent: a repeated decision is acknowledged; a contradicting one is
+    refused (EIO)."""
 
     handle: ChunkHandle
-    version: ChunkVersion
     token: FencingToken
-    length: int
-    secondaries: list[str]
+    serial: int
+    commit: bool
+    fence: FencingToken
+    version: ChunkVersion
+
+
+@dataclass(frozen=True, slots=True)
+class IntentsReply:
+    present: bool  # this server holds a replica (or an intent to create one)
+    version: ChunkVersion
+    token: FencingToken  # the token `serial` counts under
+    serial: int  # the last serial decided under `token`
+    aborted: list[int]  # the serials aborted under `token` (the rest up to `serial` committed)
+    prepared: list[tuple[int, int]]  # undecided mutations, as (token, serial), ascending
+
+
+@request("chunk.intents", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkIntents(Request[IntentsReply]):
+    """A new primary asks what this replica decided and what it holds
+    undecided.  With `fence` > 0 the replica first accepts `fence` as the
+    chunk's highest token (durably, before answering), so no older
+    primary can prepare or decide anything afterwards: the answer stays
+    true for every mutation of older tokens."""
+
+    handle: ChunkHandle
+    fence: int = 0  # a FencingToken; 0: only ask
 
 
 @dataclass(frozen=True, slots=True)

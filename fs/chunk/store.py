@@ -20,6 +20,15 @@ Contract (both implementations):
   laundered into a fresh checksum.
 * A mutation that raises `NoSpace` changed nothing (data, checksums and
   state are as before).
+* Two-phase commit (fs/chunk/intent.py has the life of an intent):
+  `prepare` makes a mutation's data and intent durable and reserves the
+  space its commit needs, so `commit` cannot fail for space; nothing of
+  a prepared mutation is readable.  `commit`/`abort` take the decision on
+  (token, serial) - the caller admitted it in serial order - and record
+  it in the replica's state (`serial` = the last decided); `abort` of a
+  serial never prepared here records the decision too.  ABORTED markers
+  of the state's token are kept (`aborted`), older ones dropped.
+* Every mutation raises the persisted fence to the token it carries.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Protocol
 import native
 from coord.lease import FencingToken
 from fs.chunk import blocks
+from fs.chunk.intent import Intent, IntentKey, IntentStatus
 from fs.chunk.ordering import ReplicaState
 from fs.types import BLOCK_SIZE, ChunkHandle, ChunkVersion
 
@@ -100,6 +110,55 @@ class ChunkStore(Protocol):
     def delete(self, handle: ChunkHandle) -> bool: ...
     def space(self) -> Space: ...
     def close(self) -> None: ...
+    # two-phase commit
+    def intents(self, handle: ChunkHandle) -> list[Intent]: ...
+    def intent_handles(self) -> list[ChunkHandle]: ...
+    def aborted(self, handle: ChunkHandle) -> list[int]: ...
+    def stage(self, handle: ChunkHandle, key: IntentKey, data: bytes) -> None: ...
+    def unstage(self, handle: ChunkHandle, key: IntentKey) -> None: ...
+    def prepare(self, handle: ChunkHandle, intent: Intent, data: bytes) -> None: ...
+    def commit(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken,
+               version: ChunkVersion, data: bytes | None = None) -> ReplicaState: ...
+    def abort(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken,
+              version: ChunkVersion) -> ReplicaState: ...
+    def raise_fence(self, handle: ChunkHandle, token: FencingToken) -> None: ...
+    def checkpoint(self, handle: ChunkHandle) -> int: ...
+
+
+def position(state: ReplicaState | None, intents: list[Intent]) -> ReplicaState | None:
+    """Where the replica stands in the serial order: its state, or - for a
+    replica whose only history is aborted first mutations (nothing written,
+    so no state) - a length-0 state at the newest ABORTED marker, so that
+    the next serial is admitted after them."""
+    if state is not None:
+        return state
+    markers = [i for i in intents if i.status is IntentStatus.ABORTED]
+    if not markers:
+        return None
+    last = max(markers, key=lambda i: i.key)
+    return ReplicaState(last.handle, last.version, 0, last.token, last.serial)
+
+
+def aborted_serials(state: ReplicaState | None, intents: list[Intent]) -> list[int]:
+    """The serials aborted under the token the replica's serial counts under."""
+    pos = position(state, intents)
+    return [i.serial for i in intents
+            if pos is not None and i.token == pos.token and i.status is IntentStatus.ABORTED]
+
+
+def older_undecided(intents: list[Intent], token: int) -> bool:
+    """Does the replica hold an undecided mutation of a token older than `token`?"""
+    return any(i.undecided and i.token < token for i in intents)
+
+
+def decided_state(st: ReplicaState | None, handle: ChunkHandle, version: ChunkVersion,
+                  key: IntentKey, length: int | None = None) -> ReplicaState:
+    """The replica's state once the decision on `key` is taken."""
+    token, serial = key
+    if st is None:
+        return ReplicaState(handle, version, length or 0, token, serial)
+    return ReplicaState(handle, ChunkVersion(max(st.version, version)),
+                        st.length if length is None else length, token, serial)
 
 
 def bad_blocks(data: bytes | bytearray, crcs: array[int], first: int = 0) -> list[int]:
@@ -125,6 +184,8 @@ class MemoryChunkStore:
         self._crcs: dict[ChunkHandle, array[int]] = {}
         self._states: dict[ChunkHandle, ReplicaState] = {}
         self._fences: dict[ChunkHandle, FencingToken] = {}
+        self._intents: dict[ChunkHandle, dict[IntentKey, Intent]] = {}
+        self._staged: dict[tuple[ChunkHandle, IntentKey], bytes] = {}
 
     # -- test hooks ---------------------------------------------------------
 
@@ -133,7 +194,8 @@ class MemoryChunkStore:
         self._data[handle][offset] ^= 0x01
 
     def _used(self) -> int:
-        return sum(s.length for s in self._states.values())
+        return (sum(s.length for s in self._states.values())
+                + sum(len(d) for d in self._staged.values()))
 
     # -- ChunkStore -----------------------------------------------------------
 
@@ -162,13 +224,17 @@ class MemoryChunkStore:
 
     def write(self, handle: ChunkHandle, m: Mutation, offset: int, data: bytes,
               sync: bool) -> ReplicaState:
+        return self._write(handle, m, offset, data, check_space=True)
+
+    def _write(self, handle: ChunkHandle, m: Mutation, offset: int, data: bytes, *,
+               check_space: bool) -> ReplicaState:
         st = self._states.get(handle)
         length = st.length if st else 0
         crcs = self._crcs.get(handle, array("I"))
         old = {b: self._old_block(handle, b, length)
                for b in blocks.partial_blocks(length, offset, len(data))}
         plan = blocks.plan_write(length, crcs, offset, data, old)
-        if self._used() + plan.length - length > self.capacity:
+        if check_space and self._used() + plan.length - length > self.capacity:
             raise NoSpace(f"chunk {handle}: no space for {len(data)} bytes")
         buf = self._data.setdefault(handle, bytearray())
         end = plan.image_offset + len(plan.image)
@@ -229,7 +295,10 @@ class MemoryChunkStore:
     def delete(self, handle: ChunkHandle) -> bool:
         self._data.pop(handle, None)
         self._crcs.pop(handle, None)
-        return self._states.pop(handle, None) is not None
+        had_intents = self._intents.pop(handle, None) is not None
+        for key in [k for k in self._staged if k[0] == handle]:
+            del self._staged[key]
+        return self._states.pop(handle, None) is not None or had_intents
 
     def space(self) -> Space:
         used = self._used()
@@ -237,3 +306,84 @@ class MemoryChunkStore:
 
     def close(self) -> None:
         pass
+
+    # -- two-phase commit --------------------------------------------------------
+
+    def intents(self, handle: ChunkHandle) -> list[Intent]:
+        return sorted(self._intents.get(handle, {}).values(), key=lambda i: i.key)
+
+    def intent_handles(self) -> list[ChunkHandle]:
+        return [h for h, mine in self._intents.items() if mine]
+
+    def aborted(self, handle: ChunkHandle) -> list[int]:
+        return aborted_serials(self._states.get(handle), self.intents(handle))
+
+    def stage(self, handle: ChunkHandle, key: IntentKey, data: bytes) -> None:
+        pass  # memory is as durable as it gets here; `prepare` keeps the data
+
+    def unstage(self, handle: ChunkHandle, key: IntentKey) -> None:
+        pass
+
+    def prepare(self, handle: ChunkHandle, intent: Intent, data: bytes) -> None:
+        st = self._states.get(handle)
+        if not intent.truncate:
+            blocks.check_range(intent.offset, len(data))
+            length = st.length if st else 0
+            for b in blocks.partial_blocks(length, intent.offset, len(data)):
+                self._old_block(handle, b, length)  # a corrupt replica votes no
+            if self._used() + len(data) > self.capacity:
+                raise NoSpace(f"chunk {handle}: no space to prepare {len(data)} bytes")
+            self._staged[(handle, intent.key)] = bytes(data)
+        self._intents.setdefault(handle, {})[intent.key] = intent
+        self._fences[handle] = FencingToken(max(intent.token, self._fences.get(handle, 0)))
+
+    def _decided(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken) -> None:
+        """Forget `key`'s data and the markers of tokens older than `key`'s."""
+        self._staged.pop((handle, key), None)
+        mine = self._intents.get(handle, {})
+        for k in [k for k, i in mine.items() if i.status is IntentStatus.ABORTED
+                  and k[0] < key[0]]:
+            del mine[k]
+        self._fences[handle] = FencingToken(max(fence, self._fences.get(handle, 0)))
+
+    def commit(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken,
+               version: ChunkVersion, data: bytes | None = None) -> ReplicaState:
+        intent = self._intents.get(handle, {}).get(key)
+        if intent is None or not intent.undecided:
+            raise StoreIOError(f"chunk {handle}: no prepared mutation {key} to commit")
+        adopt = ChunkVersion(max(version, intent.version))
+        m = Mutation(decided_state(self._states.get(handle), handle, adopt, key).version,
+                     intent.token, intent.serial)
+        if intent.truncate:
+            st = self.truncate(handle, m, intent.offset, True)
+        else:  # the space was reserved by the prepare
+            st = self._write(handle, m, intent.offset, self._staged[(handle, key)],
+                             check_space=False)
+        del self._intents[handle][key]
+        self._decided(handle, key, fence)
+        return st
+
+    def abort(self, handle: ChunkHandle, key: IntentKey, fence: FencingToken,
+              version: ChunkVersion) -> ReplicaState:
+        old = self._intents.get(handle, {}).get(key)
+        if old is not None and not old.undecided:
+            raise StoreIOError(f"chunk {handle}: mutation {key} was decided already")
+        before = self._states.get(handle)
+        st = decided_state(before, handle, old.version if old is not None else version, key)
+        if before is not None:  # a replica never written stays without a state
+            self._states[handle] = st
+        marker = old or Intent(handle, key[0], key[1], version, 0, 0, False)
+        self._intents.setdefault(handle, {})[key] = _aborted(marker)
+        self._decided(handle, key, fence)
+        return st
+
+    def raise_fence(self, handle: ChunkHandle, token: FencingToken) -> None:
+        self._fences[handle] = FencingToken(max(token, self._fences.get(handle, 0)))
+
+    def checkpoint(self, handle: ChunkHandle) -> int:
+        return 0  # nothing is ever only in a page cache here
+
+
+def _aborted(intent: Intent) -> Intent:
+    return Intent(intent.handle, intent.token, intent.serial, intent.version, intent.offset,
+                  intent.length, intent.truncate, IntentStatus.ABORTED)

@@ -19,19 +19,32 @@ data read as zeros.
 
 Writes (one extent inside one chunk), in this order:
 1. a lease: cached while valid, else `AllocChunk` if the chunk is absent,
-   `AcquireLease`, and `chunk.set_version` on its replicas (the bump gap);
+   `AcquireLease`, and `chunk.begin` at its primary: the new primary
+   settles every mutation an earlier primary left undecided (the same way
+   on every replica) and raises the replicas to the lease's version (the
+   bump gap); replicas it could not bring in line are dropped here;
 2. the data pushed along the chain nearest-first, in parts, several in
    flight (skipping a first server that does not answer);
-3. `chunk.write` to the primary with the token; its `failed` secondaries
-   are dropped from the chunk map (`DropReplica`, version bump) and the
-   survivors raised with `chunk.set_version` BEFORE the write counts as
-   done;
+3. `chunk.write` to the primary with the token: a two-phase commit over the
+   replica set.  Its `failed` replicas are dropped from the chunk map
+   (`DropReplica`, a version bump each) and the survivors raised with
+   `chunk.set_version` BEFORE anything else happens; then, if the primary
+   committed, the write counts as done, and if it aborted (some replica
+   could not prepare: nothing changed anywhere), it is written again
+   without them;
 4. on STALE_TOKEN / NOT_PRIMARY / STALE_VERSION: a fresh lease and a new
-   attempt; NO_DATA: push again; an unreachable primary: it is dropped
-   from the map (its lease ends at once) when other replicas remain, so a
-   new primary is granted at once instead of after the lease term; a slow
-   one gets one more try first.  Every new attempt pushes the data again
-   (a failed write consumed the staged copy).
+   attempt; NO_DATA: push again; IN_DOUBT, CHECKSUM, EIO: a new attempt
+   shortly (the lease is renewed, which settles old mutations); an
+   unreachable primary: it is dropped from the map (its lease ends at
+   once) when other replicas remain, so a new primary is granted at once
+   instead of after the lease term; a slow one gets one more try first.
+   Every new attempt pushes the data again (a write consumes the staged
+   copy).  The client is never told a write succeeded before every
+   replica still listed has committed it.
+
+Reads that find every replica holding an undecided mutation over the range
+(IN_DOUBT: its primary died before deciding) take the chunk's lease, whose
+`chunk.begin` settles it, and read again.
 
 All waits are bounded by the caller's cancel scope (the operation
 timeout) and each chunk-server call by `chunk_call_timeout`.
@@ -39,6 +52,7 @@ timeout) and each chunk-server call by `chunk_call_timeout`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
@@ -67,7 +81,8 @@ LOCATION_WINDOW = 64  # chunk locations fetched per metadata query (4 GiB of fil
 MAX_MUTATION_ATTEMPTS = 8  # new leases/pushes per extent before giving up (EIO)
 CONTROL_TIMEOUT = 2.0  # set_version is small: do not wait long for a dead server
 _RENEW = frozenset({cp.STALE_TOKEN, cp.NOT_PRIMARY, cp.STALE_VERSION})
-_REPLICA_TROUBLE = frozenset({cp.CHECKSUM, cp.EIO, cp.OUT_OF_ORDER, cp.STAGING_FULL})
+_REPLICA_TROUBLE = frozenset({cp.CHECKSUM, cp.EIO, cp.OUT_OF_ORDER, cp.STAGING_FULL,
+                              cp.IN_DOUBT})
 
 
 class MetaOps(Protocol):
@@ -82,6 +97,14 @@ class MetaOps(Protocol):
     async def acquire_lease(self, inode: InodeId, index: int) -> LeaseResult: ...
 
     async def drop_replica(self, handle: ChunkHandle, server: ServerId) -> ChunkLocation: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the primary said about one mutation."""
+
+    failed: tuple[str, ...]  # replicas to drop before anything else
+    committed: bool  # False: aborted everywhere, write again
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,34 +180,50 @@ class ChunkIO:
         return b"".join(out)
 
     async def _read_span(self, inode: InodeId, span: Span) -> bytes:
-        fresh = False
-        for _ in range(2):
+        fresh = settled = False
+        for _ in range(3):
             location = await self.location(inode, span.index, fresh=fresh)
             if location is None:
                 return bytes(span.length)  # a hole
-            data = await self._read_replicas(location, span, trusted=fresh)
+            data, in_doubt = await self._read_replicas(location, span, trusted=fresh)
             if data is not None:
                 return data + bytes(span.length - len(data))
+            if in_doubt and not settled:  # every replica waits for a dead primary
+                await self._settle(inode, span.index)
+                settled = True
+                continue
             self.locations.invalidate(inode, span.index)
             fresh = True
         raise FsError(errno.EIO, f"no replica of chunk {span.index} of inode {inode} "
                                  "could be read")
 
+    async def _settle(self, inode: InodeId, index: int) -> None:
+        """Have the chunk's primary settle what a dead one left undecided (best
+        effort: the file must be open in our session for a lease)."""
+        try:
+            lease = await self.lease(inode, index, allocate=False)
+            await self._begin(inode, index, lease)
+        except (FsError, RpcError) as exc:
+            log.debug("settling chunk %d of inode %d: %s", index, inode, exc)
+
     async def _read_replicas(
         self, location: ChunkLocation, span: Span, *, trusted: bool
-    ) -> bytes | None:
-        """The span from the first replica that serves it; None if none did."""
+    ) -> tuple[bytes | None, bool]:
+        """The span from the first replica that serves it (None if none did), and
+        whether some replica refused it IN_DOUBT (an undecided mutation there)."""
         now = trio.current_time()
+        codes: list[str | None] = []
         for _, address in order_replicas(
             location.replicas, self._config.local_hosts, self.suspects.current(now)
         ):
-            data = await self._read_one(address, location, span, trusted=trusted)
+            data = await self._read_one(address, location, span, trusted=trusted, codes=codes)
             if data is not None:
-                return data
-        return None
+                return data, False
+        return None, cp.IN_DOUBT in codes
 
     async def _read_one(
-        self, address: str, location: ChunkLocation, span: Span, *, trusted: bool
+        self, address: str, location: ChunkLocation, span: Span, *, trusted: bool,
+        codes: list[str | None],
     ) -> bytes | None:
         version = location.version
         for _ in range(2):
@@ -200,13 +239,15 @@ class ChunkIO:
                     version = ChunkVersion(lagging)  # listed, bump not arrived yet: readable
                     continue
                 log.debug("read of chunk %d at %s: %s", location.handle, address, exc)
-                if exc.code != cp.STALE_VERSION:
+                codes.append(exc.code)
+                if exc.code not in (cp.STALE_VERSION, cp.IN_DOUBT):
                     self.suspects.mark(address, trio.current_time())
                 return None
             except RpcError as exc:
                 if not is_unreachable(exc):
                     raise
                 log.debug("read of chunk %d: %s unreachable: %s", location.handle, address, exc)
+                codes.append(None)
                 self.suspects.mark(address, trio.current_time())
                 return None
         return None
@@ -233,7 +274,7 @@ class ChunkIO:
                 self.locations.put(inode, index, location, trio.current_time())
             sent = trio.current_time()
             lease = await self._acquire(inode, index, allocate=allocate)
-            await self._set_version(lease.location, FencingToken(lease.token))
+            lease = await self._begin(inode, index, lease)
             term = lease.lease_ms / 1000 - self._config.lease_margin
             self.leases.put(inode, index, lease, sent + max(term, 0.0))
             self.locations.put(inode, index, lease.location, trio.current_time())
@@ -256,6 +297,24 @@ class ChunkIO:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
         raise FsError(errno.EIO, "no lease")
+
+    async def _begin(self, inode: InodeId, index: int, lease: LeaseResult) -> LeaseResult:
+        """`chunk.begin` at the lease's primary: settle earlier leases' undecided
+        mutations, raise every replica to the lease's version; drop the replicas
+        it could not bring in line.  Best effort otherwise: a lost call is made
+        up for by the first write, which settles too."""
+        request = cp.ChunkBegin(lease.location.handle, lease.location.version,
+                                FencingToken(lease.token), _secondaries(lease))
+        try:
+            reply = await self._call(lease.primary_address, request)
+        except RpcError as exc:  # RemoteError included: the write will find out why
+            log.debug("begin of chunk %d at %s: %s", lease.location.handle,
+                      lease.primary_address, exc)
+            return lease
+        if not reply.failed:
+            return lease
+        location = await self._drop(inode, index, lease, reply.failed)
+        return dataclasses.replace(lease, location=location)
 
     async def _set_version(self, location: ChunkLocation, token: FencingToken) -> None:
         """Raise every replica to the map's version (best effort, concurrently)."""
@@ -318,7 +377,7 @@ class ChunkIO:
         """Write `extent` to every replica of its chunk (steps 1-4)."""
         staged = pushed
 
-        async def attempt(lease: LeaseResult) -> list[str]:
+        async def attempt(lease: LeaseResult) -> Applied:
             nonlocal staged
             if staged is None or not staged.serves(lease):
                 chain = push_chain(lease.location.replicas, self._config.local_hosts)
@@ -328,7 +387,8 @@ class ChunkIO:
                 lease.location.handle, lease.location.version, FencingToken(lease.token),
                 data_id, extent.chunk_offset, _secondaries(lease), self._config.sync_writes,
             )
-            return (await self._call(lease.primary_address, request)).failed
+            reply = await self._call(lease.primary_address, request)
+            return Applied(tuple(reply.failed), reply.committed)
 
         await self._mutate(inode, extent.index, attempt, allocate=True)
 
@@ -337,26 +397,27 @@ class ChunkIO:
         if await self.location(inode, index, fresh=True) is None:
             return
 
-        async def attempt(lease: LeaseResult) -> list[str]:
+        async def attempt(lease: LeaseResult) -> Applied:
             request = cp.ChunkTruncate(
                 lease.location.handle, lease.location.version, FencingToken(lease.token),
                 length, _secondaries(lease),
             )
-            return (await self._call(lease.primary_address, request)).failed
+            reply = await self._call(lease.primary_address, request)
+            return Applied(tuple(reply.failed), reply.committed)
 
         await self._mutate(inode, index, attempt, allocate=False)
 
     async def _mutate(
-        self, inode: InodeId, index: int, attempt: Callable[[LeaseResult], Awaitable[list[str]]],
+        self, inode: InodeId, index: int, attempt: Callable[[LeaseResult], Awaitable[Applied]],
         *, allocate: bool,
     ) -> None:
-        """Run `attempt` under a valid lease until the primary applied it; report
-        the secondaries that failed before returning."""
+        """Run `attempt` under a valid lease until the primary committed it; report
+        the replicas that failed (commit or abort) before anything else."""
         slow = 0  # attempts the primary did not answer in time
         for _ in range(MAX_MUTATION_ATTEMPTS):
             lease = await self.lease(inode, index, allocate=allocate)
             try:
-                failed = await attempt(lease)
+                applied = await attempt(lease)
             except RemoteError as exc:
                 await self._after_refusal(inode, index, exc)
                 continue
@@ -371,9 +432,12 @@ class ChunkIO:
                         continue  # slow, not gone: one more try with the same primary
                 await self._primary_gone(inode, index, lease, exc)
                 continue
-            if failed:
-                await self._drop(inode, index, lease, failed)
-            return
+            if applied.failed:
+                await self._drop(inode, index, lease, applied.failed)
+            if applied.committed:
+                return
+            if not applied.failed:  # aborted with nobody to blame: a moment, then again
+                await trio.sleep(0.1)
         raise FsError(errno.EIO, f"chunk {index} of inode {inode}: no replica took the mutation "
                                  f"after {MAX_MUTATION_ATTEMPTS} attempts")
 
@@ -410,7 +474,7 @@ class ChunkIO:
 
     async def _drop(
         self, inode: InodeId, index: int, lease: LeaseResult, failed: Sequence[str]
-    ) -> None:
+    ) -> ChunkLocation:
         """Remove the replicas that missed a mutation from the chunk map (each a
         version bump), then raise the survivors to the new version."""
         ids = {address: server for server, address in lease.location.replicas}
@@ -419,7 +483,7 @@ class ChunkIO:
             server = ids.get(address)
             if server is None:
                 continue
-            log.warning("chunk %d: replica on %s missed a write; dropping it",
+            log.warning("chunk %d: replica on %s could not take a mutation; dropping it",
                         location.handle, address)
             location = await self._meta.drop_replica(location.handle, server)
             self.drops += 1
@@ -427,6 +491,7 @@ class ChunkIO:
         self.leases.replace_location(inode, index, location)
         self.locations.put(inode, index, location, trio.current_time())
         await self._set_version(location, FencingToken(lease.token))
+        return location
 
     def forget_from(self, inode: InodeId, first_index: int) -> None:
         """Chunks from `first_index` on were released (truncate): forget them."""
@@ -445,4 +510,4 @@ def _split_span(span: Span, part: int) -> list[Span]:
     ]
 
 
-__all__ = ["ChunkIO", "MetaOps", "Pushed", "Replica"]
+__all__ = ["Applied", "ChunkIO", "MetaOps", "Pushed", "Replica"]

@@ -336,7 +336,8 @@ def meta_keys(raw: Mapping[str, Any], config_path: Path, ident: int | None) -> d
     m = config.meta_member(ident)
     return {"id": m.id, "members": {str(x.id): x.address for x in config.meta},
             "data": str(m.data), "secret_file": str(config.secret_file),
-            "raft": dict(config.raft)}
+            "raft": dict(config.raft), "fs": {"replicas": config.replicas},
+            "liveness": dict(raw.get("liveness", {}))}
 
 
 # --- for `ddfs chunk --config F --id N` and `ddfs mount --config F M` ----------------------------

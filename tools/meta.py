@@ -4,7 +4,8 @@
               --data /var/lib/ddfs/meta1 --secret-file /etc/ddfs/secret
 
 or `ddfs meta --config meta.toml` with the same keys (id, members as a table
-of id -> address, data, secret_file, and optional [raft] timings), or
+of id -> address, data, secret_file, and optional [raft] timings, [fs] settings
+(replicas, lease_ms) and [liveness] (failure detector: docs/fs-meta.md)), or
 `ddfs meta --config cluster.toml --id N` with the one-file cluster format
 (tools/clusterconf.py, docs/operations.md).  SIGTERM
 and SIGINT stop it gracefully.
@@ -78,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
         config = MemberConfig(
             node_id=NodeId(int(conf["id"])), members=parse_members(str(conf["members"])),
             data_dir=Path(conf["data"]), secret=read_secret(args), raft=RaftConfig(**raft_conf),
+            plugin_settings={k: dict(conf.get(k, {})) for k in ("fs", "liveness")},
         ).validate()
+        from fs.meta.server import fs_plugin
+
+        fs_plugin(config.plugin_settings)  # refuse bad [fs]/[liveness] settings before serving
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
 

@@ -22,7 +22,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -47,6 +47,9 @@ class MemberConfig:
     secret: bytes
     raft: RaftConfig = field(default_factory=RaftConfig)
     kv: KVConfig = field(default_factory=KVConfig)
+    # Settings of the plugins (file system: "fs", "liveness"), as read from the
+    # config file; each plugin validates its own table.
+    plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> MemberConfig:
         if self.node_id not in self.members:
@@ -97,9 +100,10 @@ async def serve_member(
     config: MemberConfig, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """`ddfs meta`: the KV store and the file system on one Raft group."""
-    from fs.meta.server import FsPlugin  # noqa: PLC0415 - coord must not import fs at load
+    from fs.meta.server import fs_plugin  # noqa: PLC0415 - coord must not import fs at load
 
-    await serve_kv_member(config, [FsPlugin()], task_status=task_status)
+    plugin = fs_plugin(config.plugin_settings)
+    await serve_kv_member(config, [plugin], task_status=task_status)
 
 
 def _open_stores(

@@ -11,6 +11,7 @@ meta.* on one port.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import trio
 
@@ -25,7 +26,15 @@ from fs.meta.machine import FsMachine
 from fs.meta.service import FsService
 from fs.meta.state import TABLES
 
-__all__ = ["FsPlugin", "MemberConfig", "serve_member"]
+__all__ = ["FsPlugin", "MemberConfig", "fs_plugin", "serve_member"]
+
+
+def fs_plugin(settings: Mapping[str, Mapping[str, Any]]) -> FsPlugin:
+    """The plugin for `ddfs meta`, from the config file's [fs] and [liveness] tables;
+    raises ValueError (or TypeError for unknown keys) naming the bad setting."""
+    fs_config = FsConfig(**dict(settings.get("fs", {}))).validate()
+    liveness = LivenessConfig.from_mapping(dict(settings.get("liveness", {})))
+    return FsPlugin(fs_config, liveness)
 
 
 class FsPlugin:

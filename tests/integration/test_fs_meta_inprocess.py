@@ -99,8 +99,8 @@ class Member:
             rng=random.Random(node),
         )
         drivers[node] = self.driver
-        self.fs = FsService(self.driver, self.fsm, ADDRESSES,
-                            liveness=LivenessConfig(dead_after=1.0), rpc=rpc)
+        self.fs = FsService(self.driver, self.fsm, ADDRESSES, liveness=LivenessConfig(
+            detector="timeout", suspect_after=0.5, dead_after=1.0, grace=0.5), rpc=rpc)
 
 
 class ChunkServersTwin:

@@ -310,9 +310,16 @@ def result_object(args: argparse.Namespace, w: Workload, ours: Figures, local: F
     for key, value in asdict(local).items():
         out[f"local_{key}"] = round(value, 1)
     for key, _, _ in METRICS:
-        out[f"ratio_{key}"] = round(out[key] / out[f"local_{key}"], 3) if out[
-            f"local_{key}"] else None
+        base = out[f"local_{key}"]
+        # three significant digits: metadata ratios can be far below 1%
+        out[f"ratio_{key}"] = float(f"{out[key] / base:.3g}") if base else None
     return out
+
+
+def percent(ratio: float | None) -> str:
+    if ratio is None:
+        return ""
+    return f"{ratio:.0%}" if ratio >= 0.1 else f"{ratio * 100:.2g}%"
 
 
 def human(size: int) -> str:
@@ -329,13 +336,12 @@ def print_table(result: dict[str, Any], stream: TextIO | None = None) -> None:
           f"{human(result['block_bytes'])} blocks, "
           f"{result['files']:,} files; caches dropped before reads and stats: "
           f"{'yes' if result['caches_dropped'] else 'NO'}", file=stream)
-    left = f"{result['mount']} ({result['mount_fstype']})"
-    right = f"local ({result['local_fstype']})"
-    print(f"{'':24} {left[-26:]:>26} {right:>18} {'ratio':>7}", file=stream)
+    print(f"mount: {result['mount']} ({result['mount_fstype']}); "
+          f"local: {result['local']} ({result['local_fstype']})", file=stream)
+    print(f"{'':24} {'mount':>12} {'local':>12} {'mount/local':>12}", file=stream)
     for key, label, unit in METRICS:
-        ratio = result[f"ratio_{key}"]
-        print(f"{label + ' ' + unit:24} {result[key]:>26,.1f} {result['local_' + key]:>18,.1f}"
-              f" {'' if ratio is None else f'{ratio:.0%}':>7}", file=stream)
+        print(f"{label + ' ' + unit:24} {result[key]:>12,.1f} {result['local_' + key]:>12,.1f}"
+              f" {percent(result[f'ratio_{key}']):>12}", file=stream)
 
 
 def plot(result: dict[str, Any], path: Path) -> str | None:

@@ -350,9 +350,8 @@ def wrapper_text() -> str:
 
 def is_ours(path: Path) -> bool:
     """A symlink to our console script, or a wrapper this module wrote."""
-    if path.is_symlink():
-        return os.readlink(path) == str(console_script()) or Path(os.readlink(path)).name == (
-            HELPER_NAME)
+    if path.is_symlink():  # to this or another ddfs install's console script
+        return Path(os.readlink(path)).name == HELPER_NAME
     try:
         return WRAPPER_MARK in path.read_text(errors="replace")[:400]
     except OSError:

@@ -147,6 +147,21 @@ def test_install_show_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert mount_helper.install(tmp_path, force=True) == target and mount_helper.is_ours(target)
 
 
+def test_install_links_to_the_console_script_when_pip_made_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = tmp_path / "venv-bin" / "mount.fuse.ddfs"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(mount_helper, "console_script", lambda: script)
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    target = mount_helper.install(sbin)
+    assert target.is_symlink() and os.readlink(target) == str(script)
+    assert mount_helper.is_ours(target)
+    assert mount_helper.uninstall(sbin) and not target.is_symlink() and script.exists()
+
+
 def mount_helper_args(action: str, directory: Path) -> argparse.Namespace:
     return argparse.Namespace(action=action, dir=directory, force=False)
 

@@ -21,6 +21,13 @@ from collections.abc import Sequence
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "native"): ("tools.bench_native", "checksum and page-diff throughput"),
     ("bench", "rpc"): ("tools.bench_rpc", "RPC round trips and bandwidth vs raw trio echo"),
+    ("bench", "fs"): (
+        "tools.bench_fs", "sequential I/O and create/stat/unlink on a mount vs local disk"
+    ),
+    ("mount-helper",): (
+        "tools.mount_helper",
+        "install/remove /sbin/mount.fuse.ddfs (mount -t fuse.ddfs, /etc/fstab)",
+    ),
     ("meta",): ("tools.meta", "run a metadata server (one Raft member)"),
     ("chunk",): ("tools.chunk", "run a chunk server"),
     ("mount",): ("tools.mount", "mount a ddfs file system with FUSE"),

@@ -19,37 +19,23 @@ request can name a path outside `chunks/`.
 
 Crash safety (docs/chunk-server.md has the argument in full):
 
-* **Index first, then data.**  A write commits the new checksums, length,
-  version, token and serial together with a *pending* record (the old
-  checksum of every block whose checksum changes, and the old length) in
-  one LMDB transaction, then writes the data, then (sync) fdatasyncs the
-  file before answering.  LMDB commits are durable (sync + metasync).
-* **Recovery** (at open, and at once after a failed data write) resolves
-  each pending record block by block: a block matching its new checksum
-  landed; one matching the old checksum did not (the old checksum is put
-  back); one matching neither was torn and stays detectably corrupt.  If
-  no block landed the old length is restored too.  So after a crash every
-  block is the old or the new content, or fails verification: never
-  silently wrong.
-* A pending record is deleted (lazily, by the next index transaction) once
-  the data it protects was fdatasynced; only records of writes in flight
-  or unsynced survive a crash, which bounds the work of recovery.
-* **Bytes at or past a replica's length are garbage** from unacknowledged
-  mutations: nothing reads them (reads clip at the length and pad with
-  zeros), recovery and failed writes truncate them away.
-* **Disk full**: a write first reserves its blocks (posix_fallocate) and
-  only then touches the index and data; ENOSPC there, or from LMDB,
-  leaves the replica unchanged and raises `NoSpace`.
 * **Two-phase commit** (what the service uses): `prepare` reserves the
-  blocks, stages the data durably (fs/chunk/journal.py) and commits the
-  intent record; `commit` verifies the partial blocks, commits the new
-  checksums/length/serial with the intent marked APPLIED, and writes the
-  data without syncing it; `checkpoint` syncs the chunk file and forgets
-  the APPLIED intents; recovery *redoes* APPLIED intents from their staged
-  copies (never rolls a decided mutation back).  So a commit costs one
-  index commit, and an acknowledged mutation survives any crash.
-  Reservations of prepared mutations are never trimmed away (recovery and
-  truncate trim to `_keep_length`).
+  blocks (posix_fallocate), stages the data durably (fs/chunk/journal.py;
+  small writes inline in the record) and commits the intent record;
+  `commit` verifies the partial blocks, commits the new checksums, length
+  and serial with the intent marked APPLIED, and writes the data without
+  syncing it; `checkpoint` syncs the chunk file and forgets the APPLIED
+  intents; recovery *redoes* APPLIED intents from their staged copies
+  (never rolls a decided mutation back).  So a commit costs one index
+  commit, and an acknowledged mutation survives any crash.  Reservations
+  of prepared mutations are never trimmed away (`_keep_length`).
+* **One-phase `write`** (kept for the store's tests and tools): index
+  first, with a *pending* record of the old checksums and length; recovery
+  resolves it block by block (landed / old checksum back / torn, detected).
+* **Bytes at or past a replica's length are garbage** (or reservations):
+  nothing reads them (reads clip at the length and pad with zeros).
+* **Disk full**: blocks and staged data are allocated before the index is
+  touched; ENOSPC there, or from LMDB, changes nothing and raises `NoSpace`.
 """
 
 from __future__ import annotations
@@ -76,6 +62,7 @@ from fs.chunk.diskfmt import (
     Pending,
     Record,
     Writer,
+    check_pending,
     key_of,
     pack_pending,
     pack_record,
@@ -88,10 +75,12 @@ from fs.chunk.diskfmt import (
 )
 from fs.chunk.intent import Intent, IntentKey, IntentStatus
 from fs.chunk.journal import (
+    INLINE_MAX,
     Journal,
+    inline,
+    inline_data,
     intent_key,
     pack_intent,
-    redo,
     reserve_span,
     unpack_intent,
 )
@@ -236,33 +225,25 @@ class DiskChunkStore:
         """Re-apply every APPLIED intent from its staged copy, in serial order,
         then sync and forget them (their data may not have reached the file)."""
         with self._lock:
-            todo = {h: sorted(k for k, i in mine.items() if i.status is IntentStatus.APPLIED)
-                    for h, mine in self._intents.items()}
-        for handle, keys in todo.items():
-            if not keys:
-                continue
-            with self._open_write(handle) as fd:
-                for key in keys:
-                    intent = self._intents[handle][key]
-                    try:
-                        redo(fd, intent, self.journal.load(handle, key, intent.length))
-                    except (OSError, ValueError) as exc:  # a checkpoint had synced it
-                        log.info("chunk %d: no redo of %s: %s", handle, key, exc)
-                os.fdatasync(fd)
-            self._forget_applied(handle, keys)
+            todo = {h: sorted((i for i in mine.values() if i.status is IntentStatus.APPLIED),
+                              key=lambda i: i.key) for h, mine in self._intents.items()}
+        for handle, applied in todo.items():
+            if applied:
+                with self._open_write(handle) as fd:
+                    self.journal.redo_all(fd, [(i, self._inline(i)) for i in applied])
+                self._forget_applied(handle, [i.key for i in applied])
+
+    def _inline(self, intent: Intent) -> bytes | None:
+        """A small write's data, kept in its intent record (None: not there)."""
+        with self._env.begin() as txn:
+            raw = txn.get(intent_key(intent.handle, intent.key), db=self._intents_db)
+        return None if raw is None else inline_data(raw)
 
     def _drop_orphan_staged(self) -> None:
         with self._lock:
-            live = {(h, k) for h, mine in self._intents.items() for k, i in mine.items()
+            live = {(h, k): i for h, mine in self._intents.items() for k, i in mine.items()
                     if i.status is not IntentStatus.ABORTED}
-        for (handle, key), path in self.journal.files().items():
-            if (handle, key) not in live:
-                path.unlink(missing_ok=True)
-            elif self._intents[handle][key].undecided:
-                want = self._intents[handle][key].length
-                if not self._intents[handle][key].truncate and path.stat().st_size != want:
-                    log.error("chunk %d: staged data of %s is damaged; its commit will fail",
-                              handle, key)
+        self.journal.sweep(live)
 
     def _resolve(self, handle: ChunkHandle) -> None:
         """Put back the old checksum of every pending block whose data did not land."""
@@ -286,25 +267,8 @@ class DiskChunkStore:
                 os.truncate(path, keep)
 
     def _check_pending(self, rec: Record, pend: Pending) -> tuple[array[int], int]:
-        crcs = array("I", rec.crcs)
-        landed = False
         with self._open_read(rec.state.handle, missing_ok=True) as fd:
-            for block, old in sorted(pend.old.items()):
-                if block >= len(crcs):
-                    continue
-                raw = os.pread(fd, BLOCK_SIZE, block * BLOCK_SIZE) if fd >= 0 else b""
-                crc = native.crc32c(blocks.padded_block(raw, block, rec.state.length))
-                if crc == crcs[block]:
-                    landed = True
-                elif crc == old:
-                    crcs[block] = old
-                else:
-                    landed = True
-                    log.warning("chunk %d: block %d torn by a crash; it will fail verification",
-                                rec.state.handle, block)
-        if landed or pend.old_length >= rec.state.length:
-            return crcs, rec.state.length
-        return array("I", crcs[: blocks.block_count(pend.old_length)]), pend.old_length
+            return check_pending(fd, rec, pend)
 
     # -- index helpers ---------------------------------------------------------
 
@@ -655,9 +619,9 @@ class DiskChunkStore:
     def _applied(self, handle: ChunkHandle) -> list[IntentKey]:
         return [i.key for i in self.intents(handle) if i.status is IntentStatus.APPLIED]
 
-    def _put_intent(self, w: Writer, intent: Intent) -> None:
-        w.txn.put(intent_key(intent.handle, intent.key), pack_intent(intent),
-                  db=self._intents_db)
+    def _put_intent(self, w: Writer, intent: Intent, data: bytes | None = None) -> None:
+        w.txn.put(intent_key(intent.handle, intent.key),
+                  pack_intent(intent, data if inline(intent) else None), db=self._intents_db)
         w.intents.append(intent)
 
     def _drop_intent(self, w: Writer, handle: ChunkHandle, key: IntentKey) -> None:
@@ -684,7 +648,10 @@ class DiskChunkStore:
 
     def stage(self, handle: ChunkHandle, key: IntentKey, data: bytes) -> None:
         """Make a mutation's data durable before it is prepared (no index change,
-        so the caller need not hold the chunk's lock meanwhile)."""
+        so the caller need not hold the chunk's lock meanwhile).  Small writes
+        skip this: their data goes into the intent record."""
+        if len(data) <= INLINE_MAX:
+            return
         try:
             self.journal.stage(handle, key, data)
         except OSError as exc:
@@ -711,13 +678,14 @@ class DiskChunkStore:
                             self._old_block(fd, rec, b)  # a corrupt replica votes no
                     start, size = reserve_span(intent.offset, len(data))
                     os.posix_fallocate(fd, start, size)
-                    if not self.journal.staged(handle, intent.key, len(data)):
+                    if not inline(intent) and \
+                            not self.journal.staged(handle, intent.key, len(data)):
                         self.journal.stage(handle, intent.key, data)
             if created:
                 self._sync_dir()
 
             def index(w: Writer) -> None:
-                self._put_intent(w, intent)
+                self._put_intent(w, intent, data)
                 self._put_fence(w, handle, intent.token)
 
             self._commit(index)
@@ -759,6 +727,8 @@ class DiskChunkStore:
 
             return self._truncate(handle, m, intent.offset, True, forget)
         if data is None or len(data) != intent.length:
+            data = self._inline(intent) if inline(intent) else None
+        if data is None or len(data) != intent.length:
             try:
                 data = self.journal.load(handle, key, intent.length)
             except (OSError, ValueError) as exc:
@@ -773,7 +743,7 @@ class DiskChunkStore:
 
             def index(w: Writer) -> None:
                 self._put_record(w, new, plan.crcs)
-                self._put_intent(w, done)
+                self._put_intent(w, done, data)  # inline data stays for the redo
                 self._decided(w, new, fence)
 
             self._commit(index)

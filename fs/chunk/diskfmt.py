@@ -12,6 +12,7 @@ becomes a `StoreError`: ENOSPC/EDQUOT and a full LMDB map are `NoSpace`
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import struct
 from array import array
@@ -21,13 +22,15 @@ from typing import Any
 import lmdb
 import msgpack
 
+import native
 from coord.lease import FencingToken
 from fs.chunk import blocks
 from fs.chunk.intent import Intent, IntentKey
 from fs.chunk.ordering import ReplicaState
 from fs.chunk.store import NoSpace, StoreError, StoreIOError, check_handle
-from fs.types import ChunkHandle, ChunkVersion
+from fs.types import BLOCK_SIZE, ChunkHandle, ChunkVersion
 
+log = logging.getLogger(__name__)
 KEY = struct.Struct(">Q")
 
 
@@ -105,3 +108,28 @@ def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+
+
+def check_pending(fd: int, rec: Record, pend: Pending) -> tuple[array[int], int]:
+    """Settle a pending record against the file (`fd` -1: missing): the old
+    checksum back for every block whose new data did not land; the old length
+    back if no block landed.  A block matching neither was torn by a crash and
+    keeps a checksum it fails."""
+    crcs = array("I", rec.crcs)
+    landed = False
+    for block, old in sorted(pend.old.items()):
+        if block >= len(crcs):
+            continue
+        raw = os.pread(fd, BLOCK_SIZE, block * BLOCK_SIZE) if fd >= 0 else b""
+        crc = native.crc32c(blocks.padded_block(raw, block, rec.state.length))
+        if crc == crcs[block]:
+            landed = True
+        elif crc == old:
+            crcs[block] = old
+        else:
+            landed = True
+            log.warning("chunk %d: block %d torn by a crash; it will fail verification",
+                        rec.state.handle, block)
+    if landed or pend.old_length >= rec.state.length:
+        return crcs, rec.state.length
+    return array("I", crcs[: blocks.block_count(pend.old_length)]), pend.old_length

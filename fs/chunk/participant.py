@@ -8,7 +8,9 @@ Invariants:
   decision to the end of the store call (fs/chunk/runner.py), so each is
   decided on the state it changes.
 * A repeated prepare of an intent still PREPARED is acknowledged again
-  without touching the store (prepares are retried by the RPC layer).
+  without touching the store (prepares are retried by the RPC layer); a
+  repeat that arrives while the first attempt is still staging waits for
+  it (the first took the pushed data).
 * Decisions are taken in serial order per (chunk, token): an early one
   waits (bounded by `order_wait`) for the chunk's next change and is
   re-admitted; a repeated one is acknowledged if it agrees with what was
@@ -59,6 +61,9 @@ class Participant:
         self._held: dict[tuple[ChunkHandle, IntentKey], bytes] = {}
         self._held_bytes = 0
         self._held_limit = held_limit
+        # Prepares running, so that a retry (the RPC layer resends prepares)
+        # waits for the first attempt, which took the staged data.
+        self._preparing: dict[tuple[ChunkHandle, IntentKey], trio.Event] = {}
 
     async def prepare(self, req: p.ChunkPrepare, data: bytes | None, *,
                       primary: bool) -> p.PrepareReply:
@@ -67,6 +72,20 @@ class Participant:
         the decision on the previous mutation can be taken meanwhile."""
         handle, key = req.handle, (req.token, req.serial)
         check_range(req.offset, 0 if req.truncate or data is None else len(data))
+        running = self._preparing.get((handle, key))
+        if running is not None:  # a retry while the first attempt stages: await it
+            await running.wait()
+        self._preparing[(handle, key)] = done = trio.Event()
+        try:
+            return await self._prepare(req, data, primary)
+        finally:
+            done.set()
+            if self._preparing.get((handle, key)) is done:
+                del self._preparing[(handle, key)]
+
+    async def _prepare(self, req: p.ChunkPrepare, data: bytes | None,
+                       primary: bool) -> p.PrepareReply:
+        handle, key = req.handle, (req.token, req.serial)
         async with self._locks.hold(handle):
             if self._admit_prepare(req, primary) is None:
                 return p.PrepareReply(req.serial)  # a retry: voted already

@@ -1,5 +1,5 @@
-"""Moving data and mutations between chunk servers: the push chain and the
-fan-out of applies from a primary to its secondaries.
+"""Moving data between chunk servers: the push chain.  (The primary's calls
+to its secondaries - prepares, decisions - are in fs/chunk/primary.py.)
 
 Invariants:
 
@@ -9,10 +9,6 @@ Invariants:
   A server that cannot be reached is skipped and the rest of the chain is
   tried without it, so one dead server does not starve the others; the
   result lists exactly the servers that acknowledged the data.
-* `fan_out` sends one request to every secondary concurrently and returns
-  the secondaries that did not acknowledge it (error reply, timeout,
-  unreachable), in the order given.  It never raises for a secondary's
-  failure: the primary reports failures, the client acts on them.
 * Every call is bounded by the deadline passed in (trio clock).
 """
 
@@ -21,11 +17,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import trio
 
-from coord.rpc import Request, RpcClient, RpcError
+from coord.rpc import RpcClient, RpcError
 from fs.chunk.protocol import ChunkPush
 
 log = logging.getLogger(__name__)
@@ -62,23 +57,3 @@ async def forward_push(
             continue
         return [head, *reply.stored]
     return []
-
-
-async def fan_out(
-    rpc: RpcClient, addresses: Sequence[str], request: Request[Any], deadline: float,
-) -> list[str]:
-    """Send `request` to every address concurrently; return those that failed."""
-    ok: set[str] = set()
-
-    async def one(address: str) -> None:
-        try:
-            await rpc.call(address, request, deadline=deadline)
-        except RpcError as exc:
-            log.info("%s to %s failed: %s", type(request).__name__, address, exc)
-            return
-        ok.add(address)
-
-    async with trio.open_nursery() as nursery:
-        for address in dict.fromkeys(addresses):
-            nursery.start_soon(one, address, name=f"fan-out to {address}")
-    return [a for a in addresses if a not in ok]

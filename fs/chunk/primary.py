@@ -94,8 +94,13 @@ class Primary:
     async def mutate(self, m: ClientMutation) -> Reply:
         """Admit, settle earlier leases if needed, run one round.  Shielded: the
         round ends properly even if the client's request is cancelled."""
-        with trio.CancelScope(shield=True), trio.fail_after(self.round_bound):
-            reply = await self._mutate(m)
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(self.round_bound):
+                    reply = await self._mutate(m)
+            except trio.TooSlowError:
+                raise RemoteError(p.EIO, f"chunk {m.handle}: the mutation did not finish "
+                                         f"within {self.round_bound} s") from None
         return reply
 
     async def _mutate(self, m: ClientMutation) -> Reply:
@@ -114,8 +119,13 @@ class Primary:
 
     async def begin(self, req: p.ChunkBegin) -> p.BeginReply:
         """Settle, then raise every replica to the lease's version."""
-        with trio.CancelScope(shield=True), trio.fail_after(self.round_bound):
-            reply = await self._begin(req)
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(self.round_bound):
+                    reply = await self._begin(req)
+            except trio.TooSlowError:
+                raise RemoteError(p.EIO, f"chunk {req.handle}: settling did not finish "
+                                         f"within {self.round_bound} s") from None
         return reply
 
     async def _begin(self, req: p.ChunkBegin) -> p.BeginReply:
@@ -246,7 +256,7 @@ class Primary:
                 await changed.wait()
             request = p.ChunkDecide(m.handle, m.token, serial, decision is Decision.COMMIT,
                                     m.token, m.version)
-            acks = await trio_gather([self._decide_one(a, request) for a in rnd.deciders])
+            acks = await _gather([self._decide_one(a, request) for a in rnd.deciders])
             missed = rnd.failed_to_hear(acks) - {self.address}
             book.broken |= missed
             reply = rnd.acknowledged(acks)
@@ -270,7 +280,7 @@ class Primary:
 
         calls = [local() if a == self.address else self._remote(a, request)
                  for a in rnd.voters]
-        return await trio_gather(calls)
+        return await _gather(calls)
 
     async def _decide_one(self, address: str, request: p.ChunkDecide) -> Outcome:
         if address != self.address:
@@ -306,10 +316,10 @@ class Primary:
                 return Outcome(self.address, exc.code, exc.message)
             return Outcome(self.address)
 
-        return await trio_gather([here(), *(self._remote(a, request) for a in secondaries)])
+        return await _gather([here(), *(self._remote(a, request) for a in secondaries)])
 
 
-async def trio_gather(calls: Sequence[Awaitable[Outcome]]) -> list[Outcome]:
+async def _gather(calls: Sequence[Awaitable[Outcome]]) -> list[Outcome]:
     """Run the calls concurrently; their outcomes in order (they never raise
     for a replica's failure)."""
     out: list[Outcome | None] = [None] * len(calls)

@@ -145,7 +145,7 @@ class ChunkService:
 
     def _applied(self) -> dict[ChunkHandle, int]:
         out: dict[ChunkHandle, int] = {}
-        for handle in list(self.store.states()):
+        for handle in self.store.intent_handles():
             n = sum(1 for i in self.store.intents(handle) if i.status is IntentStatus.APPLIED)
             if n:
                 out[handle] = n

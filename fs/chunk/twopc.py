@@ -19,8 +19,8 @@ the recovering coordinator (`plan_resolution`).
   version bump by the client) and the client writes again without it.
 * The reply: a refusal the client must act on (`Refuse`: STALE_TOKEN -
   a newer primary exists; STALE_VERSION - the lease is outdated; ENOSPC;
-  IN_DOUBT; the primary's own refusal) or `Finished(serial, failed,
-  committed)`.  Replicas that did not acknowledge a COMMIT are in
+  IN_DOUBT; NO_DATA - push again; the primary's own refusal) or
+  `Finished(serial, failed, committed)`.  Replicas that did not acknowledge a COMMIT are in
   `failed` too: they hold the prepared data but their state is unknown.
 * A COMMIT or ABORT refused with STALE_TOKEN means a newer primary fenced
   the replica and settles the mutation itself: the answer is STALE_TOKEN.
@@ -55,8 +55,10 @@ from fs.chunk.intent import IntentKey, committed
 UNREACHABLE = "UNREACHABLE"  # the outcome of a call that got no answer at all
 
 # Refusals that say something about the whole write, not one replica: the
-# client must act on them (new lease, ENOSPC to the writer, try later).
-_GLOBAL = (p.STALE_TOKEN, p.STALE_VERSION, p.ENOSPC, p.IN_DOUBT)
+# client must act on them (new lease, ENOSPC to the writer, try later, push
+# again - a replica whose pushed copy expired or was never stored for lack of
+# staging memory is healthy, and is not dropped for it).
+_GLOBAL = (p.STALE_TOKEN, p.STALE_VERSION, p.ENOSPC, p.IN_DOUBT, p.NO_DATA)
 # A primary whose own copy fails like this is a bad replica: report it.
 _REPLICA_FAULTS = frozenset({p.EIO, p.CHECKSUM, p.NO_CHUNK, p.OUT_OF_ORDER, UNREACHABLE})
 

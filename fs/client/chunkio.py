@@ -63,7 +63,15 @@ from typing import Protocol, TypeVar
 import trio
 
 from coord.lease import FencingToken
-from coord.rpc import RemoteError, Request, RpcClient, RpcError, Timeout
+from coord.rpc import (
+    ConnectionLost,
+    RemoteError,
+    Request,
+    RpcClient,
+    RpcError,
+    Timeout,
+    Unavailable,
+)
 from fs.chunk import protocol as cp
 from fs.client.buffer import Extent
 from fs.client.caches import LeaseTable, LocationCache, Suspects, Unknown
@@ -382,12 +390,17 @@ class ChunkIO:
             if staged is None or not staged.serves(lease):
                 chain = push_chain(lease.location.replicas, self._config.local_hosts)
                 staged = await self.push(extent.data, chain)
-            data_id, staged = staged.data_id, None  # consumed by the write, whatever happens
+            sent, staged = staged, None  # consumed by the write, whatever happens ...
             request = cp.ChunkWrite(
                 lease.location.handle, lease.location.version, FencingToken(lease.token),
-                data_id, extent.chunk_offset, _secondaries(lease), self._config.sync_writes,
+                sent.data_id, extent.chunk_offset, _secondaries(lease), self._config.sync_writes,
             )
-            reply = await self._call(lease.primary_address, request)
+            try:
+                reply = await self._call(lease.primary_address, request)
+            except Unavailable as exc:
+                if not isinstance(exc, ConnectionLost):
+                    staged = sent  # ... unless it never reached the primary: use it again
+                raise
             return Applied(tuple(reply.failed), reply.committed)
 
         await self._mutate(inode, extent.index, attempt, allocate=True)

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 
@@ -60,7 +61,7 @@ def file_size(soak: bool) -> int:
 
 def payload(seed: int, size: int) -> bytes:
     """The content of one test file, regenerated for every comparison."""
-    return random.Random(seed).randbytes(size)
+    return np.random.default_rng(seed).bytes(size)
 
 
 async def ready(cluster: FsCluster) -> None:

@@ -30,7 +30,7 @@ from fs.chunk import protocol as p
 from fs.chunk.heartbeat import FakeMeta
 from fs.chunk.intent import Intent
 from fs.chunk.service import ChunkService, ServiceConfig
-from fs.chunk.store import MemoryChunkStore
+from fs.chunk.store import MemoryChunkStore, StoreIOError
 from fs.types import BLOCK_SIZE, ChunkHandle, ChunkVersion, ServerId
 
 SECRET = b"chunk-2pc-test"
@@ -41,15 +41,18 @@ T = FencingToken
 
 
 class GatedStore(MemoryChunkStore):
-    """A store whose prepares can be held up (a slow disk), from the test."""
+    """A store whose prepares can be held up (a slow disk) or fail (a bad one)."""
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
         self.gate = threading.Event()
         self.gate.set()
+        self.broken = False
 
     def prepare(self, handle: ChunkHandle, intent: Intent, data: bytes) -> None:
         self.gate.wait(timeout=30)
+        if self.broken:
+            raise StoreIOError("the disk is gone")
         super().prepare(handle, intent, data)
 
 
@@ -176,8 +179,8 @@ async def test_a_write_commits_on_every_replica_and_leaves_nothing_prepared() ->
 async def test_a_replica_that_cannot_prepare_aborts_the_write_everywhere() -> None:
     async with cluster() as c:
         await c.write(0, b"before")
-        data_id = await c.push(b"during", ["c1", "c2"])  # c3 never gets the data
-        reply = await c.client.call("c1", p.ChunkWrite(H, V1, T(10), data_id, 0, ["c2", "c3"]))
+        c.node("c3").store.broken = True  # its disk fails
+        reply = await c.write(0, b"during")
         assert (reply.serial, reply.failed, reply.committed) == (2, ["c3"], False)
         for n in c.nodes:  # nothing changed anywhere, nothing left undecided
             assert content(n) == b"before" and undecided(n) == []
@@ -187,9 +190,20 @@ async def test_a_replica_that_cannot_prepare_aborts_the_write_everywhere() -> No
         assert reply.committed and reply.failed == []
         assert content(c.node("c1")) == content(c.node("c2")) == b"after!"
         # c3 never heard of serial 3, so it cannot take serial 4 either: named again.
+        c.node("c3").store.broken = False
         reply = await c.write(0, b"again", replicas=["c1", "c2", "c3"])
         assert (reply.failed, reply.committed) == (["c3"], True)
         assert content(c.node("c3")) == b"before"
+
+
+async def test_a_replica_without_the_pushed_data_is_not_blamed() -> None:
+    async with cluster() as c:
+        data_id = await c.push(b"data", chain=["c1", "c2"])  # c3's copy expired, say
+        with pytest.raises(RemoteError) as info:
+            await c.client.call("c1", p.ChunkWrite(H, V1, T(10), data_id, 0, ["c2", "c3"]))
+        assert info.value.code == p.NO_DATA  # push again; nobody is reported
+        assert all(undecided(n) == [] and content(n) is None for n in c.nodes)
+        assert (await c.write(0, b"data")).committed
 
 
 async def test_a_full_disk_on_a_secondary_fails_the_write_with_enospc() -> None:

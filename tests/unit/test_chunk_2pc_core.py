@@ -68,11 +68,12 @@ def test_one_missing_vote_aborts_everywhere_and_names_the_replica() -> None:
 
 def test_a_replica_refusing_to_prepare_is_reported_in_replica_order() -> None:
     r = Round((T(5), 1), A, [B, C])
-    r.voted([Outcome(A), Outcome(C, p.NO_DATA), Outcome(B, p.EIO)])
+    r.voted([Outcome(A), Outcome(C, p.CHECKSUM), Outcome(B, p.EIO)])
     assert r.acknowledged(ok(A, B, C)) == Finished(1, (B, C), committed=False)
 
 
-@pytest.mark.parametrize("code", [p.STALE_TOKEN, p.STALE_VERSION, p.ENOSPC, p.IN_DOUBT])
+@pytest.mark.parametrize("code", [p.STALE_TOKEN, p.STALE_VERSION, p.ENOSPC, p.IN_DOUBT,
+                                  p.NO_DATA])
 def test_refusals_about_the_whole_write_reach_the_client(code: str) -> None:
     r = Round((T(5), 1), A, [B, C])
     r.voted([Outcome(A), Outcome(B, UNREACHABLE), Outcome(C, code, "why")])

@@ -19,11 +19,11 @@ from coord.lease import FencingToken
 from fs.chunk import disk
 from fs.chunk.disk import DiskChunkStore
 from fs.chunk.intent import Intent, IntentKey, IntentStatus
+from fs.chunk.journal import INLINE_MAX
 from fs.chunk.store import (
     ChunkStore,
     CorruptBlock,
     MemoryChunkStore,
-    Mutation,
     NoSpace,
     StoreIOError,
     position,
@@ -140,28 +140,34 @@ class Crash(BaseException):
     """Stands for the process dying: no handler of the store catches it."""
 
 
-def test_a_prepared_mutation_survives_a_restart_with_its_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [2 * B, 3000])  # staged / inline in the record
+def test_a_prepared_mutation_survives_a_restart_with_its_data(tmp_path: Path,
+                                                               size: int) -> None:
     s = DiskChunkStore(tmp_path)
     prepare_and_commit(s, 5, 1, 0, pattern(B))
-    s.prepare(H, write_intent(5, 2, 10, pattern(2 * B, 3)), pattern(2 * B, 3))
+    s.prepare(H, write_intent(5, 2, 10, pattern(size, 3)), pattern(size, 3))
     s.close()
     s = DiskChunkStore(tmp_path)  # a restart
     try:
         assert undecided(s) == [key(5, 2)] and s.fences()[H] == 5
         assert s.read(H, 0, B) == pattern(B)  # still invisible
-        s.commit(H, key(5, 2), T(5), V1)  # the data comes from the staged copy
-        assert s.read(H, 0, 3 * B) == pattern(10) + pattern(2 * B, 3)
+        s.commit(H, key(5, 2), T(5), V1)  # the data comes from what the prepare kept
+        assert s.read(H, 0, 3 * B) == pattern(10) + pattern(size, 3) + \
+            pattern(B)[10 + size:]
         assert s.verify(H) == []
     finally:
         s.close()
 
 
+@pytest.mark.parametrize("size", [3 * B, 5000])  # staged / inline in the record
 def test_a_commit_whose_data_never_reached_the_file_is_redone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     s = DiskChunkStore(tmp_path)
     prepare_and_commit(s, 5, 1, 0, pattern(4 * B))
-    new = pattern(3 * B, 9)
-    s.prepare(H, write_intent(5, 2, B // 2 + 3 * B, new), new)  # past the end, a gap
+    s.checkpoint(H)
+    new = pattern(size, 9)
+    at = B // 2 + 3 * B  # over the last block, and past the end when big
+    s.prepare(H, write_intent(5, 2, at, new), new)
 
     def dies(fd: int, data: Any, offset: int) -> None:
         os.pwrite(fd, bytes(data)[:100], offset)  # a sliver lands, then the crash
@@ -176,33 +182,61 @@ def test_a_commit_whose_data_never_reached_the_file_is_redone(
     try:
         st = s.state(H)
         assert st is not None and st.serial == 2  # decided: never rolled back
-        assert s.read(H, 0, st.length) == pattern(3 * B + B // 2) + new
+        want = bytearray(pattern(4 * B))
+        want[at:at + size] = new
+        assert s.read(H, 0, st.length) == bytes(want)
         assert s.verify(H) == [] and s.intents(H) == []  # redone, synced, forgotten
         assert list((tmp_path / "staged").iterdir()) == []
     finally:
         s.close()
 
 
-def test_checkpoint_forgets_applied_intents_and_their_staged_files(tmp_path: Path) -> None:
+def test_a_redo_zeroes_the_gap_before_a_write_past_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = DiskChunkStore(tmp_path)
+    prepare_and_commit(s, 5, 1, 0, pattern(B + 100))
+    s.checkpoint(H)
+    with open(tmp_path / "chunks" / f"{H}.chunk", "r+b") as f:  # garbage past the end
+        f.seek(B + 100)
+        f.write(b"\xee" * 900)
+    s.prepare(H, write_intent(5, 2, B + 1000, b"tail"), b"tail")
+    monkeypatch.setattr(disk, "_pwrite_all", lambda fd, data, offset: (_ for _ in ()).throw(
+        Crash()))
+    with pytest.raises(Crash):
+        s.commit(H, key(5, 2), T(5), V1)
+    s.close()
+    monkeypatch.undo()
     s = DiskChunkStore(tmp_path)
     try:
+        assert s.read(H, 0, 2 * B) == pattern(B + 100) + bytes(900) + b"tail"
+        assert s.verify(H) == []
+    finally:
+        s.close()
+
+
+def test_checkpoint_forgets_applied_intents_and_their_staged_files(tmp_path: Path) -> None:
+    s = DiskChunkStore(tmp_path)
+    big = INLINE_MAX + 1  # a small write keeps its data in its record instead
+    try:
         for serial in (1, 2, 3):
-            prepare_and_commit(s, 5, serial, (serial - 1) * B, pattern(B, serial))
+            prepare_and_commit(s, 5, serial, (serial - 1) * big, pattern(big, serial))
+        prepare_and_commit(s, 5, 4, 3 * big, b"small")
         applied = [i.key for i in s.intents(H) if i.status is IntentStatus.APPLIED]
-        assert applied == [key(5, 1), key(5, 2), key(5, 3)]
+        assert applied == [key(5, 1), key(5, 2), key(5, 3), key(5, 4)]
         assert len(list((tmp_path / "staged").iterdir())) == 3
-        assert s.checkpoint(H) == 3 and s.checkpoint(H) == 0
+        assert s.checkpoint(H) == 4 and s.checkpoint(H) == 0
         assert s.intents(H) == [] and list((tmp_path / "staged").iterdir()) == []
-        assert s.read(H, 0, 3 * B) == pattern(B, 1) + pattern(B, 2) + pattern(B, 3)
+        assert s.read(H, 0, 4 * big) == b"".join(pattern(big, k) for k in (1, 2, 3)) + b"small"
     finally:
         s.close()
 
 
 def test_recovery_removes_staged_files_nobody_needs(tmp_path: Path) -> None:
     s = DiskChunkStore(tmp_path)
-    s.prepare(H, write_intent(5, 1, 0, b"abc"), b"abc")
-    s.stage(H, key(5, 2), b"staged, never prepared")  # a crash before its record
-    s.prepare(ChunkHandle(43), write_intent(5, 1, 0, b"xyz", ChunkHandle(43)), b"xyz")
+    big = pattern(INLINE_MAX + 1)
+    s.prepare(H, write_intent(5, 1, 0, big), big)
+    s.stage(H, key(5, 2), big)  # staged, and a crash before its record
+    s.prepare(ChunkHandle(43), write_intent(5, 1, 0, big, ChunkHandle(43)), big)
     s.abort(ChunkHandle(43), key(5, 1), T(5), V1)
     s.close()
     s = DiskChunkStore(tmp_path)

@@ -2,13 +2,14 @@
 entries, listed, looked up and changed through a real mount.
 
 Creating the entries through the mount is too slow for the suite: measured
-at 15-60 ms per `open(O_CREAT)`+`close` on this 2-core machine (each is a
-Create and a Release through Raft, fsynced on three members) - 100,000 would
-take 25 minutes or more, far over 60 s.  So the entries are created through
-the metadata client directly (`MetaClient.mknod`, 256 in flight in one
-session: ~1,500-1,800 per second, about a minute) and everything else goes
-through the mount.  The test prints the rate it saw through the mount for a
-few hundred creates, so the figure can be checked.
+at 37-88 creates per second (`open(O_CREAT)`+`close`, each a Create and a
+Release through Raft, fsynced on three members) on this 2-core machine,
+busy to quiet - 100,000 would take 19 to 45 minutes, far over 60 s.  So the
+entries are created through the metadata client directly
+(`MetaClient.mknod`, 256 in flight in one session: 1,300-3,400 per second,
+30-80 s) and everything else goes through the mount: listing (2.8-4.8 s),
+lookups, a write, a rename, an unlink, a create.  The test prints the rates
+it saw (`pytest -s`).
 
 This module has its own cluster (not the package's shared one): every
 `ddfs fsck` reads the whole namespace, and 100,000 more entries would slow

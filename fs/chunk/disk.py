@@ -32,8 +32,8 @@ Crash safety (docs/chunk-server.md has the argument in full):
 * **One-phase `write`** (kept for the store's tests and tools): index
   first, with a *pending* record of the old checksums and length; recovery
   resolves it block by block (landed / old checksum back / torn, detected).
-* **Bytes at or past a replica's length are garbage** (or reservations):
-  nothing reads them (reads clip at the length and pad with zeros).
+* **Bytes at or past a replica's length** read as zeros (reads clip and
+  pad); they are kept zero or reserved (`_retrim`), never old data.
 * **Disk full**: blocks and staged data are allocated before the index is
   touched; ENOSPC there, or from LMDB, changes nothing and raises `NoSpace`.
 """
@@ -41,7 +41,6 @@ Crash safety (docs/chunk-server.md has the argument in full):
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import threading
@@ -66,6 +65,8 @@ from fs.chunk.diskfmt import (
     key_of,
     pack_pending,
     pack_record,
+    reserve_index,
+    sync_dir,
     translate,
     unpack_pending,
     unpack_record,
@@ -103,10 +104,7 @@ from fs.types import BLOCK_SIZE, ChunkHandle, ChunkVersion, ServerId
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 1 << 30  # sparse: ~4.1 KiB per replica, so room for ~200k replicas
-# Disk blocks allocated to the index file up front, so that index commits
-# (deletes above all, which free space) still work when chunk data has
-# filled the file system.
-DEFAULT_INDEX_RESERVE = 8 << 20
+DEFAULT_INDEX_RESERVE = 8 << 20  # index file allocated up front (diskfmt.reserve_index)
 _VERIFY_STEP = 64  # blocks read per step when verifying a whole replica (4 MiB)
 
 
@@ -135,7 +133,7 @@ class DiskChunkStore:
         self._durable: dict[ChunkHandle, int] = {}  # pending seq whose data is fdatasynced
         self._seq = 0  # last pending-record sequence number handed out
         try:
-            self._reserve_index(index_reserve)
+            reserve_index(self.root / "index" / "data.mdb", index_reserve)
             self._claim(server_id)
             self._load()
             self.recover()
@@ -144,20 +142,6 @@ class DiskChunkStore:
             raise
 
     # -- opening and recovery ------------------------------------------------
-
-    def _reserve_index(self, size: int) -> None:
-        """Allocate the index file's first `size` bytes (LMDB never shrinks it)."""
-        if size <= 0:
-            return
-        fd = os.open(self.root / "index" / "data.mdb", os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            log.warning("could not reserve %d bytes for the chunk index: %s", size, exc)
-        finally:
-            os.close(fd)
 
     def _claim(self, server_id: ServerId | None) -> None:
         if server_id is None:
@@ -200,8 +184,9 @@ class DiskChunkStore:
                                 handle)
                 path.touch()
                 continue
-            if size > self._keep_length(handle, st.length):
-                os.truncate(path, self._keep_length(handle, st.length))
+            if size > st.length:
+                with self._open_write(handle) as fd:
+                    self._retrim(fd, handle, st.length)
         for path in self.chunk_dir.iterdir():
             stem, _dot, ext = path.name.partition(".")
             if ext == "chunk" and stem.isdigit() and not self._known(ChunkHandle(int(stem))):
@@ -429,6 +414,22 @@ class DiskChunkStore:
         if os.fstat(fd).st_size > length:
             os.ftruncate(fd, length)
 
+    def _retrim(self, fd: int, handle: ChunkHandle, length: int) -> None:
+        """Cut the file at `length`, then reserve the blocks of prepared writes
+        again: bytes past the length must read as zeros once a later commit
+        extends the length over them, so old data there (a truncate's tail)
+        must go, not merely be kept for a reservation."""
+        keep = self._keep_length(handle, length)
+        if os.fstat(fd).st_size <= length:
+            return
+        os.ftruncate(fd, length)
+        if keep > length:
+            try:
+                os.posix_fallocate(fd, length, keep - length)
+            except OSError as exc:  # the commit allocates then (and may fail: reported)
+                log.warning("chunk %d: could not re-reserve %d bytes: %s", handle,
+                            keep - length, exc)
+
     def _stage_index(self, w: Writer, new: ReplicaState, crcs: array[int], m: Mutation,
                      seq: int, old_length: int, old: dict[int, int]) -> None:
         """The index half of a write: new state + checksums + pending record."""
@@ -497,11 +498,7 @@ class DiskChunkStore:
         return new
 
     def _sync_dir(self) -> None:
-        dfd = os.open(self.chunk_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        sync_dir(self.chunk_dir)
 
     def truncate(self, handle: ChunkHandle, m: Mutation, length: int,
                  sync: bool) -> ReplicaState:
@@ -543,7 +540,7 @@ class DiskChunkStore:
             self._commit(index)
             for key in applied:
                 self.journal.drop(handle, key)
-            self._trim(fd, self._keep_length(handle, plan.length))
+            self._retrim(fd, handle, plan.length)
             if sync:
                 os.fdatasync(fd)
             return new

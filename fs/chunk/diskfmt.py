@@ -17,6 +17,7 @@ import os
 import struct
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lmdb
@@ -133,3 +134,27 @@ def check_pending(fd: int, rec: Record, pend: Pending) -> tuple[array[int], int]
     if landed or pend.old_length >= rec.state.length:
         return crcs, rec.state.length
     return array("I", crcs[: blocks.block_count(pend.old_length)]), pend.old_length
+
+
+def reserve_index(path: Path, size: int) -> None:
+    """Allocate the index file's first `size` bytes (LMDB never shrinks it), so
+    index commits - deletes above all, which free space - work on a full disk."""
+    if size <= 0:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        log.warning("could not reserve %d bytes for the chunk index: %s", size, exc)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

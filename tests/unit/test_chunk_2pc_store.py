@@ -133,6 +133,18 @@ def test_truncate_commits_through_an_intent(store: ChunkStore) -> None:
     assert store.intents(H) == [] and store.verify(H) == []
 
 
+def test_a_truncate_before_a_prepared_write_leaves_no_old_bytes_behind(
+        store: ChunkStore) -> None:
+    big = pattern(INLINE_MAX + 1, 4)
+    prepare_and_commit(store, 5, 1, 0, pattern(6 * B))
+    store.prepare(H, write_intent(5, 3, 4 * B, big), big)  # reserved, undecided
+    store.prepare(H, Intent(H, T(5), 2, V1, B, 0, True), b"")
+    store.commit(H, key(5, 2), T(5), V1)  # cut to one block: blocks 1-5 are gone
+    store.commit(H, key(5, 3), T(5), V1)  # extends over blocks 1-3 again: zeros
+    want = pattern(B) + bytes(3 * B) + big
+    assert store.read(H, 0, 8 * B) == want and store.verify(H) == []
+
+
 # ---- the disk store across crashes ------------------------------------------------------
 
 

@@ -780,8 +780,9 @@ class DiskChunkStore:
         keys = self._applied(handle)
         if not keys:
             return 0
-        with self._open_write(handle) as fd:
-            os.fdatasync(fd)
+        with self._open_read(handle, missing_ok=True) as fd:  # never recreate it
+            if fd >= 0:
+                os.fdatasync(fd)
         self._forget_applied(handle, keys)
         return len(keys)
 

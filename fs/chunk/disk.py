@@ -657,8 +657,8 @@ class DiskChunkStore:
     def unstage(self, handle: ChunkHandle, key: IntentKey) -> None:
         """Drop staged data that will not be prepared after all."""
         with self._lock:
-            recorded = key in self._intents.get(handle, {})
-        if not recorded:
+            intent = self._intents.get(handle, {}).get(key)
+        if intent is None or intent.status is IntentStatus.ABORTED:
             self.journal.drop(handle, key)
 
     def prepare(self, handle: ChunkHandle, intent: Intent, data: bytes) -> None:

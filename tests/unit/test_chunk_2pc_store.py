@@ -261,6 +261,22 @@ def test_recovery_removes_staged_files_nobody_needs(tmp_path: Path) -> None:
         s.close()
 
 
+def test_staged_data_of_a_prepare_overtaken_by_its_abort_is_dropped(tmp_path: Path) -> None:
+    s = DiskChunkStore(tmp_path)
+    try:
+        big = pattern(INLINE_MAX + 1)
+        s.stage(H, key(5, 1), big)  # the data is staged, the record not yet written ...
+        s.abort(H, key(5, 1), T(5), V1)  # ... when the primary gives up on the vote
+        s.unstage(H, key(5, 1))  # the prepare then finds it decided and backs out
+        assert list((tmp_path / "staged").iterdir()) == []
+        s.stage(H, key(5, 2), big)
+        s.prepare(H, write_intent(5, 2, 0, big), big)
+        s.unstage(H, key(5, 2))  # a prepared intent keeps its data
+        assert [p.name for p in (tmp_path / "staged").iterdir()] == [f"{H}.5.2.data"]
+    finally:
+        s.close()
+
+
 def test_delete_drops_intents_and_staged_files(tmp_path: Path) -> None:
     s = DiskChunkStore(tmp_path)
     try:

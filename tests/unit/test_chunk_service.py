@@ -171,10 +171,10 @@ async def test_stale_token_is_rejected_after_a_newer_one() -> None:
             await c.write(0, b"deposed primary", token=7)
         assert e.value.code == p.STALE_TOKEN
         # A secondary fences the deposed primary too, even if asked directly.
-        await c.push(b"sneaky")
+        data_id = await c.push(b"sneaky")
         with pytest.raises(RemoteError) as e:
-            await c.nodes[0].service.peers.call("c2", p.ChunkApply(
-                H, V1, T(7), 1, c.next_id[0], 0, CLIENT_ID))
+            await c.nodes[0].service.peers.call("c2", p.ChunkPrepare(
+                H, V1, T(7), 2, data_id, 0, CLIENT_ID))
         assert e.value.code == p.STALE_TOKEN
         assert all(content(n) == b"new lease" for n in c.nodes)
 
@@ -207,52 +207,6 @@ async def test_stale_replica_read_refused() -> None:
             await c.client.call("c3", p.ChunkRead(H, V2, 0, 3))
         assert e.value.code == p.STALE_VERSION
         assert (await c.client.call("c2", p.ChunkRead(H, V2, 0, 3))).data == b"xyz"
-
-
-async def test_secondary_applies_in_serial_order() -> None:
-    async with cluster() as c:
-        order: list[int] = []
-        await c.push(b"AAAA")  # id 1
-        await c.push(b"BB")  # id 2
-        peers = c.nodes[0].service.peers
-
-        async def apply(serial: int, data_id: int, delay: float) -> None:
-            await trio.sleep(delay)
-            await peers.call("c2", p.ChunkApply(H, V1, T(10), serial, data_id, 0, CLIENT_ID))
-            order.append(serial)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(apply, 2, 2, 0.0)  # arrives first, must wait for 1
-            nursery.start_soon(apply, 1, 1, 0.2)
-        assert order == [1, 2]
-        assert content(c.nodes[1]) == b"BBAA"
-
-
-async def test_missing_serial_times_out_out_of_order() -> None:
-    async with cluster(order_wait=0.3) as c:
-        await c.push(b"x")
-        with pytest.raises(RemoteError) as e:
-            await c.nodes[0].service.peers.call("c2", p.ChunkApply(
-                H, V1, T(10), 2, c.next_id[0], 0, CLIENT_ID))
-        assert e.value.code == p.OUT_OF_ORDER
-
-
-async def test_primary_reports_a_secondary_that_failed() -> None:
-    async with cluster() as c:
-        data_id = await c.push(b"data", chain=["c1", "c2"])  # c3 never got the data
-        reply = await c.client.call("c1", p.ChunkWrite(H, V1, T(10), data_id, 0, ["c2", "c3"]))
-        assert reply.failed == ["c3"]
-        assert content(c.nodes[1]) == b"data"
-        assert c.nodes[2].store.state(H) is None
-        # c3 missed serial 1: later writes under this lease skip it at once
-        # (no order_wait) and still report it.
-        data_id = await c.push(b"more")
-        with trio.fail_after(1.5):
-            reply = await c.client.call("c1", p.ChunkWrite(H, V1, T(10), data_id, 0,
-                                                           ["c2", "c3"]))
-        assert reply.failed == ["c3"]
-        assert c.nodes[2].service.staging.bytes_used == 4  # never consumed: never asked
-        assert content(c.nodes[1]) == b"more"
 
 
 async def test_write_without_push_is_no_data() -> None:

@@ -212,7 +212,9 @@ class Crash(BaseException):
 def _crash_during_data_write(monkeypatch: pytest.MonkeyPatch,
                              keep: Callable[[bytes], bytes]) -> None:
     """Make the next data write put only keep(image) on disk, then 'crash'."""
-    real = disk._pwrite_all
+    # disk.py imports diskfmt.pwrite_all under this private name so that crash
+    # tests can replace the module global; mypy sees no explicit export.
+    real = disk._pwrite_all  # type: ignore[attr-defined]
 
     def partial(fd: int, data: Any, offset: int) -> None:
         real(fd, keep(bytes(data)), offset)

@@ -139,7 +139,15 @@ async def test_secondary_killed_mid_write(chunks: ChunkCluster) -> None:
             nursery.start_soon(do_write)
             await trio.sleep(0.5)
             chunks.procs[2].kill()  # ... and dies in the middle of it
-        assert result[0].failed == [a[2]]
+        # Two-phase commit: a replica that could not prepare aborts the write
+        # everywhere; no live replica shows it, and the client drops the dead
+        # replica and writes again to the survivors.
+        assert result[0].failed == [a[2]] and not result[0].committed
+        assert await read_all(rpc, a[0], handle) == b"before"
+        assert await read_all(rpc, a[1], handle) == b"before"
+        await rpc.call(a[0], p.ChunkPush(3, b"during", a[1:2]))
+        retry = await rpc.call(a[0], p.ChunkWrite(handle, V1, T(10), 3, 0, a[1:2]))
+        assert retry.committed and retry.failed == []
         assert await read_all(rpc, a[0], handle) == b"during"
         assert await read_all(rpc, a[1], handle) == b"during"
 

@@ -58,16 +58,16 @@ async def test_chunk_servers_killed_during_and_between_writes(tmp_path: Path) ->
             before = await chunk0(fs, attr.inode)
             victim = server_of(cluster, lease.secondaries[0][1])
 
-            # 1. A secondary dies while the rest of the data is being written.
-            async def kill_soon() -> None:
-                await trio.sleep(0.3)
-                cluster.chunks[victim].kill()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(kill_soon)
-                for offset in range(MiB, len(data), 256 * 1024):
-                    await fs.write(fh, offset, data[offset:offset + 256 * 1024])
-                await fs.flush(fh)
+            # 1. A secondary dies while the rest of the data is being written:
+            # killed when half of it has been handed over (background flushes
+            # of the 4 MiB buffer are in flight then), so the kill always lands
+            # before the last flush, however fast the machine is.
+            half = len(data) // 2
+            for offset in range(MiB, len(data), 256 * 1024):
+                if offset == half:
+                    cluster.chunks[victim].kill()
+                await fs.write(fh, offset, data[offset:offset + 256 * 1024])
+            await fs.flush(fh)
             after = await chunk0(fs, attr.inode)
             assert [s for s, _ in after.replicas] == [
                 s for s, _ in before.replicas if s != victim]

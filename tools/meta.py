@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", "--peers", dest="members",
                         help="ID=HOST:PORT,... for every member, this one included")
     parser.add_argument("--data", type=Path, help="data folder (Raft log and state)")
+    parser.add_argument("--session-ttl", type=float, default=None,
+                        help="seconds of log time after which an idle client session "
+                             "expires (default 60; every member must use the same value)")
     parser.add_argument("--election-timeout", type=float, default=None,
                         help="minimum election timeout in seconds (default 1.0)")
     add_secret_argument(parser)
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from coord.kv.server import MemberConfig, serve_member
+    from coord.kv.types import KVConfig
     from coord.raft.config import RaftConfig
     from coord.raft.types import NodeId
     from tools.cli import UserError
@@ -72,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     conf = _load(args)
     raft_conf = dict(conf.get("raft", {}))
+    kv_conf = dict(conf.get("kv", {}))
+    if args.session_ttl is not None:
+        kv_conf["session_ttl_ms"] = int(args.session_ttl * 1000)
     if args.election_timeout is not None:
         raft_conf["election_timeout_min"] = args.election_timeout
         raft_conf["election_timeout_max"] = 2 * args.election_timeout
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         config = MemberConfig(
             node_id=NodeId(int(conf["id"])), members=parse_members(str(conf["members"])),
             data_dir=Path(conf["data"]), secret=read_secret(args), raft=RaftConfig(**raft_conf),
+            kv=KVConfig(**kv_conf),
             plugin_settings={k: dict(conf.get(k, {})) for k in ("fs", "liveness")},
         ).validate()
         from fs.meta.server import fs_plugin

@@ -115,3 +115,27 @@ def test_no_reachable_member_fails_within_the_timeout_without_a_traceback(tmp_pa
     assert out.returncode == 2
     assert "no member answered within 1 s" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_an_idle_session_expires_by_log_time_and_is_never_re_executed(
+    tmp_path: Path,
+) -> None:
+    import trio
+
+    from coord.kv.remote import KvClient, SessionExpired
+
+    with meta_cluster(tmp_path, 3, extra_args=("--session-ttl", "1")) as c:
+        async with c.client() as rpc:
+            idle = KvClient(rpc, c.endpoints, timeout=10)
+            busy = KvClient(rpc, c.endpoints, timeout=10)
+            await idle.open()
+            await busy.open()
+            await idle.put(b"idle", b"1")
+            # Log time only moves with entries: the busy client keeps it moving.
+            for n in range(12):
+                await busy.put(b"busy", b"%d" % n)
+                await trio.sleep(0.2)
+            with pytest.raises(SessionExpired):
+                await idle.put(b"idle", b"2")
+            found = await busy.get(b"idle")
+            assert found is not None and found.value == b"1"  # the refused put never ran

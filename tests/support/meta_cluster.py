@@ -19,7 +19,8 @@ SECRET = b"integration-test-secret"
 
 class MetaCluster:
     def __init__(self, base: Path, n: int, *, election_timeout: float = 0.4,
-                 data_dirs: dict[int, Path] | None = None) -> None:
+                 data_dirs: dict[int, Path] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.base = base
         self.secret_file = base / "secret"
         self.secret_file.write_bytes(SECRET + b"\n")
@@ -35,7 +36,7 @@ class MetaCluster:
                 f"meta{i}",
                 ddfs_argv("-v", "meta", "--id", str(i), "--members", members, "--data", str(data),
                           "--secret-file", str(self.secret_file),
-                          "--election-timeout", str(election_timeout)),
+                          "--election-timeout", str(election_timeout), *extra_args),
                 base / f"meta{i}.log",
             ))
 

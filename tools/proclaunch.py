@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -96,6 +97,13 @@ class Proc:
         except OSError:
             return ""
 
+    def log_text(self) -> str:
+        """The whole log, every incarnation (e.g. audits across restarts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def _check(self, text: str) -> bool:
         if text in self.output():
             return True
@@ -151,11 +159,15 @@ class Proc:
             self.kill()
 
 
+P = TypeVar("P", bound=Proc)
+
+
 @dataclass
 class ProcessGroup:
     procs: list[Proc] = field(default_factory=list)
 
-    def add(self, proc: Proc) -> Proc:
+    def add(self, proc: P) -> P:
+        """Track `proc` (any Proc subclass; returned as given) for close()."""
         self.procs.append(proc)
         return proc
 

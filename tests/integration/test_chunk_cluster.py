@@ -52,7 +52,7 @@ class ChunkCluster:
 
     def start(self) -> None:
         for proc in self.procs:
-            proc.start("ready on")
+            proc.launch("ready on")
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ async def test_fencing_survives_crash_and_clean_restart(chunks: ChunkCluster) ->
     async with client() as rpc:
         await write(rpc, a, handle, 1, 0, b"token 8", token=8)
     chunks.procs[0].kill()  # a crash, not a clean stop
-    chunks.procs[0].start("ready on")
+    chunks.procs[0].launch("ready on")
     async with client(503) as rpc:
         with pytest.raises(RemoteError) as e:
             await write(rpc, a, handle, 2, 0, b"token 7", token=7)
@@ -191,7 +191,7 @@ async def test_fencing_survives_crash_and_clean_restart(chunks: ChunkCluster) ->
     proc.stop()
     assert proc.popen is not None and proc.popen.returncode == 0
     assert "SIGTERM, stopping" in proc.log_text()
-    proc.start("ready on")
+    proc.launch("ready on")
     async with client(504) as rpc:
         assert await read_all(rpc, a[0], handle) == b"token 8"
 

@@ -39,7 +39,7 @@ async def test_heartbeats_reach_the_leader_and_garbage_is_deleted(tmp_path: Path
             "chunk", "-v", "--id", "1", "--listen", address, "--data", str(tmp_path / "c1"),
             "--meta", meta, "--secret-file", str(cluster.secret_file),
             "--heartbeat-interval", "0.2"), tmp_path / "chunk1.log"))
-        chunk.start("ready on")
+        chunk.launch("ready on")
         async with cluster.client() as rpc:
             await cluster.wait_leader(rpc)
             router = LeaderRouter(cluster.endpoints, timeout=15.0)

@@ -147,7 +147,7 @@ async def test_leader_killed_during_creates_and_writes_then_all_stopped(tmp_path
 async def _everything_times_out(cluster: FsCluster, directory: InodeId, op_timeout: float) -> None:
     """A client whose metadata servers all go away answers ETIMEDOUT (or EIO) in time."""
     for i in (1, 2):  # a quorum again, to register a session
-        cluster.meta.members[i].start("ready on")
+        cluster.meta.members[i].launch("ready on")
     async with cluster.client() as rpc:
         await cluster.meta.wait_leader(rpc)
     async with cluster.connect(op_timeout=op_timeout) as fs:

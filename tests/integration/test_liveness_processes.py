@@ -185,7 +185,7 @@ async def kill_until_dead(cluster: FsCluster, rpc: RpcClient, status_file: Path)
 
 
 async def restart(cluster: FsCluster, rpc: RpcClient) -> None:
-    cluster.chunks[VICTIM].start("ready on")
+    cluster.chunks[VICTIM].launch("ready on")
     reply = await wait_view(cluster, rpc, "restored", 10.0,
                             lambda v, _: v.state == "alive" and v.recorded_alive)
     assert reply.under_replicated == 0 and reply.at_risk == 0

@@ -132,7 +132,7 @@ async def fsck_clean(cluster: FsCluster) -> None:
 
 
 async def restart_chunk_server(cluster: FsCluster, server: int) -> None:
-    cluster.chunks[server].start("ready on")
+    cluster.chunks[server].launch("ready on")
     await ready(cluster)
 
 
@@ -390,7 +390,7 @@ async def test_a_client_killed_mid_write_affects_nobody_else(tmp_path: Path) -> 
         child = cluster.group.add(Proc(
             "client", [sys.executable, "-c", CHILD, ",".join(cluster.endpoints),
                        str(cluster.secret_file)], tmp_path / "client.log"))
-        child.start("flushed 24", timeout=60)
+        child.launch("flushed 24", timeout=60)
         ids = child.log_text().split("\n")[0].split()
         client_id, victim, orphan = int(ids[1]), InodeId(int(ids[3])), InodeId(int(ids[5]))
         other = payload(5, 40 * MiB)

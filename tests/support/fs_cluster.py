@@ -61,7 +61,7 @@ class FsCluster:
     def start(self) -> None:
         self.meta.start_all()
         for proc in self.chunks.values():
-            proc.start("ready on")
+            proc.launch("ready on")
 
     def close(self) -> None:
         self.group.close()

@@ -45,7 +45,7 @@ class MetaCluster:
         return list(self.addresses.values())
 
     def start(self, i: int) -> None:
-        self.members[i].start("ready on")
+        self.members[i].launch("ready on")
 
     def start_all(self) -> None:
         for i in self.ids:

@@ -21,6 +21,9 @@ from collections.abc import Sequence
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "native"): ("tools.bench_native", "checksum and page-diff throughput"),
     ("bench", "rpc"): ("tools.bench_rpc", "RPC round trips and bandwidth vs raw trio echo"),
+    ("bench", "raft"): (
+        "tools.bench_raft", "replicated KV writes and reads: ddfs vs etcd on this machine"
+    ),
     ("bench", "fs"): (
         "tools.bench_fs", "sequential I/O and create/stat/unlink on a mount vs local disk"
     ),

@@ -184,7 +184,7 @@ class LocalMetaCluster:
     """`n` `ddfs meta` members on 127.0.0.1 with their data under `base`."""
 
     def __init__(self, group: ProcessGroup, base: Path, secret_file: Path, n: int = 3, *,
-                 election_timeout: float = 0.4) -> None:
+                 election_timeout: float = 0.4, extra_args: tuple[str, ...] = ()) -> None:
         ports = free_ports(n)
         self.addresses = {i: f"127.0.0.1:{p}" for i, p in enumerate(ports, start=1)}
         members = ",".join(f"{i}={a}" for i, a in self.addresses.items())
@@ -193,7 +193,7 @@ class LocalMetaCluster:
                 f"meta{i}",
                 ddfs_argv("meta", "--id", str(i), "--members", members,
                           "--data", str(base / f"meta{i}"), "--secret-file", str(secret_file),
-                          "--election-timeout", str(election_timeout)),
+                          "--election-timeout", str(election_timeout), *extra_args),
                 base / f"meta{i}.log"))
             for i in self.addresses
         }

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev git lmdb-utils)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev git lmdb-utils
+              etcd-server etcd-client)  # etcd: the baseline of `ddfs bench raft`
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -111,6 +111,7 @@ class DriverStatus:
     last_index: int
     peers: tuple[NodeId, ...]
     match: Mapping[NodeId, int]  # leader only: replicated index per follower
+    fsyncs: int = 0  # durable commits of the Raft log so far (storage adapters that count)
 
 
 class RaftDriver(Generic[A]):
@@ -347,6 +348,8 @@ class RaftDriver(Generic[A]):
             node_id=self.id, role=soft.role.value, term=int(soft.term), leader=soft.leader,
             commit_index=int(self.core.commit_index), applied_index=int(self._applied),
             last_index=int(self._storage.last_index()), peers=self._peers, match=match,
+            # Not part of the RaftStorage Protocol: only adapters that fsync count.
+            fsyncs=int(getattr(self._storage, "fsyncs", 0)),
         )
 
 
@@ -357,4 +360,5 @@ def status_dict(st: DriverStatus) -> dict[str, Any]:
         "commit_index": st.commit_index, "applied_index": st.applied_index,
         "last_index": st.last_index, "peers": list(st.peers),
         "lag": {str(p): st.last_index - m for p, m in st.match.items()},
+        "fsyncs": st.fsyncs,
     }

@@ -15,6 +15,10 @@ with the env's default `sync=True, metasync=True` and `writemap=False`, so
 stable storage; when it raises, LMDB aborted the transaction and nothing of it
 is visible, now or after a crash.
 
+`fsyncs` counts the durable write transactions committed (each one LMDB
+commit: an fdatasync of the data pages plus the synchronous meta-page write);
+it only grows, and benchmarks read it through `raft.status`.
+
 The in-process cache (`_bounds`, `_hard_state`) is only ever replaced after a
 successful commit, and `_bounds` is one tuple so a reader on another thread
 never sees a first index from one commit with a last index from another.
@@ -97,6 +101,7 @@ class LmdbRaftStorage:
         self._log = self._env.open_db(b"log")
         self._meta = self._env.open_db(b"meta")
         self._write_lock = threading.Lock()  # one writer; LMDB would block anyway
+        self.fsyncs = 0  # durable commits so far (written under _write_lock only)
         with self._env.begin(write=True) as txn:
             self._check_format(txn)
             snap_index, snap_term = self._read_snapshot(txn)
@@ -241,6 +246,7 @@ class LmdbRaftStorage:
                 if hard_state is not None:
                     txn.put(_HARD_STATE, encode_hard_state(hard_state), db=self._meta)
             # Committed and fsynced: publish.
+            self.fsyncs += 1
             new_last = entries[-1].index if entries else LogIndex(min(last, cut - 1))
             self._bounds = (first, new_last, snap_term)
             if hard_state is not None:
@@ -277,4 +283,5 @@ class LmdbRaftStorage:
                     cursor.delete()  # moves to the next record, or off the end (empty key)
                     found = bool(cursor.key())
                 txn.put(_SNAPSHOT, msgpack.packb((int(upto), int(new_term))), db=self._meta)
+            self.fsyncs += 1
             self._bounds = (LogIndex(upto + 1), last if keep_log else upto, new_term)

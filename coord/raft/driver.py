@@ -10,10 +10,20 @@ Invariants:
 * Every call into the core (step/tick/propose/read_index/ready/advance)
   happens on the trio thread, never across an await: the core is never seen
   half-updated.  Storage and state-machine commits run in worker threads
-  (`trio.to_thread`), one at a time, and no LMDB transaction is ever held
-  across an await (each call opens and closes its own).
+  (`trio.to_thread`), at most one of each at a time, and no LMDB transaction
+  is ever held across an await (each call opens and closes its own).
 * Messages leave only after the Ready that produced them was persisted: a
-  vote or an append acknowledgement is a promise about durable state.
+  vote or an append acknowledgement is a promise about durable state.  The
+  one exception is a leader's AppendEntries and Heartbeats (thesis §10.2.1):
+  they promise nothing about the leader's disk, whose own replica counts
+  towards a commit only after `advance`, so they leave before the leader's
+  fsync and the followers' fsyncs overlap it.  Not when the Ready changes
+  term or vote (then everything waits for the fsync).
+* Committed entries that lie wholly below the first index this Ready writes
+  are already durable here, so their apply (the state machine's own
+  environment) runs concurrently with the Raft log's persist; otherwise the
+  apply waits for the persist.  Either way entries are applied in order and
+  `advance` comes after both.
 * A proposal is answered only by the entry applied at its index: if the
   entry there has the proposal's term it was committed, otherwise it was lost
   (a new leader overwrote it) and the caller gets `ProposalLost` — retrying
@@ -36,7 +46,13 @@ import trio
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
-from coord.raft.messages import Message, ReadCtx, RequestVoteResponse
+from coord.raft.messages import (
+    AppendEntries,
+    Heartbeat,
+    Message,
+    ReadCtx,
+    RequestVoteResponse,
+)
 from coord.raft.ready import NotLeader, Overloaded, Proposed, ReadQueued, Ready, Role
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
@@ -153,6 +169,9 @@ class RaftDriver(Generic[A]):
         self._leader_changed = trio.Event()
         self._last_leader: NodeId | None = None
         self.dropped_messages = 0
+        # (term, vote) as last written to storage: a Ready that changes either
+        # sends nothing before its fsync.
+        self._durable_term_vote = (hs.term, hs.vote)
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -184,19 +203,24 @@ class RaftDriver(Generic[A]):
     async def _handle(self, rd: Ready) -> None:
         # 1. persist.  A commit-only hard state needs no fsync (commit is
         # re-learned from the leader); it rides along with the next one that does.
-        if rd.entries or rd.truncate_from is not None or (rd.hard_state and rd.must_sync):
-            await trio.to_thread.run_sync(
-                self._storage.persist, rd.hard_state, rd.entries, rd.truncate_from
-            )
-        # 2. send, only now that what the messages promise is durable.
-        for msg in rd.messages:
-            if isinstance(msg, RequestVoteResponse) and msg.granted and not msg.pre_vote:
-                # An audit line per vote: tests check no member votes twice in a term.
-                log.info("node %d: vote granted to %d in term %d", self.id, msg.dst, msg.term)
+        persist = bool(
+            rd.entries or rd.truncate_from is not None or (rd.hard_state and rd.must_sync)
+        )
+        early = self._early_messages(rd) if persist else ()
+        for msg in early:  # a leader's appends need not wait for its own fsync
             self._enqueue(msg)
-        # 3. apply.
+        results: Sequence[A] = ()
+        if persist and rd.committed_entries and self._applies_durable(rd):
+            results = await self._persist_and_apply(rd, early)
+        else:
+            if persist:
+                await self._persist(rd)
+            # 2. send, only now that what the messages promise is durable.
+            self._send_rest(rd, early)
+            # 3. apply.
+            if rd.committed_entries:
+                results = await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries)
         if rd.committed_entries:
-            results = await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries)
             self._settle(rd.committed_entries, results)
         # 4. reads: their index is <= what is applied now.
         for rs in rd.read_states:
@@ -204,6 +228,54 @@ class RaftDriver(Generic[A]):
         for ctx in rd.failed_reads:
             self._finish_read(ctx, None)
         self._note_leader(rd)
+
+    async def _persist(self, rd: Ready) -> None:
+        await trio.to_thread.run_sync(
+            self._storage.persist, rd.hard_state, rd.entries, rd.truncate_from
+        )
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+
+    async def _persist_and_apply(self, rd: Ready, early: Sequence[Message]) -> Sequence[A]:
+        """Persist and apply at once (two worker threads, two LMDB environments):
+        the entries applied are already durable, so neither waits for the other."""
+        out: list[Sequence[A]] = []
+
+        async def apply() -> None:
+            out.append(await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(apply, name="raft-apply")
+            await self._persist(rd)
+            self._send_rest(rd, early)  # acks wait for the fsync, not for the apply
+        return out[0]
+
+    def _early_messages(self, rd: Ready) -> tuple[Message, ...]:
+        """A leader's appends and heartbeats, unless this Ready changes term or vote."""
+        if rd.soft_state.role is not Role.LEADER:
+            return ()
+        hs = rd.hard_state
+        if hs is not None and (hs.term, hs.vote) != self._durable_term_vote:
+            return ()
+        return tuple(m for m in rd.messages if isinstance(m, AppendEntries | Heartbeat))
+
+    @staticmethod
+    def _applies_durable(rd: Ready) -> bool:
+        """Every committed entry lies below what this Ready writes (so it is on disk)."""
+        cut = rd.truncate_from if rd.truncate_from is not None else (
+            rd.entries[0].index if rd.entries else None
+        )
+        return cut is None or rd.committed_entries[-1].index < cut
+
+    def _send_rest(self, rd: Ready, early: Sequence[Message]) -> None:
+        sent = {id(m) for m in early}
+        for msg in rd.messages:
+            if id(msg) in sent:
+                continue
+            if isinstance(msg, RequestVoteResponse) and msg.granted and not msg.pre_vote:
+                # An audit line per vote: tests check no member votes twice in a term.
+                log.info("node %d: vote granted to %d in term %d", self.id, msg.dst, msg.term)
+            self._enqueue(msg)
 
     def _note_leader(self, rd: Ready) -> None:
         leader = rd.soft_state.leader

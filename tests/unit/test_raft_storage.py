@@ -1,4 +1,7 @@
-"""Contract tests for RaftStorage: every test runs against the in-memory twin and LMDB.
+"""Contract tests for RaftStorage: every test runs against the in-memory twin, LMDB,
+and LMDB behind the write-ahead log (`wal`: entries stay in the WAL; `wal-flush`:
+the WAL is moved into LMDB every two entries, so both paths are exercised; a
+restart replays the WAL).
 
 The twin is what the simulator trusts, so any behaviour where the two differ
 is a bug in one of them; `test_twin_and_lmdb_agree` drives both with the same
@@ -35,6 +38,7 @@ from coord.raft.storage import (
     entry_size,
 )
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
+from coord.raft.wal_store import WAL_NAME, WalRaftStorage
 
 MAP_SIZE = 1 << 26
 
@@ -50,6 +54,10 @@ class Harness:
     def _open(self) -> RaftStorage:
         if self.kind == "lmdb":
             return LmdbRaftStorage(self.path, map_size=MAP_SIZE)
+        if self.kind == "wal":
+            return WalRaftStorage(self.path, map_size=MAP_SIZE)
+        if self.kind == "wal-flush":
+            return WalRaftStorage(self.path, map_size=MAP_SIZE, flush_entries=2)
         return MemoryRaftStorage()
 
     def restart(self) -> RaftStorage:
@@ -57,11 +65,11 @@ class Harness:
             self.store = self.store.crash()
         else:
             self.store.close()
-            self.store = LmdbRaftStorage(self.path, map_size=MAP_SIZE)
+            self.store = self._open()
         return self.store
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(params=["memory", "lmdb", "wal", "wal-flush"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     h = Harness(request.param, tmp_path / "raft")
     try:
@@ -475,15 +483,82 @@ def _apply_op(store: RaftStorage, op: tuple[object, ...]) -> object:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_ops)
 def test_twin_and_lmdb_agree(ops: list[tuple[object, ...]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        twin = MemoryRaftStorage()
-        real = LmdbRaftStorage(tmp, map_size=MAP_SIZE)
-        try:
-            for op in ops:
-                assert _apply_op(twin, op) == _apply_op(real, op), op
-            twin = twin.crash()
-            real.close()
-            real = LmdbRaftStorage(tmp, map_size=MAP_SIZE)
-            assert snapshot(twin) == snapshot(real)
-        finally:
-            real.close()
+    for kind in ("lmdb", "wal", "wal-flush"):
+        with tempfile.TemporaryDirectory() as tmp:
+            harness = Harness(kind, Path(tmp))
+            twin = MemoryRaftStorage()
+            try:
+                for op in ops:
+                    assert _apply_op(twin, op) == _apply_op(harness.store, op), (kind, op)
+                twin = twin.crash()
+                assert snapshot(twin) == snapshot(harness.restart()), kind
+            finally:
+                harness.store.close()
+
+
+# --- WAL only ---------------------------------------------------------------------------------
+
+
+def test_wal_persist_survives_a_killed_process_and_is_replayed_into_lmdb(tmp_path: Path) -> None:
+    """A child persists through the WAL (nothing reaches LMDB) and dies: the parent
+    recovers every acknowledged write, and the recovered WAL is empty."""
+    script = (
+        "import os\n"
+        "from coord.raft.wal_store import WalRaftStorage\n"
+        "from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term\n"
+        f"s = WalRaftStorage({str(tmp_path)!r}, map_size={MAP_SIZE})\n"
+        "s.persist(HardState(Term(3), NodeId(2), LogIndex(1)),\n"
+        "          [Entry(Term(3), LogIndex(i), EntryKind.COMMAND, b'x') for i in (1, 2, 3)])\n"
+        "s.truncate_suffix(LogIndex(3))\n"
+        "s.append([Entry(Term(4), LogIndex(3), EntryKind.COMMAND, b'y')])\n"
+        f"assert os.path.getsize(os.path.join({str(tmp_path)!r}, 'raft.wal')) > 0\n"
+        "os._exit(0)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    with LmdbRaftStorage(tmp_path, map_size=MAP_SIZE) as raw:
+        assert raw.last_index() == 0  # everything was in the WAL only
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        assert s.load() == HardState(Term(3), NodeId(2), LogIndex(1))
+        assert [(e.index, e.term, e.data) for e in s.entries(LogIndex(1), LogIndex(4))] == [
+            (1, 3, b"x"), (2, 3, b"x"), (3, 4, b"y")]
+        assert (tmp_path / WAL_NAME).stat().st_size == 0
+    with LmdbRaftStorage(tmp_path, map_size=MAP_SIZE) as raw:  # recovery flushed into LMDB
+        assert raw.last_index() == 3 and raw.term(LogIndex(3)) == 4
+
+
+def test_wal_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        s.append(run(1, 2, 1))
+        s.append(run(3, 4, 1))
+    wal = tmp_path / WAL_NAME
+    image = wal.read_bytes()
+    wal.write_bytes(image[:-3])  # the second record's fdatasync never finished
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        assert s.last_index() == 2
+        s.append(run(3, 3, 2))  # the log goes on after the torn record
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        assert s.last_index() == 3 and s.term(LogIndex(3)) == 2
+
+
+def test_wal_replay_over_an_lmdb_that_already_has_it_is_harmless(tmp_path: Path) -> None:
+    """A crash between a flush's LMDB commit and the WAL reset replays old records."""
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        s.persist(HardState(Term(1), NodeId(1), LogIndex(0)), run(1, 3, 1))
+        s.truncate_suffix(LogIndex(3))
+        s.append(run(3, 4, 2))
+        image = (tmp_path / WAL_NAME).read_bytes()
+        s.flush()
+        before = snapshot(s)
+    (tmp_path / WAL_NAME).write_bytes(image)
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        assert snapshot(s) == before
+
+
+def test_wal_counts_one_fsync_per_persist(tmp_path: Path) -> None:
+    with WalRaftStorage(tmp_path, map_size=MAP_SIZE) as s:
+        start = s.fsyncs
+        s.append(run(1, 3, 1))
+        s.save(HardState(Term(2), None, LogIndex(0)))
+        assert s.fsyncs == start + 2

@@ -36,7 +36,7 @@ The store calls block (LMDB commit); a trio driver runs `apply` through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -148,8 +148,20 @@ class KVStateMachine:
     def applied_index(self) -> LogIndex:
         return self._store.applied_index()
 
-    def apply(self, entries: Sequence[Entry]) -> list[Applied]:
-        """Apply consecutive committed entries in one transaction; return their outcomes."""
+    def apply(
+        self,
+        entries: Sequence[Entry],
+        announce: Callable[[Sequence[Applied]], None] | None = None,
+    ) -> list[Applied]:
+        """Apply consecutive committed entries in one transaction; return their outcomes.
+
+        `announce(outcomes)`, if given, is called with the outcomes before the
+        transaction commits (and so before its fsync), so a leader can answer
+        its clients while the state store syncs: the outcomes are a function of
+        the committed log alone, and a crash before the commit only means the
+        entries are applied again, with the same outcomes.  Nothing may read
+        the store on the strength of an announcement (the driver serves reads
+        only after `apply` returns)."""
         if not entries:
             return []
         out: list[Applied] = []
@@ -161,6 +173,8 @@ class KVStateMachine:
                 out.append(self._apply_entry(view, entry))
                 expect += 1
             view.set_applied(entries[-1].index)
+            if announce is not None:
+                announce(out)
         return out
 
     def read(self, query: Query) -> GetResult | RangeResult:

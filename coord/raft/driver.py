@@ -28,7 +28,10 @@ Invariants:
   entry there has the proposal's term it was committed, otherwise it was lost
   (a new leader overwrote it) and the caller gets `ProposalLost` — retrying
   is safe because commands carry (client, seq) and the state machine drops
-  duplicates.
+  duplicates.  The answer may leave while the state store is still
+  committing that apply (`StateMachine.apply`'s `announce`): the entry is
+  committed (durable on a majority) and its outcome is a function of the
+  log, so a crash only replays it.  Reads wait for the commit.
 * Outgoing messages go through one bounded queue per peer; a full queue or a
   dead peer drops messages, which Raft tolerates (it retransmits on its own).
 """
@@ -77,7 +80,14 @@ class StateMachine(Protocol[A_co]):
     @property
     def applied_index(self) -> LogIndex: ...
 
-    def apply(self, entries: Sequence[Entry]) -> Sequence[A_co]: ...
+    def apply(
+        self,
+        entries: Sequence[Entry],
+        announce: Callable[[Sequence[A_co]], None] | None = None,
+    ) -> Sequence[A_co]:
+        """Apply in one transaction; call `announce(outcomes)` (if given) before
+        it commits, so clients can be answered during the state store's fsync."""
+        ...
 
 
 class Transport(Protocol):
@@ -219,7 +229,7 @@ class RaftDriver(Generic[A]):
             self._send_rest(rd, early)
             # 3. apply.
             if rd.committed_entries:
-                results = await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries)
+                results = await self._apply(rd.committed_entries)
         if rd.committed_entries:
             self._settle(rd.committed_entries, results)
         # 4. reads: their index is <= what is applied now.
@@ -242,13 +252,40 @@ class RaftDriver(Generic[A]):
         out: list[Sequence[A]] = []
 
         async def apply() -> None:
-            out.append(await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries))
+            out.append(await self._apply(rd.committed_entries))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(apply, name="raft-apply")
             await self._persist(rd)
             self._send_rest(rd, early)  # acks wait for the fsync, not for the apply
         return out[0]
+
+    async def _apply(self, entries: Sequence[Entry]) -> Sequence[A]:
+        """Apply in a worker thread.  When clients wait for some of these entries,
+        they are answered as soon as the outcomes are known, before the state
+        store's commit and fsync: an outcome is a function of the committed
+        log, which is already durable on a majority.  Reads are not served
+        until this returns (the store shows the entries only after the commit)."""
+        if not any(e.index in self._proposals for e in entries):
+            return await trio.to_thread.run_sync(self._fsm.apply, entries)
+
+        def announce(results: Sequence[A]) -> None:  # runs in the worker thread
+            trio.from_thread.run_sync(self._release, entries, results)
+
+        return await trio.to_thread.run_sync(self._fsm.apply, entries, announce)
+
+    def _release(self, entries: Sequence[Entry], results: Sequence[A]) -> None:
+        """Answer the proposals among `entries` (`_settle` later finds them gone)."""
+        by_index = {r.index: r for r in results}
+        for entry in entries:
+            waiter = self._proposals.pop(entry.index, None)
+            if waiter is None:
+                continue
+            if entry.term == waiter.term:
+                waiter.result = by_index.get(entry.index)
+            else:
+                waiter.lost = True
+            waiter.done.set()
 
     def _early_messages(self, rd: Ready) -> tuple[Message, ...]:
         """A leader's appends and heartbeats, unless this Ready changes term or vote."""
@@ -287,17 +324,9 @@ class RaftDriver(Generic[A]):
             self._leader_changed = trio.Event()
 
     def _settle(self, entries: Sequence[Entry], results: Sequence[A]) -> None:
-        by_index = {r.index: r for r in results}
-        for entry in entries:
-            self._applied = entry.index
-            waiter = self._proposals.pop(entry.index, None)
-            if waiter is None:
-                continue
-            if entry.term == waiter.term:
-                waiter.result = by_index.get(entry.index)
-            else:
-                waiter.lost = True
-            waiter.done.set()
+        if entries:
+            self._applied = entries[-1].index
+        self._release(entries, results)
 
     # ------------------------------------------------------------------ transport
     def _enqueue(self, msg: Message) -> None:

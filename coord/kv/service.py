@@ -92,7 +92,11 @@ class KvService:
         ):
             raise RemoteError("BAD_COMMAND", "not a KV body")
         try:
-            applied = await self._driver.propose(stamp(body, time.time_ns() // 1_000_000))
+            # early: the reply carries the outcome only; the client's reads go
+            # through read barriers, which wait for the state store's commit.
+            applied = await self._driver.propose(
+                stamp(body, time.time_ns() // 1_000_000), early=True
+            )
         except RaftUnavailable as exc:
             return self._redirect(exc)
         if applied.result is None:

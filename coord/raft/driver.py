@@ -3,7 +3,9 @@ storage, a real state machine and a real transport.
 
 The order of a Ready is written here once (see `coord.raft.ready`):
 
-    persist (one LMDB transaction, fsync)  ->  send  ->  apply  ->  serve reads  ->  advance
+    persist (one durable write, fsync)  ->  send  ->  queue (apply -> serve reads)  ->  advance
+
+the apply and the reads running in the applier task, in Ready order (below).
 
 Invariants:
 
@@ -19,18 +21,20 @@ Invariants:
   towards a commit only after `advance`, so they leave before the leader's
   fsync and the followers' fsyncs overlap it.  Not when the Ready changes
   term or vote (then everything waits for the fsync).
-* Committed entries that lie wholly below the first index this Ready writes
-  are already durable here, so their apply (the state machine's own
-  environment) runs concurrently with the Raft log's persist; otherwise the
-  apply waits for the persist.  Either way entries are applied in order and
-  `advance` comes after both.
+* Committed entries are applied by one applier task, in log order, after
+  the Ready that handed them out was persisted; the Ready loop advances the
+  core without waiting for the apply, so the next persist overlaps it.  The
+  core then believes more is applied than the state store shows, so the
+  read states of a Ready travel through the same queue and are released
+  only after the entries before them are applied.  The queue is bounded
+  (`APPLY_QUEUE` Readys): a slow state machine slows the Ready loop down.
 * A proposal is answered only by the entry applied at its index: if the
   entry there has the proposal's term it was committed, otherwise it was lost
   (a new leader overwrote it) and the caller gets `ProposalLost` — retrying
   is safe because commands carry (client, seq) and the state machine drops
-  duplicates.  The answer may leave while the state store is still
-  committing that apply (`StateMachine.apply`'s `announce`): the entry is
-  committed (durable on a majority) and its outcome is a function of the
+  duplicates.  A proposal made `early` is answered while the state store is
+  still committing that apply (`StateMachine.apply`'s `announce`): the entry
+  is committed (durable on a majority) and its outcome is a function of the
   log, so a crash only replays it.  Reads wait for the commit.
 * Outgoing messages go through one bounded queue per peer; a full queue or a
   dead peer drops messages, which Raft tolerates (it retransmits on its own).
@@ -56,6 +60,7 @@ from coord.raft.messages import (
     ReadCtx,
     RequestVoteResponse,
 )
+from coord.raft.readindex import ReadState
 from coord.raft.ready import NotLeader, Overloaded, Proposed, ReadQueued, Ready, Role
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
@@ -115,6 +120,7 @@ class Busy(RaftUnavailable):
 @dataclass(slots=True)
 class _Waiter(Generic[A]):
     term: Term
+    early: bool = False  # answer before the state store commits (see propose)
     done: trio.Event = field(default_factory=trio.Event)
     result: A | None = None
     lost: bool = False
@@ -124,6 +130,10 @@ class _Waiter(Generic[A]):
 class _ReadWaiter:
     done: trio.Event = field(default_factory=trio.Event)
     index: LogIndex | None = None  # None with done set: the read failed
+
+
+# Committed entries to apply and the reads to release once they are applied.
+_ApplyJob = tuple[tuple[Entry, ...], tuple[ReadState, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,9 @@ class DriverStatus:
 
 class RaftDriver(Generic[A]):
     PEER_QUEUE = 4096  # messages buffered per peer before we start dropping
+    # Readys whose entries are committed but not yet applied; when full, the Ready
+    # loop waits (backpressure: the core's apply budget per Ready bounds each job).
+    APPLY_QUEUE = 16
 
     def __init__(
         self,
@@ -176,6 +189,7 @@ class RaftDriver(Generic[A]):
         self._read_seq = 0
         self._applied = applied
         self._outboxes: dict[NodeId, trio.MemorySendChannel[Message]] = {}
+        self._apply_jobs: trio.MemorySendChannel[_ApplyJob]  # set by run()
         self._leader_changed = trio.Event()
         self._last_leader: NodeId | None = None
         self.dropped_messages = 0
@@ -191,6 +205,8 @@ class RaftDriver(Generic[A]):
                 send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
                 self._outboxes[peer] = send
                 nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+            self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
+            nursery.start_soon(self._applier, jobs, name="raft-apply")
             task_status.started()
             await self._loop()
 
@@ -219,22 +235,14 @@ class RaftDriver(Generic[A]):
         early = self._early_messages(rd) if persist else ()
         for msg in early:  # a leader's appends need not wait for its own fsync
             self._enqueue(msg)
-        results: Sequence[A] = ()
-        if persist and rd.committed_entries and self._applies_durable(rd):
-            results = await self._persist_and_apply(rd, early)
-        else:
-            if persist:
-                await self._persist(rd)
-            # 2. send, only now that what the messages promise is durable.
-            self._send_rest(rd, early)
-            # 3. apply.
-            if rd.committed_entries:
-                results = await self._apply(rd.committed_entries)
-        if rd.committed_entries:
-            self._settle(rd.committed_entries, results)
-        # 4. reads: their index is <= what is applied now.
-        for rs in rd.read_states:
-            self._finish_read(rs.ctx, rs.index)
+        if persist:
+            await self._persist(rd)
+        # 2. send, only now that what the messages promise is durable.
+        self._send_rest(rd, early)
+        # 3. apply, and 4. serve reads (their index is <= what is applied once
+        # the job's entries are): queued to the applier, which keeps their order.
+        if rd.committed_entries or rd.read_states:
+            await self._apply_jobs.send((rd.committed_entries, rd.read_states))
         for ctx in rd.failed_reads:
             self._finish_read(ctx, None)
         self._note_leader(rd)
@@ -246,19 +254,15 @@ class RaftDriver(Generic[A]):
         if rd.hard_state is not None:
             self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
 
-    async def _persist_and_apply(self, rd: Ready, early: Sequence[Message]) -> Sequence[A]:
-        """Persist and apply at once (two worker threads, two LMDB environments):
-        the entries applied are already durable, so neither waits for the other."""
-        out: list[Sequence[A]] = []
-
-        async def apply() -> None:
-            out.append(await self._apply(rd.committed_entries))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(apply, name="raft-apply")
-            await self._persist(rd)
-            self._send_rest(rd, early)  # acks wait for the fsync, not for the apply
-        return out[0]
+    async def _applier(self, jobs: trio.MemoryReceiveChannel[_ApplyJob]) -> None:
+        """Applies committed entries in log order, then releases the reads queued
+        behind them.  Runs beside the Ready loop, so the next Ready's persist (and
+        its fsync) overlaps this apply's commit instead of waiting for it."""
+        async for entries, read_states in jobs:
+            if entries:
+                self._settle(entries, await self._apply(entries))
+            for rs in read_states:
+                self._finish_read(rs.ctx, rs.index)
 
     async def _apply(self, entries: Sequence[Entry]) -> Sequence[A]:
         """Apply in a worker thread.  When clients wait for some of these entries,
@@ -266,21 +270,25 @@ class RaftDriver(Generic[A]):
         store's commit and fsync: an outcome is a function of the committed
         log, which is already durable on a majority.  Reads are not served
         until this returns (the store shows the entries only after the commit)."""
-        if not any(e.index in self._proposals for e in entries):
+        if not any((w := self._proposals.get(e.index)) and w.early for e in entries):
             return await trio.to_thread.run_sync(self._fsm.apply, entries)
 
         def announce(results: Sequence[A]) -> None:  # runs in the worker thread
-            trio.from_thread.run_sync(self._release, entries, results)
+            trio.from_thread.run_sync(self._release, entries, results, True)
 
         return await trio.to_thread.run_sync(self._fsm.apply, entries, announce)
 
-    def _release(self, entries: Sequence[Entry], results: Sequence[A]) -> None:
-        """Answer the proposals among `entries` (`_settle` later finds them gone)."""
+    def _release(
+        self, entries: Sequence[Entry], results: Sequence[A], early_only: bool = False
+    ) -> None:
+        """Answer the proposals among `entries` (only those proposed `early`, if
+        `early_only`); `_settle` later answers the rest."""
         by_index = {r.index: r for r in results}
         for entry in entries:
-            waiter = self._proposals.pop(entry.index, None)
-            if waiter is None:
+            waiter = self._proposals.get(entry.index)
+            if waiter is None or (early_only and not waiter.early):
                 continue
+            del self._proposals[entry.index]
             if entry.term == waiter.term:
                 waiter.result = by_index.get(entry.index)
             else:
@@ -295,14 +303,6 @@ class RaftDriver(Generic[A]):
         if hs is not None and (hs.term, hs.vote) != self._durable_term_vote:
             return ()
         return tuple(m for m in rd.messages if isinstance(m, AppendEntries | Heartbeat))
-
-    @staticmethod
-    def _applies_durable(rd: Ready) -> bool:
-        """Every committed entry lies below what this Ready writes (so it is on disk)."""
-        cut = rd.truncate_from if rd.truncate_from is not None else (
-            rd.entries[0].index if rd.entries else None
-        )
-        return cut is None or rd.committed_entries[-1].index < cut
 
     def _send_rest(self, rd: Ready, early: Sequence[Message]) -> None:
         sent = {id(m) for m in early}
@@ -378,11 +378,15 @@ class RaftDriver(Generic[A]):
     def is_leader(self) -> bool:
         return self.core.soft_state().role is Role.LEADER
 
-    async def propose(self, data: bytes) -> A:
+    async def propose(self, data: bytes, *, early: bool = False) -> A:
         """Replicate `data`; return its state-machine result once applied here.
 
-        Raises RaftUnavailable (not leader), Busy, or ProposalLost.  The caller
-        bounds the wait with its own deadline (cancel scope).
+        With `early`, return as soon as the result is known, possibly before
+        the state store has committed it (so a read of the local store that
+        bypasses `read_barrier` may not show it yet): for callers that only
+        pass the result on, like the KV service.  Raises RaftUnavailable (not
+        leader), Busy, or ProposalLost.  The caller bounds the wait with its
+        own deadline (cancel scope).
         """
         result = self.core.propose(data)
         match result:
@@ -391,7 +395,7 @@ class RaftDriver(Generic[A]):
             case Overloaded(used, limit):
                 raise Busy(f"{used} uncommitted bytes (limit {limit})", self.id)
             case Proposed(index, term):
-                waiter: _Waiter[A] = _Waiter(term)
+                waiter: _Waiter[A] = _Waiter(term, early)
                 self._proposals[index] = waiter
         self._wake.set()
         try:

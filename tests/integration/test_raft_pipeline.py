@@ -1,0 +1,151 @@
+"""The driver's write-path pipelining, checked on one in-process member whose
+state machine can be held in the middle of an apply (after its outcomes are
+known, before its commit):
+
+* a proposal made `early` is answered while the commit is held; a plain one
+  is not;
+* a linearizable read (ReadIndex) issued after that answer waits for the
+  commit, so it never misses the write it follows;
+* the Ready loop does not wait for the apply: a later proposal is persisted
+  (reaches the Raft log) while the earlier apply is still held;
+* the Raft log's fsync counter moves with every persist.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from coord.kv.commands import ClientRequest, Get, Put, RegisterClient, stamp
+from coord.kv.machine import Applied, KVStateMachine
+from coord.kv.results import GetResult, PutResult, RegisterResult
+from coord.kv.store import MemoryKVStore
+from coord.kv.types import ClientId, SeqNo
+from coord.raft.config import RaftConfig
+from coord.raft.driver import RaftDriver
+from coord.raft.messages import Message
+from coord.raft.types import Entry, LogIndex, NodeId
+from coord.raft.wal_store import WalRaftStorage
+
+CONFIG = RaftConfig(election_timeout_min=0.05, election_timeout_max=0.1, heartbeat_interval=0.01)
+ME = NodeId(1)
+
+
+class NoPeers:
+    async def send(self, peer: NodeId, messages: Sequence[Message]) -> None:
+        raise AssertionError("a one-member group sends nothing")
+
+
+class HeldMachine:
+    """A KV state machine whose commit can be held after the outcomes are announced."""
+
+    def __init__(self) -> None:
+        self.inner = KVStateMachine(MemoryKVStore())
+        self.hold = threading.Event()  # set: the next apply waits before committing
+        self.held = threading.Event()  # set by the apply when it reached the hold
+        self.release = threading.Event()
+
+    @property
+    def applied_index(self) -> LogIndex:
+        return self.inner.applied_index
+
+    def apply(
+        self, entries: Sequence[Entry], announce: Callable[[Sequence[Applied]], None] | None = None
+    ) -> list[Applied]:
+        def hold_then_announce(results: Sequence[Applied]) -> None:
+            if announce is not None:
+                announce(results)
+            if self.hold.is_set():
+                self.held.set()
+                assert self.release.wait(10), "the test never released the commit"
+
+        return self.inner.apply(entries, hold_then_announce)
+
+
+def _put(client: ClientId, seq: int, value: bytes) -> ClientRequest:
+    return ClientRequest(client, SeqNo(seq), SeqNo(seq - 1), Put(b"k", value))
+
+
+async def _wait_thread_event(event: threading.Event) -> None:
+    with trio.fail_after(10):
+        while not event.is_set():
+            await trio.sleep(0.005)
+
+
+async def _release_on_exit(fsm: HeldMachine) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        fsm.release.set()
+
+
+async def test_early_answers_reads_wait_and_the_loop_keeps_persisting(tmp_path: Path) -> None:
+    fsm = HeldMachine()
+    storage = WalRaftStorage(tmp_path / "raft")
+    driver: RaftDriver[Applied] = RaftDriver(
+        ME, [ME], CONFIG, storage, fsm, NoPeers(), rng=random.Random(1)
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            # A failing assertion must not leave the applier's thread held: the
+            # nursery could not finish (worker threads are not abandoned).
+            nursery.start_soon(_release_on_exit, fsm)
+            await nursery.start(driver.run)
+            with trio.fail_after(10):
+                while not driver.is_leader:
+                    await trio.sleep(0.01)
+            reg = (await driver.propose(stamp(RegisterClient(), 1))).result
+            assert isinstance(reg, RegisterResult)
+            client = reg.client_id
+            fsyncs = storage.fsyncs
+
+            # 1. An early proposal is answered while its apply's commit is held.
+            fsm.hold.set()
+            with trio.fail_after(10):
+                first = await driver.propose(stamp(_put(client, 1, b"v1"), 2), early=True)
+            assert isinstance(first.result, PutResult)
+            await _wait_thread_event(fsm.held)  # the apply is (still) held before its commit
+            assert not fsm.release.is_set()
+            assert storage.fsyncs > fsyncs  # the entry went through the Raft log's fsync
+            fsm.hold.clear()
+
+            # 2. A read started now waits for the held commit.
+            read_done = trio.Event()
+            seen: list[bytes | None] = []
+
+            async def read() -> None:
+                await driver.read_barrier()
+                result = fsm.inner.read(Get(b"k"))
+                assert isinstance(result, GetResult)
+                seen.append(None if result.kv is None else result.kv.value)
+                read_done.set()
+
+            nursery.start_soon(read)
+            # 3. Meanwhile the Ready loop persists a later proposal (the apply is held).
+            last_before = storage.last_index()
+            second = trio.Event()
+
+            async def propose_second() -> None:
+                await driver.propose(stamp(_put(client, 2, b"v2"), 3))
+                second.set()
+
+            nursery.start_soon(propose_second)
+            with trio.fail_after(10):
+                while storage.last_index() <= last_before:
+                    await trio.sleep(0.005)
+            await trio.sleep(0.05)
+            assert not read_done.is_set() and not second.is_set()
+
+            fsm.release.set()
+            with trio.fail_after(10):
+                await read_done.wait()
+                await second.wait()
+            assert seen in ([b"v1"], [b"v2"])  # never the state before the write
+            nursery.cancel_scope.cancel()
+    finally:
+        fsm.release.set()
+        storage.close()

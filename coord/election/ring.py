@@ -1,0 +1,231 @@
+"""The Ring election (Chang & Roberts 1979 with the chapter's id lists) as a sans-IO core.
+
+The chapter's rules:
+* Nodes form a logical ring (`ring_order`).  A node that finds the
+  coordinator gone sends ELECTION, holding its own id, to its successor.
+* Each node appends its id and forwards the message to its successor,
+  skipping successors it believes dead (failure detector, or a send that
+  failed: `send_failed`).
+* When the message is back at its starter, the starter picks the highest
+  collected id and sends one COORDINATOR round the ring.
+
+Concurrent starters: a node that has started its own election swallows an
+ELECTION of a lower starter (its own message will tell that starter the
+result), and any node adopting an announcement abandons its own election,
+so of several concurrent starters normally only the highest one's messages
+complete the circle.  A message whose starter was skipped (it died) would
+circle forever; the first node to see its own id in the list drops it and
+starts an election of its own.
+
+Every node that started or forwarded an ELECTION waits at most
+`ring_timeout` for a COORDINATOR and otherwise starts again, so a message
+lost with a crashed node is replaced.  Adoption rules (as in bully.py):
+an announcement of a suspected node, or lower than a leader we still trust,
+is stale and not adopted; an announcement lower than ourselves means we were
+skipped, so we hold an election; a recovered node higher than our leader
+makes us hold an election.
+
+Invariants:
+* `leader` is None or >= this node's id, and never a node we suspect.
+* `phase` is IDLE exactly when no timer is pending.
+* A `LeaderChanged` effect is emitted exactly when `leader` changes value.
+* Every message goes to `successor()` (never to ourselves); an ELECTION
+  never holds an id twice, a COORDINATOR never visits a node twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from coord.election.messages import RingCoordinator, RingElection, RingMessage
+from coord.election.types import ElectionConfig, LeaderChanged, NodeId, Send
+
+RingEffect = Send[RingMessage] | LeaderChanged
+
+
+class RingPhase(enum.Enum):
+    IDLE = "idle"
+    ELECTING = "electing"  # our ELECTION is circulating
+    ANNOUNCING = "announcing"  # our COORDINATOR is circulating
+    PARTICIPATING = "participating"  # we forwarded someone's ELECTION; awaiting COORDINATOR
+
+
+class RingNode:
+    """One node of the Ring algorithm: feed it events, execute the effects it returns."""
+
+    def __init__(self, node_id: NodeId, ring_order: Sequence[NodeId],
+                 config: ElectionConfig | None = None, *, first_round: int = 0) -> None:
+        if node_id not in ring_order or len(set(ring_order)) != len(ring_order):
+            raise ValueError(f"ring {list(ring_order)} must hold {node_id} and no id twice")
+        self.id = node_id
+        self.config = (config or ElectionConfig()).validate()
+        at = list(ring_order).index(node_id)
+        # The other nodes in ring order starting after us: successor candidates.
+        self._after = tuple(ring_order[at + 1:]) + tuple(ring_order[:at])
+        self._leader: NodeId | None = None
+        self._phase = RingPhase.IDLE
+        self._deadline: float | None = None
+        self._round = first_round  # our election attempts; see BullyNode
+        self._suspected: set[NodeId] = set()
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def leader(self) -> NodeId | None:
+        return self._leader
+
+    @property
+    def phase(self) -> RingPhase:
+        return self._phase
+
+    @property
+    def round(self) -> int:
+        return self._round
+
+    @property
+    def suspected(self) -> frozenset[NodeId]:
+        return frozenset(self._suspected)
+
+    def next_deadline(self) -> float | None:
+        return self._deadline
+
+    def successor(self) -> NodeId | None:
+        """The next node in the ring we do not suspect (None: we are alone)."""
+        for p in self._after:
+            if p not in self._suspected:
+                return p
+        return None
+
+    # ------------------------------------------------------------------ inputs
+
+    def start_election(self, now: float) -> list[RingEffect]:
+        self._round += 1
+        succ = self.successor()
+        if succ is None:
+            return self._alone(now)
+        self._wait(RingPhase.ELECTING, now)
+        return [Send(succ, RingElection(self.id, self.id, self._round, (self.id,)))]
+
+    def step(self, msg: RingMessage, now: float) -> list[RingEffect]:
+        match msg:
+            case RingElection():
+                return self._on_election(msg, now)
+            case RingCoordinator():
+                return self._on_coordinator(msg, now)
+
+    def tick(self, now: float) -> list[RingEffect]:
+        if self._deadline is None or now < self._deadline:
+            return []
+        return self.start_election(now)  # our message or the announcement was lost
+
+    def suspect(self, peer: NodeId, now: float) -> list[RingEffect]:
+        if peer == self.id:
+            return []
+        self._suspected.add(peer)
+        if peer != self._leader:
+            return []
+        out: list[RingEffect] = self._set_leader(None, now)
+        if self._phase is not RingPhase.ELECTING:
+            out += self.start_election(now)
+        return out
+
+    def recover(self, peer: NodeId, now: float) -> list[RingEffect]:
+        self._suspected.discard(peer)
+        beats_leader = self._leader is None or peer > self._leader
+        if peer != self.id and beats_leader and self._phase is RingPhase.IDLE:
+            return self.start_election(now)  # it may be the new highest: include it
+        return []
+
+    def send_failed(self, msg: RingMessage, to: NodeId, now: float) -> list[RingEffect]:
+        """Sending `msg` to `to` failed: treat `to` as dead and pass `msg` on past it.
+
+        The suspicion lasts until `recover(to)` (the failure detector hears it).
+        """
+        out = self.suspect(to, now)
+        succ = self.successor()
+        if succ is None:
+            return out + self._alone(now)
+        return [*out, Send(succ, msg)]
+
+    # ------------------------------------------------------------------ handlers
+
+    def _on_election(self, msg: RingElection, now: float) -> list[RingEffect]:
+        if msg.starter == self.id:
+            if msg.round != self._round or self._phase is not RingPhase.ELECTING:
+                return []  # an older attempt of ours, or one we abandoned
+            return self._announce(msg.ids, now)
+        if self.id in msg.ids:
+            # It passed us already and its starter was skipped: it would
+            # circle for ever.  Drop it; hold our own election instead.
+            busy = self._phase in (RingPhase.ELECTING, RingPhase.ANNOUNCING)
+            return [] if busy else self.start_election(now)
+        if self._phase is RingPhase.ELECTING and msg.starter < self.id:
+            return []  # our own (higher) election will tell that starter the result
+        succ = self.successor()
+        if succ is None:
+            return self._alone(now)
+        if self._phase in (RingPhase.IDLE, RingPhase.PARTICIPATING):
+            self._wait(RingPhase.PARTICIPATING, now)
+        fwd = RingElection(self.id, msg.starter, msg.round, (*msg.ids, self.id))
+        return [Send(succ, fwd)]
+
+    def _on_coordinator(self, msg: RingCoordinator, now: float) -> list[RingEffect]:
+        if msg.starter == self.id:
+            if msg.round == self._round and self._phase is RingPhase.ANNOUNCING:
+                self._phase, self._deadline = RingPhase.IDLE, None  # full circle: done
+            return []
+        if self.id in msg.hops:
+            return []  # its starter was skipped; it has been everywhere already
+        out, contest = self._consider(msg.leader, now)
+        succ = self.successor()
+        if succ is not None:
+            fwd = RingCoordinator(self.id, msg.starter, msg.round, msg.leader, msg.members,
+                                  (*msg.hops, self.id))
+            out.append(Send(succ, fwd))
+        if contest and self._phase is RingPhase.IDLE:
+            out += self.start_election(now)
+        return out
+
+    def _consider(self, leader: NodeId, now: float) -> tuple[list[RingEffect], bool]:
+        """Adopt an announced leader if it is not stale; (effects, hold an election?)."""
+        if leader < self.id:
+            return [], True  # we were skipped: the ring does not know about us
+        if leader in self._suspected:
+            return [], False  # stale, or a false suspicion that recover() repairs
+        if self._leader is not None and self._leader > leader:
+            return [], False  # stale: a higher leader we still trust was announced since
+        # Adopting ends any election of ours: if ours held someone higher,
+        # recover() or that node's own election brings it in.
+        self._phase, self._deadline = RingPhase.IDLE, None
+        return self._set_leader(leader, now), False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _announce(self, ids: tuple[NodeId, ...], now: float) -> list[RingEffect]:
+        # A node that forwarded the message may have died since: leave out
+        # the ones we suspect (we are in `ids`, so there is always a winner).
+        winner = max(i for i in ids if i not in self._suspected)
+        out: list[RingEffect] = self._set_leader(winner, now)
+        succ = self.successor()
+        if succ is None:
+            return out + self._alone(now)
+        self._wait(RingPhase.ANNOUNCING, now)
+        out.append(Send(succ, RingCoordinator(self.id, self.id, self._round, winner, ids,
+                                              (self.id,))))
+        return out
+
+    def _alone(self, now: float) -> list[RingEffect]:
+        """Everyone else is suspected: we are the only (hence highest) live node."""
+        self._phase, self._deadline = RingPhase.IDLE, None
+        return self._set_leader(self.id, now)
+
+    def _wait(self, phase: RingPhase, now: float) -> None:
+        self._phase = phase
+        self._deadline = now + self.config.ring_timeout
+
+    def _set_leader(self, leader: NodeId | None, now: float) -> list[RingEffect]:
+        if leader == self._leader:
+            return []
+        previous, self._leader = self._leader, leader
+        return [LeaderChanged(leader, previous, now)]

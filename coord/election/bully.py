@@ -63,6 +63,9 @@ class BullyNode:
         # A driver restarting a node passes a first_round above any it used.
         self._round = first_round
         self._suspected: set[NodeId] = set()  # our failure detector's opinion
+        # A higher node came back while an election of ours was running: our
+        # ELECTION may have been lost with it, so ask again when this one ends.
+        self._recheck = False
 
     # ------------------------------------------------------------------ views
 
@@ -133,11 +136,13 @@ class BullyNode:
         """The failure detector trusts `peer` again."""
         self._suspected.discard(peer)
         beats_leader = self._leader is None or peer > self._leader
-        if peer > self.id and beats_leader and self._phase is BullyPhase.IDLE:
+        if peer > self.id and beats_leader:
             # It may have been alive all along (a false suspicion, a pause)
             # and missed our elections: ask it; if alive it answers OK and
             # takes over, as a recovered higher node must.
-            return self.start_election(now)
+            if self._phase is BullyPhase.IDLE:
+                return self.start_election(now)
+            self._recheck = True
         return []
 
     # ------------------------------------------------------------------ handlers
@@ -146,11 +151,14 @@ class BullyNode:
         if msg.sender >= self.id:
             return []  # only lower ids send us ELECTION; a confused peer gets no OK
         out: list[BullyEffect] = [Send(msg.sender, BullyOk(self.id, msg.round))]
-        if self._phase is BullyPhase.IDLE:
-            # Even a sitting coordinator holds one: the sender evidently does
-            # not know it, and winning again re-announces it to all lower ids.
-            out += self.start_election(now)
-        return out
+        if self._phase is not BullyPhase.IDLE:
+            return out  # our own election is already under way
+        if self._leader == self.id and not self._higher_trusted():
+            # A sitting coordinator with no higher node it trusts would win
+            # again at once: tell just the sender, who evidently missed it
+            # (others who missed it send ELECTIONs of their own).
+            return [*out, Send(msg.sender, BullyCoordinator(self.id))]
+        return out + self.start_election(now)
 
     def _on_ok(self, msg: BullyOk, now: float) -> list[BullyEffect]:
         current = msg.round == self._round and msg.sender > self.id
@@ -172,16 +180,25 @@ class BullyNode:
             return []  # stale: a higher coordinator we still trust was announced since
         self._phase = BullyPhase.IDLE
         self._deadline = None
-        return self._set_leader(c, now)
+        return self._set_leader(c, now) + self._after_election(now)
 
     # ------------------------------------------------------------------ helpers
+
+    def _higher_trusted(self) -> bool:
+        return any(p not in self._suspected for p in self._higher)
 
     def _win(self, now: float) -> list[BullyEffect]:
         self._phase = BullyPhase.IDLE
         self._deadline = None
         out: list[BullyEffect] = self._set_leader(self.id, now)
         out += [Send(p, BullyCoordinator(self.id)) for p in self._lower]
-        return out
+        return out + self._after_election(now)
+
+    def _after_election(self, now: float) -> list[BullyEffect]:
+        if not self._recheck:
+            return []
+        self._recheck = False
+        return self.start_election(now)
 
     def _set_leader(self, leader: NodeId | None, now: float) -> list[BullyEffect]:
         if leader == self._leader:

@@ -22,14 +22,17 @@ Every node that started or forwarded an ELECTION waits at most
 lost with a crashed node is replaced.  Adoption rules (as in bully.py):
 an announcement of a suspected node, or lower than a leader we still trust,
 is stale and not adopted; an announcement lower than ourselves means we were
-skipped, so we hold an election; a recovered node higher than our leader
-makes us hold an election.
+skipped, so we hold an election.  A node the election we adopted skipped
+(`members` lacks it) has not heard the result: when it recovers, or after
+`ring_timeout` if we never suspected it (someone else's false suspicion, a
+refused send), we hold another election so that it hears.
 
 Invariants:
 * `leader` is None or >= this node's id, and never a node we suspect.
-* `phase` is IDLE exactly when no timer is pending.
+* `phase` is not IDLE only with a timer pending; in IDLE a pending timer is
+  the recheck for a skipped node.
 * A `LeaderChanged` effect is emitted exactly when `leader` changes value.
-* Every message goes to `successor()` (never to ourselves); an ELECTION
+* Every message goes to `successor(now)` (never to ourselves); an ELECTION
   never holds an id twice, a COORDINATOR never visits a node twice.
 """
 
@@ -37,11 +40,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import Literal
 
 from coord.election.messages import RingCoordinator, RingElection, RingMessage
 from coord.election.types import ElectionConfig, LeaderChanged, NodeId, Send
 
 RingEffect = Send[RingMessage] | LeaderChanged
+Verdict = Literal["adopt", "stale", "contest"]  # what to make of an announcement
 
 
 class RingPhase(enum.Enum):
@@ -67,7 +72,20 @@ class RingNode:
         self._phase = RingPhase.IDLE
         self._deadline: float | None = None
         self._round = first_round  # our election attempts; see BullyNode
-        self._suspected: set[NodeId] = set()
+        self._suspected: set[NodeId] = set()  # the failure detector's opinion
+        # Nodes a send to which failed, skipped until the given time: a
+        # refused connection is evidence, but only the detector can say a
+        # node is back, and it never suspected (so never "recovers") a node
+        # that was merely not listening yet.  Retrying after ring_timeout
+        # bounds how long a live node can be left out.
+        self._unreachable: dict[NodeId, float] = {}
+        # The ids of the election whose result we hold: a trusted node not
+        # among them has not heard the result (it was skipped), so we hold
+        # another election (at once when it recovers, else after ring_timeout).
+        self._members: frozenset[NodeId] = frozenset()
+        # A node came back while an election was running (it may have missed
+        # it): hold another one when this one ends.
+        self._recheck = False
 
     # ------------------------------------------------------------------ views
 
@@ -90,10 +108,10 @@ class RingNode:
     def next_deadline(self) -> float | None:
         return self._deadline
 
-    def successor(self) -> NodeId | None:
-        """The next node in the ring we do not suspect (None: we are alone)."""
+    def successor(self, now: float) -> NodeId | None:
+        """The next node in the ring we neither suspect nor failed to reach lately."""
         for p in self._after:
-            if p not in self._suspected:
+            if p not in self._suspected and self._unreachable.get(p, now) <= now:
                 return p
         return None
 
@@ -101,7 +119,7 @@ class RingNode:
 
     def start_election(self, now: float) -> list[RingEffect]:
         self._round += 1
-        succ = self.successor()
+        succ = self.successor(now)
         if succ is None:
             return self._alone(now)
         self._wait(RingPhase.ELECTING, now)
@@ -117,6 +135,9 @@ class RingNode:
     def tick(self, now: float) -> list[RingEffect]:
         if self._deadline is None or now < self._deadline:
             return []
+        if self._phase is RingPhase.IDLE:  # the recheck timer of _settle()
+            self._deadline = None
+            return self.start_election(now) if self._missing() else []
         return self.start_election(now)  # our message or the announcement was lost
 
     def suspect(self, peer: NodeId, now: float) -> list[RingEffect]:
@@ -132,18 +153,29 @@ class RingNode:
 
     def recover(self, peer: NodeId, now: float) -> list[RingEffect]:
         self._suspected.discard(peer)
+        self._unreachable.pop(peer, None)
         beats_leader = self._leader is None or peer > self._leader
-        if peer != self.id and beats_leader and self._phase is RingPhase.IDLE:
-            return self.start_election(now)  # it may be the new highest: include it
+        # A higher node may be the new leader; a node the last election
+        # skipped has not heard its result (ring messages reach it only by
+        # going round, so hold an election rather than tell it).
+        if peer != self.id and (beats_leader or peer not in self._members):
+            if self._phase is RingPhase.IDLE:
+                return self.start_election(now)
+            self._recheck = True
         return []
 
     def send_failed(self, msg: RingMessage, to: NodeId, now: float) -> list[RingEffect]:
-        """Sending `msg` to `to` failed: treat `to` as dead and pass `msg` on past it.
+        """Sending `msg` to `to` failed: skip `to` for a while and pass `msg` on past it.
 
-        The suspicion lasts until `recover(to)` (the failure detector hears it).
+        A failed send to the leader counts as suspecting it.
         """
-        out = self.suspect(to, now)
-        succ = self.successor()
+        self._unreachable[to] = now + self.config.ring_timeout
+        out: list[RingEffect] = []
+        if to == self._leader:
+            out += self._set_leader(None, now)
+            if self._phase is not RingPhase.ELECTING:
+                out += self.start_election(now)
+        succ = self.successor(now)
         if succ is None:
             return out + self._alone(now)
         return [*out, Send(succ, msg)]
@@ -162,7 +194,7 @@ class RingNode:
             return [] if busy else self.start_election(now)
         if self._phase is RingPhase.ELECTING and msg.starter < self.id:
             return []  # our own (higher) election will tell that starter the result
-        succ = self.successor()
+        succ = self.successor(now)
         if succ is None:
             return self._alone(now)
         if self._phase in (RingPhase.IDLE, RingPhase.PARTICIPATING):
@@ -174,31 +206,38 @@ class RingNode:
         if msg.starter == self.id:
             if msg.round == self._round and self._phase is RingPhase.ANNOUNCING:
                 self._phase, self._deadline = RingPhase.IDLE, None  # full circle: done
+                return self._settle(now)
             return []
         if self.id in msg.hops:
             return []  # its starter was skipped; it has been everywhere already
-        out, contest = self._consider(msg.leader, now)
-        succ = self.successor()
+        verdict = self._consider(msg.leader, msg.members)
+        out: list[RingEffect] = []
+        if verdict == "adopt":
+            out += self._set_leader(msg.leader, now)
+        succ = self.successor(now)
         if succ is not None:
             fwd = RingCoordinator(self.id, msg.starter, msg.round, msg.leader, msg.members,
                                   (*msg.hops, self.id))
             out.append(Send(succ, fwd))
-        if contest and self._phase is RingPhase.IDLE:
+        if verdict == "contest" and self._phase is RingPhase.IDLE:
             out += self.start_election(now)
+        elif verdict == "adopt":
+            out += self._settle(now)
         return out
 
-    def _consider(self, leader: NodeId, now: float) -> tuple[list[RingEffect], bool]:
-        """Adopt an announced leader if it is not stale; (effects, hold an election?)."""
+    def _consider(self, leader: NodeId, members: tuple[NodeId, ...]) -> Verdict:
+        """Judge an announcement: "adopt" it, ignore it as "stale", or "contest" it."""
         if leader < self.id:
-            return [], True  # we were skipped: the ring does not know about us
+            return "contest"  # we were skipped: the ring does not know about us
         if leader in self._suspected:
-            return [], False  # stale, or a false suspicion that recover() repairs
+            return "stale"  # or a false suspicion, which recover() repairs
         if self._leader is not None and self._leader > leader:
-            return [], False  # stale: a higher leader we still trust was announced since
+            return "stale"  # a higher leader we still trust was announced since
         # Adopting ends any election of ours: if ours held someone higher,
         # recover() or that node's own election brings it in.
         self._phase, self._deadline = RingPhase.IDLE, None
-        return self._set_leader(leader, now), False
+        self._members = frozenset(members)
+        return "adopt"
 
     # ------------------------------------------------------------------ helpers
 
@@ -207,7 +246,8 @@ class RingNode:
         # the ones we suspect (we are in `ids`, so there is always a winner).
         winner = max(i for i in ids if i not in self._suspected)
         out: list[RingEffect] = self._set_leader(winner, now)
-        succ = self.successor()
+        self._members = frozenset(ids)
+        succ = self.successor(now)
         if succ is None:
             return out + self._alone(now)
         self._wait(RingPhase.ANNOUNCING, now)
@@ -218,7 +258,24 @@ class RingNode:
     def _alone(self, now: float) -> list[RingEffect]:
         """Everyone else is suspected: we are the only (hence highest) live node."""
         self._phase, self._deadline = RingPhase.IDLE, None
-        return self._set_leader(self.id, now)
+        self._recheck = False  # nobody to ask
+        self._members = frozenset({self.id})
+        return self._set_leader(self.id, now) + self._settle(now)
+
+    def _missing(self) -> bool:
+        """Is a node we trust left out of the election whose result we hold?"""
+        return any(p not in self._suspected and p not in self._members for p in self._after)
+
+    def _settle(self, now: float) -> list[RingEffect]:
+        """An election ended here (phase IDLE): is another one due?"""
+        if self._recheck:
+            self._recheck = False
+            return self.start_election(now)
+        # A trusted node was skipped (a false suspicion somewhere, a refused
+        # send): ask again later, not at once, or a lasting false suspicion
+        # elsewhere would make elections circle back to back.
+        self._deadline = now + self.config.ring_timeout if self._missing() else None
+        return []
 
     def _wait(self, phase: RingPhase, now: float) -> None:
         self._phase = phase

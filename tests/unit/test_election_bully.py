@@ -161,3 +161,30 @@ def test_config_validation() -> None:
         ElectionConfig(ok_timeout=2.0, coordinator_timeout=1.0).validate()
     with pytest.raises(ElectionConfigError):
         ElectionConfig(ring_timeout=float("nan")).validate()
+
+
+def test_sitting_highest_coordinator_answers_election_with_ok_and_coordinator() -> None:
+    n = node(5)
+    n.start_election(0.0)
+    assert n.step(BullyElection(NodeId(2), 4), 1.0) == [
+        Send(NodeId(2), BullyOk(NodeId(5), 4)), Send(NodeId(2), BullyCoordinator(NodeId(5)))]
+
+
+def test_coordinator_that_won_by_timeout_holds_a_new_election_when_asked() -> None:
+    n = node(4)
+    n.start_election(0.0)
+    n.tick(1.0)  # 5 did not answer: 4 leads, but still trusts 5
+    assert n.step(BullyElection(NodeId(2), 4), 2.0) == [
+        Send(NodeId(2), BullyOk(NodeId(4), 4)), Send(NodeId(5), BullyElection(NodeId(4), 2))]
+
+
+def test_higher_node_recovering_during_an_election_is_asked_afterwards() -> None:
+    n = node(3)
+    n.step(BullyCoordinator(NodeId(4)), 0.0)
+    n.suspect(NodeId(5), 0.0)
+    n.step(BullyElection(NodeId(1), 1), 1.0)  # our election starts (round 1)
+    n.step(BullyOk(NodeId(4), 1), 1.1)
+    assert n.recover(NodeId(5), 1.5) == []  # mid-election: remembered, not acted on
+    out = n.step(BullyCoordinator(NodeId(4)), 2.0)
+    assert out == [Send(NodeId(4), BullyElection(NodeId(3), 2)),
+                   Send(NodeId(5), BullyElection(NodeId(3), 2))]

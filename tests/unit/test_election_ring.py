@@ -40,7 +40,7 @@ def test_forward_appends_own_id() -> None:
 def test_dead_successor_is_skipped() -> None:
     n = node(3)
     n.suspect(n4, 0.0)
-    assert n.successor() == n5
+    assert n.successor(0.0) == n5
     assert n.start_election(0.0) == [Send(n5, RingElection(n3, n3, 1, (n3,)))]
 
 
@@ -49,7 +49,9 @@ def test_send_failure_skips_and_resends() -> None:
     msg = RingElection(n3, n3, 1, (n3,))
     n.start_election(0.0)
     assert n.send_failed(msg, n4, 0.1) == [Send(n5, msg)]
-    assert n4 in n.suspected
+    assert n.successor(5.0) == n5  # skipped for ring_timeout ...
+    assert n.successor(5.1) == n4  # ... then tried again
+    assert n.suspected == frozenset()  # a failed send is not the detector's opinion
 
 
 def test_back_at_starter_announces_highest() -> None:
@@ -158,3 +160,25 @@ def test_suspect_leader_then_recover_higher() -> None:
 def test_ring_must_hold_the_node() -> None:
     with pytest.raises(ValueError):
         RingNode(NodeId(7), RING)
+
+
+def test_trusted_node_left_out_makes_a_recheck_after_ring_timeout() -> None:
+    n = node(2)  # 4 was skipped by someone else's false suspicion; 2 trusts 4
+    n.step(RingCoordinator(n1, n1, 1, n5, (n1, n2, n3, n5), (n1,)), 0.0)
+    assert n.leader == n5 and n.phase is RingPhase.IDLE
+    assert n.next_deadline() == 5.0
+    assert n.tick(5.0) == [Send(n3, RingElection(n2, n2, 1, (n2,)))]
+
+
+def test_everyone_included_means_no_recheck() -> None:
+    n = node(2)
+    n.step(RingCoordinator(n1, n1, 1, n5, tuple(RING), (n1,)), 0.0)
+    assert n.next_deadline() is None
+
+
+def test_recovered_node_that_missed_the_election_triggers_one() -> None:
+    n = node(2)
+    n.suspect(n4, 0.0)
+    n.step(RingCoordinator(n1, n1, 1, n5, (n1, n2, n3, n5), (n1,)), 0.0)
+    assert n.next_deadline() is None  # 4 is suspected: not "missing"
+    assert n.recover(n4, 1.0) == [Send(n3, RingElection(n2, n2, 1, (n2,)))]

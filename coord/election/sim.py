@@ -79,6 +79,7 @@ class SimParams:
     bound: int = 170
     tail: int = 60  # ticks checked after the bound (agreement must hold throughout)
     config: ElectionConfig = SIM_CONFIG
+    net: NetConfig = NORMAL_NET  # delays outside delay spikes
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class ElectionSim:
         self.factory = factory or FACTORIES[algo]
         self.ids = [NodeId(i) for i in range(1, self.p.nodes + 1)]
         self.net: SimNetwork[NodeId, tuple[int, ElectionMessage]] = SimNetwork(
-            self.rng, NORMAL_NET)
+            self.rng, self.p.net)
         self.now = 0
         self.cores: dict[NodeId, Core] = {}  # the live (possibly paused) nodes
         self.paused: dict[NodeId, list[tuple[int, ElectionMessage]]] = {}  # held inboxes
@@ -195,6 +196,10 @@ class ElectionSim:
                 self._at(self.now + self._lag(), "detect", node, peer)
         if elect:
             self._apply(node, list(core.start_election(self.now)))
+
+    def elect(self, node: NodeId) -> None:
+        """`node` holds an election now (as if it had just found the leader gone)."""
+        self._apply(node, list(self.cores[node].start_election(self.now)))
 
     def deliver(self, dst: NodeId, stamp: int, msg: ElectionMessage) -> None:
         core = self.cores.get(dst)
@@ -258,7 +263,7 @@ class ElectionSim:
             self._at(self.now, "detect", n, f.peer)
             self._at(f.end(), "unsuspect", n, f.peer)
         elif f.kind == "spike":
-            self.net.config = NetConfig(min_delay=1, max_delay=self.p.spike)
+            self.net.config = NetConfig(min_delay=self.p.net.min_delay, max_delay=self.p.spike)
             self._at(f.end(), "calm", n)
 
     def resume(self, node: NodeId) -> None:
@@ -285,7 +290,7 @@ class ElectionSim:
             self.false[t.a].discard(t.b)
             self._at(self.now, "detect", t.a, t.b)
         elif t.what == "calm":
-            self.net.config = NORMAL_NET
+            self.net.config = self.p.net
         elif t.what == "failed" and t.b is not None:
             core = self.cores.get(t.a)
             msg = t.payload
@@ -348,7 +353,10 @@ class ElectionSim:
         for f in faults:
             self._at(f.at, "fault", f.node, None, f)
         for n in self.ids:
-            self.start(n, elect=starters is None or n in starters)
+            self.start(n, elect=False)
+        for n in self.ids:  # every node is listening before the first message
+            if starters is None or n in starters:
+                self.elect(n)
 
     def advance(self, until: int) -> None:
         """Run every tick up to and including `until`."""

@@ -36,6 +36,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "tools.coordrun",
         "two-phase commit across real processes (kill at a named step, trace as Mermaid)",
     ),
+    ("coord", "run", "mutex"): (
+        "tools.coordrun_mutex",
+        "mutual exclusion (centralized, Ricart-Agrawala, token ring) across real processes",
+    ),
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
     ("cluster",): ("tools.cluster", "start (up) or stop (down) a whole cluster on this machine"),

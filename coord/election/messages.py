@@ -95,3 +95,14 @@ def label(msg: ElectionMessage) -> str:
             return f"ELECTION [{','.join(str(i) for i in msg.ids)}]"
         case RingCoordinator():
             return f"COORDINATOR {msg.leader}"
+
+
+@notification("election.heartbeat")
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Notification):
+    """Failure-detector traffic between election nodes: not a protocol message.
+
+    Drivers neither trace nor count it with the protocol's messages.
+    """
+
+    sender: NodeId

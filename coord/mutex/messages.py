@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coord.mutex.types import Epoch, LockName, NodeId
+from coord.mutex.types import Epoch, LockName, NodeId, token_text
 from coord.wire.schema import Notification, notification
 
 # ----------------------------------------------------------------------------- centralized
@@ -149,7 +149,7 @@ def label_of(msg: object) -> str:
     if isinstance(msg, CRequest):
         return f"REQUEST {msg.lock} r{msg.req}"
     if isinstance(msg, CGrant):
-        return f"GRANT {msg.lock} r{msg.req} token {msg.token & 0xFFFF}"
+        return f"GRANT {msg.lock} r{msg.req} token {token_text(msg.token)}"
     if isinstance(msg, CRelease):
         return f"RELEASE {msg.lock}"
     if isinstance(msg, CQuery):

@@ -58,6 +58,14 @@ class Epoch:
 INITIAL_EPOCH = Epoch(1, 0)
 
 
+def token_text(token: int) -> str:
+    """A fencing token for people: "e3.5.7" (epoch 3 of node 5, grant 7) or the number."""
+    if token < 1 << EPOCH_BITS:
+        return str(token)
+    high, seq = token >> EPOCH_BITS, token & ((1 << EPOCH_BITS) - 1)
+    return f"e{high // OWNER_SPAN}.{high % OWNER_SPAN}.{seq}"
+
+
 @dataclass(frozen=True, slots=True)
 class MutexConfig:
     """Timing of the three algorithms (seconds; simulator ticks in the simulator).

@@ -132,6 +132,7 @@ async def test_ring_skips_a_refusing_successor(autojump_clock: trio.abc.Clock) -
         await c.agree_on(5)
         c.crash(NodeId(3))
         drivers[NodeId(2)].elect()  # before anyone's detector noticed 3 is gone
+        await trio.sleep(0.2)  # < the detector's 0.5 s: only the refusal can tell 2
         await c.agree_on(5)
         notes = [e.label for e in drivers[NodeId(2)].tracer.events
                  if e.kind is EventKind.NOTE]

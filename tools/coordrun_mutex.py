@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import struct
 import sys
 import tempfile
 import time
@@ -113,10 +114,11 @@ async def run_mutex(algo: str, nodes: int, entries: int, victim: int | None, bas
     try:
         for proc in procs.values():
             await proc.start_wait()
-        async with trio.open_nursery() as nursery, rpc_client(SECRET, "coordrun") as rpc:
+        # The client outlives the nursery: it must not be closed inside a cancelled scope.
+        async with rpc_client(SECRET, "coordrun") as rpc, trio.open_nursery() as nursery:
             res_address = await nursery.start(serve_resource, SECRET, resource)
-            finished, killed = await _workload(rpc, addresses, procs, res_address, entries,
-                                               victim, hold, timeout)
+            finished, killed = await _workload(rpc, addresses, procs, res_address,
+                                               entries, victim, hold, timeout)
             statuses = await _statuses(rpc, addresses)
             nursery.cancel_scope.cancel()
     finally:
@@ -163,10 +165,17 @@ async def _workload(rpc: Any, addresses: dict[int, str], procs: dict[int, _NodeP
     import trio
 
     from coord.mutex.node import Work
+    from coord.rpc import RpcError
+
+    async def start(address: str) -> None:
+        try:
+            await rpc.call(address, Work(entries, resource, hold), timeout=5.0)
+        except (RpcError, struct.error) as exc:  # struct.error: see _statuses
+            log.warning("work for %s: %s", address, exc)
 
     async with trio.open_nursery() as nursery:
         for address in addresses.values():
-            nursery.start_soon(rpc.call, address, Work(entries, resource, hold))
+            nursery.start_soon(start, address)
     killed = None
     deadline = trio.current_time() + timeout
     while trio.current_time() < deadline:
@@ -191,7 +200,9 @@ async def _statuses(rpc: Any, addresses: dict[int, str]) -> dict[int, Any]:
     for i, address in addresses.items():
         try:
             out[i] = await rpc.call(address, Status(), timeout=1.0)
-        except RpcError:
+        except (RpcError, struct.error):
+            # struct.error: coord/rpc computes a negative budget when connecting took
+            # longer than the attempt (reported); a node we cannot ask counts as silent.
             out[i] = None
     return out
 

@@ -40,6 +40,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "tools.coordrun_mutex",
         "mutual exclusion (centralized, Ricart-Agrawala, token ring) across real processes",
     ),
+    ("coord", "run", "election"): (
+        "tools.coordrun_election",
+        "Bully or Ring election across real processes (kill a node, re-elect, trace)",
+    ),
+    ("trace",): ("tools.tracecli", "render recorded protocol traces (Mermaid or text timeline)"),
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
     ("cluster",): ("tools.cluster", "start (up) or stop (down) a whole cluster on this machine"),

@@ -13,7 +13,8 @@ It feeds the core its events and runs the effects it returns, in order:
 
 Heartbeats (`Heartbeat` notifications every `heartbeat_every` seconds to
 every peer) feed the detector; they are failure-detector traffic, so they
-are neither traced nor counted as protocol messages.
+are neither traced nor counted as protocol messages.  The detector watches
+a peer from the first time it is heard from.
 
 Invariants:
 * The core is only touched from synchronous code between two awaits (each
@@ -126,9 +127,10 @@ class ElectionDriver:
                   ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            now = trio.current_time()
+            # A peer is watched from the first time it is heard from: nodes
+            # start at different times, and a peer not yet started is not a
+            # failed one (a dead one costs the cores only their timeouts).
             for p in self.peers:
-                self._detector.monitor(peer_id(p), now)
                 nursery.start_soon(self._heartbeats, p, name=f"election-{self.name}-hb-{p}")
             nursery.start_soon(self._timers, name=f"election-{self.name}-timers")
             nursery.start_soon(self._detect, name=f"election-{self.name}-detector")

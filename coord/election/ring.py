@@ -83,6 +83,10 @@ class RingNode:
         # among them has not heard the result (it was skipped), so we hold
         # another election (at once when it recovers, else after ring_timeout).
         self._members: frozenset[NodeId] = frozenset()
+        # The latest announcement we did not adopt only because we suspected
+        # its leader: if the detector trusts that node again, the
+        # announcement was right after all (a slow detector, not a stale one).
+        self._deferred: tuple[NodeId, tuple[NodeId, ...]] | None = None
         # A node came back while an election was running (it may have missed
         # it): hold another one when this one ends.
         self._recheck = False
@@ -154,13 +158,16 @@ class RingNode:
     def recover(self, peer: NodeId, now: float) -> list[RingEffect]:
         self._suspected.discard(peer)
         self._unreachable.pop(peer, None)
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and deferred[0] == peer and self._consider(*deferred) == "adopt":
+            return self._set_leader(peer, now) + self._settle(now)
         beats_leader = self._leader is None or peer > self._leader
         # A higher node may be the new leader; a node the last election
         # skipped has not heard its result (ring messages reach it only by
         # going round, so hold an election rather than tell it).
         if peer != self.id and (beats_leader or peer not in self._members):
-            if self._phase is RingPhase.IDLE:
-                return self.start_election(now)
+            if self._phase in (RingPhase.IDLE, RingPhase.PARTICIPATING):
+                return self.start_election(now)  # (someone else's election may lack it)
             self._recheck = True
         return []
 
@@ -230,7 +237,8 @@ class RingNode:
         if leader < self.id:
             return "contest"  # we were skipped: the ring does not know about us
         if leader in self._suspected:
-            return "stale"  # or a false suspicion, which recover() repairs
+            self._deferred = (leader, members)
+            return "stale"  # or a slow or false suspicion, which recover() repairs
         if self._leader is not None and self._leader > leader:
             return "stale"  # a higher leader we still trust was announced since
         # Adopting ends any election of ours: if ours held someone higher,

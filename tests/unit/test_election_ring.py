@@ -182,3 +182,15 @@ def test_recovered_node_that_missed_the_election_triggers_one() -> None:
     n.step(RingCoordinator(n1, n1, 1, n5, (n1, n2, n3, n5), (n1,)), 0.0)
     assert n.next_deadline() is None  # 4 is suspected: not "missing"
     assert n.recover(n4, 1.0) == [Send(n3, RingElection(n2, n2, 1, (n2,)))]
+
+
+def test_announcement_of_a_suspected_leader_is_adopted_when_it_is_trusted_again() -> None:
+    n = node(2)
+    n.step(RingCoordinator(n1, n1, 1, n4, (n1, n2, n3, n4), (n1,)), 0.0)
+    n.suspect(n5, 0.0)
+    members = (n5, n1, n2, n3, n4)
+    assert n.step(RingCoordinator(n1, n5, 7, n5, members, (n5, n1)), 1.0) == [
+        Send(n3, RingCoordinator(n2, n5, 7, n5, members, (n5, n1, n2)))]
+    assert n.leader == n4  # 5 is suspected: not adopted yet
+    assert n.recover(n5, 1.5) == [LeaderChanged(n5, n4, 1.5)]  # the detector was slow
+    assert n.next_deadline() is None

@@ -48,6 +48,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
     ("cluster",): ("tools.cluster", "start (up) or stop (down) a whole cluster on this machine"),
+    ("append",): ("tools.appendcli", "record append of stdin to a ddfs file (GFS, many writers)"),
     ("fsck",): ("tools.fsck", "cross-check namespace, chunk maps and chunk servers"),
     ("status",): ("tools.status", "members, leader, chunk servers, under-replicated chunks"),
 }

@@ -17,12 +17,15 @@ audit (safety violations, stale tokens refused), and the Lamport-ordered trace
 as a Mermaid sequence diagram.  `--json` prints one object (keys: algo,
 nodes, entries, messages, messages_by_kind, messages_per_entry,
 safety_violations, stale_rejected, killed, finished, seconds, idle_token_passes,
-heartbeats, mermaid, trace).
+election_messages, heartbeats, mermaid, trace).
 
-Counting: heartbeats (failure detection) are not protocol messages and are
-reported apart.  For the token ring, passes made before the first entry
-(the token circulating while no node had asked yet) are reported as
-`idle_token_passes`, not charged to entries.
+The centralized coordinator and the ring's token regenerator are chosen by a
+Bully election (coord.election) unless `--no-election`.
+
+Counting: heartbeats (failure detection) and the election's messages are
+not mutual-exclusion messages and are reported apart.  For the token ring,
+passes made before the first entry (the token circulating while no node had
+asked yet) are reported as `idle_token_passes`, not charged to entries.
 
 Exit status: 0 when every surviving node finished and the audit found no
 violation, 1 otherwise, 2 on usage errors.  Every process is stopped at the
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from tools.proclaunch import ProcessGroup
 
 ALGORITHMS = ("centralized", "ricart-agrawala", "token-ring")
+ELECTION_KINDS = ("ELECTION", "OK", "COORDINATOR")  # the Bully election's, counted apart
 SECRET = b"ddfs-coord-run-mutex"
 log = logging.getLogger("ddfs.coordrun.mutex")
 
@@ -62,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds the run may take (default 60)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep logs and traces in DIR")
+    parser.add_argument("--no-election", action="store_true",
+                        help="centralized/ring: take the highest trusted id as coordinator "
+                             "instead of running the Bully election")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -93,14 +100,14 @@ def run(args: argparse.Namespace) -> int:
         base.mkdir(parents=True, exist_ok=True)
         stack.callback(group.close)  # before the temporary folder goes (LIFO)
         result = trio.run(run_mutex, args.algo, args.nodes, args.entries, victim, base, group,
-                          args.hold, args.timeout)
+                          args.hold, args.timeout, not args.no_election)
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     return 0 if result["finished"] and result["safety_violations"] == 0 else 1
 
 
 async def run_mutex(algo: str, nodes: int, entries: int, victim: int | None, base: Path,
                     group: ProcessGroup, hold: float = 0.005,
-                    timeout: float = 60.0) -> dict[str, Any]:
+                    timeout: float = 60.0, elect: bool = True) -> dict[str, Any]:
     """Start the nodes and the resource, run the workload, stop everything, report."""
     import trio
 
@@ -109,7 +116,7 @@ async def run_mutex(algo: str, nodes: int, entries: int, victim: int | None, bas
     from tools.common import rpc_client
 
     resource = ProtectedResource()
-    procs, addresses = _spawn(algo, nodes, base, group)
+    procs, addresses = _spawn(algo, nodes, base, group, elect)
     started = time.monotonic()
     try:
         for proc in procs.values():
@@ -139,8 +146,8 @@ class _NodeProc:
             raise RuntimeError(f"{self.proc.name} did not start:\n{self.proc.output()}")
 
 
-def _spawn(algo: str, n: int, base: Path,
-           group: ProcessGroup) -> tuple[dict[int, _NodeProc], dict[int, str]]:
+def _spawn(algo: str, n: int, base: Path, group: ProcessGroup,
+           elect: bool) -> tuple[dict[int, _NodeProc], dict[int, str]]:
     from tools.proclaunch import Proc, free_ports
 
     secret_file = base / "secret"
@@ -152,7 +159,7 @@ def _spawn(algo: str, n: int, base: Path,
     for i in addresses:
         argv = [sys.executable, "-m", "tools.coordrun_mutex", "node", "--id", str(i),
                 "--algo", algo, "--nodes", members, "--data", str(base / f"n{i}"),
-                "--secret-file", str(secret_file)]
+                "--secret-file", str(secret_file)] + ([] if elect else ["--no-election"])
         proc = group.add(Proc(f"n{i}", argv, base / f"n{i}.out"))
         proc.spawn()
         procs[i] = _NodeProc(proc)
@@ -226,7 +233,7 @@ def count_messages(algo: str, events: Sequence[TraceEvent]) -> tuple[dict[str, i
     counts: dict[str, int] = {}
     idle = 0
     for k, ev in enumerate(ordered):
-        if ev.kind is not EventKind.SEND:
+        if ev.kind is not EventKind.SEND or ev.label.split(" ", 1)[0] in ELECTION_KINDS:
             continue
         if algo == "token-ring" and k < first_entry:
             idle += 1
@@ -258,6 +265,8 @@ def _report(algo: str, n: int, events: list[TraceEvent], statuses: dict[int, Any
         shown = [e for e in events if not (e.kind is EventKind.NOTE and "trusts" in e.label)]
     counts, idle = count_messages(algo, shown if algo == "token-ring" else events)
     entries = sum(1 for e in events if e.kind is EventKind.NOTE and e.label.startswith("ENTER"))
+    elections = sum(1 for e in events if e.kind is EventKind.SEND
+                    and e.label.split(" ", 1)[0] in ELECTION_KINDS)
     total = sum(counts.values())
     names = [f"n{i}" for i in range(1, n + 1)]
     return {
@@ -267,6 +276,7 @@ def _report(algo: str, n: int, events: list[TraceEvent], statuses: dict[int, Any
         "safety_violations": resource.violations, "stale_rejected": resource.stale,
         "killed": None if killed is None else f"n{killed}", "finished": finished,
         "seconds": round(seconds, 2), "idle_token_passes": idle,
+        "election_messages": elections,
         "heartbeats": sum(s.heartbeats for s in statuses.values() if s is not None),
         "mermaid": to_mermaid(shown, actors=names,
                               title=f"{algo}, {n} nodes" + (f", n{killed} killed"
@@ -282,7 +292,8 @@ def format_text(r: dict[str, Any]) -> str:
         + (f", {r['killed']} killed mid-run" if r["killed"] else "")
         + f"; {'finished' if r['finished'] else 'DID NOT FINISH'} in {r['seconds']} s",
         f"messages: {counts} (total {r['messages']}, {r['messages_per_entry']} per entry; "
-        f"heartbeats {r['heartbeats']} not counted"
+        f"heartbeats {r['heartbeats']} and {r['election_messages']} election messages "
+        "not counted"
         + (f"; {r['idle_token_passes']} idle token passes before the first entry"
            if r["algo"] == "token-ring" else "") + ")",
         f"resource: {r['safety_violations']} safety violations, "
@@ -310,12 +321,13 @@ def node_main(argv: Sequence[str]) -> int:
     p.add_argument("--nodes", required=True, help="ID=HOST:PORT,...")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--secret-file", type=Path, required=True)
+    p.add_argument("--no-election", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     nodes = {NodeId(int(k)): v for k, v in (x.split("=", 1) for x in a.nodes.split(","))}
     config = NodeConfig(NodeId(a.id), a.algo, nodes, a.data,
-                        a.secret_file.read_bytes().strip()).validate()
+                        a.secret_file.read_bytes().strip(), elect=not a.no_election).validate()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -7,8 +7,10 @@ It feeds the cores (one per lock) their events - protocol messages, failure
 detector transitions, timer ticks, the application's want/release - and runs
 the effects they return: `Send` goes to that peer's sender task, `Enter`
 wakes the waiting `hold`, `LeaseOver` tells the holder its lease ran out,
-`Note` becomes a trace note.  Heartbeats to every peer feed a
-`TimeoutDetector` (any protocol message counts as a heartbeat too).
+`Note` becomes a trace note.  With an `election` (a Bully core read by the
+cores' `ElectedLeader`), the service also steps the election: its messages,
+its deadline, the detector's transitions; a leader change ticks every core.
+Heartbeats to every peer feed a `TimeoutDetector` (any protocol message counts as a heartbeat too).
 
 Invariants:
 * A core is only touched by one task at a time (all calls happen without an
@@ -28,16 +30,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
 import trio
 
 from coord.clock.lamport import LamportClock
+from coord.election import BullyNode, LeaderChanged
+from coord.election import NodeId as ElectionId
 from coord.failure.timeout import TimeoutConfig, TimeoutDetector
 from coord.failure.types import PeerId, Suspect
-from coord.mutex.messages import Heartbeat, label_of
+from coord.mutex.elected import election_effects, is_bully, message_label
+from coord.mutex.messages import Heartbeat
 from coord.mutex.types import (
     Effect,
     Enter,
@@ -76,7 +81,8 @@ class MutexService:
     def __init__(self, me: NodeId, cores: Mapping[LockName, MutexCore], transport: Transport,
                  peers: list[NodeId], *, clock: LamportClock,
                  tracer: TraceRecorder | None = None, heartbeat: float = 0.2,
-                 suspect_after: float = 1.0, send_timeout: float = 1.0) -> None:
+                 suspect_after: float = 1.0, send_timeout: float = 1.0,
+                 election: BullyNode | None = None) -> None:
         self.me = me
         self.name = node_name(me)
         self.cores = dict(cores)
@@ -87,6 +93,7 @@ class MutexService:
         self._heartbeat = heartbeat
         self._send_timeout = send_timeout
         self._detector = TimeoutDetector(TimeoutConfig(suspect_after))
+        self.election = election  # the cores' ElectedLeader reads it (None: not elected)
         self._entered: dict[LockName, trio.Event] = {}  # set when the lock is granted
         self._abandoned: set[LockName] = set()  # waits cancelled: release on grant
         self._queues: dict[NodeId, trio.MemorySendChannel[object]] = {}
@@ -106,6 +113,8 @@ class MutexService:
             now = trio.current_time()
             for peer in self.peers:
                 self._detector.monitor(PeerId(str(peer)), now)
+            if self.election is not None:
+                self._run(election_effects(self.election.start_election(now)))
             nursery.start_soon(self._timers, name=f"mutex-{self.name}-timers")
             nursery.start_soon(self._heartbeats, name=f"mutex-{self.name}-heartbeats")
             self._started.set()
@@ -156,12 +165,17 @@ class MutexService:
         self._detector.heartbeat(PeerId(str(sender)), trio.current_time())
         if isinstance(msg, Heartbeat):
             return
+        if is_bully(msg) and self.election is not None:
+            self.tracer.receive(self.name, node_name(sender), message_label(msg), lamport,
+                                ref=int(getattr(msg, "stamp", 0)))
+            self._elect(self.election.step(msg, trio.current_time()))
+            return
         lock = LockName(getattr(msg, "lock", ""))
         core = self.cores.get(lock)
         if core is None:
             log.warning("%s: message for unknown lock %r from %s", self.name, lock, sender)
             return
-        self.tracer.receive(self.name, node_name(sender), label_of(msg), lamport,
+        self.tracer.receive(self.name, node_name(sender), message_label(msg), lamport,
                             ref=int(getattr(msg, "stamp", 0)))
         self._run(core.receive(msg, trio.current_time()))
 
@@ -172,9 +186,17 @@ class MutexService:
                 peer = NodeId(int(ev.peer))
                 self.note(f"{'suspects' if isinstance(ev, Suspect) else 'trusts'} "
                           f"{node_name(peer)} ({ev.reason})")
+                if self.election is not None:
+                    fn = (self.election.suspect if isinstance(ev, Suspect)
+                          else self.election.recover)
+                    self._elect(fn(ElectionId(peer), now))
                 for core in self.cores.values():
-                    fn = core.suspect if isinstance(ev, Suspect) else core.recover
-                    self._run(fn(peer, now))
+                    fn2 = core.suspect if isinstance(ev, Suspect) else core.recover
+                    self._run(fn2(peer, now))
+            if self.election is not None:
+                due = self.election.next_deadline()
+                if due is not None and due <= now:
+                    self._elect(self.election.tick(now))
             for core in self.cores.values():
                 self._run(core.tick(now))
             await trio.sleep(TICK)
@@ -199,6 +221,14 @@ class MutexService:
             elif isinstance(eff, Note):
                 self.note(eff.text)
 
+    def _elect(self, effects: Sequence[object]) -> None:
+        """Run the election's effects, then let every core see the new view at once."""
+        self._run(election_effects(effects))
+        if any(isinstance(e, LeaderChanged) for e in effects):
+            now = trio.current_time()
+            for core in self.cores.values():
+                self._run(core.tick(now))
+
     def _on_enter(self, grant: Grant) -> None:
         self.entries += 1
         self.note(f"ENTER {grant.lock} token {token_text(grant.token)}")
@@ -211,7 +241,7 @@ class MutexService:
             event.set()
 
     def _send(self, to: NodeId, msg: object) -> None:
-        label = label_of(msg)
+        label = message_label(msg)
         stamp = self.clock.tick()
         msg = dataclasses.replace(msg, stamp=stamp)  # type: ignore[type-var]
         self.tracer.send(self.name, node_name(to), label, stamp)

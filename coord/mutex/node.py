@@ -29,11 +29,12 @@ from coord.clock.lamport import LamportClock
 from coord.lease.types import FencingToken
 from coord.mutex.centralized import Centralized
 from coord.mutex.driver import MutexService, node_name
+from coord.mutex.elected import ELECTION_MESSAGES, ElectedLeader, bully_for
 from coord.mutex.messages import PROTOCOL_MESSAGES, Heartbeat
 from coord.mutex.resource import ProtectedResource, ResEnter, ResExit, ResReply
 from coord.mutex.ricart import RicartAgrawala
 from coord.mutex.ring import TokenRing
-from coord.mutex.types import LockName, MutexConfig, MutexCore, NodeId
+from coord.mutex.types import LeaderView, LockName, MutexConfig, MutexCore, NodeId
 from coord.rpc import (
     CallContext,
     ClientConfig,
@@ -68,6 +69,7 @@ class NodeConfig:
     heartbeat: float = 0.2
     suspect_after: float = 1.0
     startup_wait: float = 10.0  # the start-up barrier's bound (seconds)
+    elect: bool = True  # centralized/ring: the coordinator comes from a Bully election
 
     def validate(self) -> NodeConfig:
         if self.algo not in ALGORITHMS:
@@ -82,13 +84,14 @@ class NodeConfig:
         return self
 
 
-def build_core(config: NodeConfig, lock: LockName, now: float) -> MutexCore:
+def build_core(config: NodeConfig, lock: LockName, now: float,
+               view: LeaderView | None = None) -> MutexCore:
     ids = sorted(config.nodes)
     if config.algo == "centralized":
-        return Centralized(config.me, ids, lock, config.mutex)
+        return Centralized(config.me, ids, lock, config.mutex, view)
     if config.algo == "ricart-agrawala":
         return RicartAgrawala(config.me, ids, lock, config.mutex)
-    return TokenRing(config.me, ids, lock, config.mutex, now=now)
+    return TokenRing(config.me, ids, lock, config.mutex, view, now=now)
 
 
 # ----------------------------------------------------------------------------- control
@@ -197,10 +200,16 @@ async def serve_mutex_node(config: NodeConfig, *,
                               connect_timeout=0.5, default_timeout=2.0, attempt_timeout=1.0)
     async with RpcClient(client_cfg, TcpConnector(), clock=clock) as rpc:
         now = trio.current_time()
-        cores = {LockName(k): build_core(config, LockName(k), now) for k in config.locks}
-        service = MutexService(config.me, cores, RpcTransport(rpc, config.nodes, 1.0),
-                               sorted(config.nodes), clock=clock, tracer=tracer,
-                               heartbeat=config.heartbeat, suspect_after=config.suspect_after)
+        ids = sorted(config.nodes)
+        election = None
+        view: LeaderView | None = None
+        if config.elect and config.algo != "ricart-agrawala":
+            election = bully_for(config.me, ids)
+            view = ElectedLeader(election, max(ids))
+        cores = {LockName(k): build_core(config, LockName(k), now, view) for k in config.locks}
+        service = MutexService(config.me, cores, RpcTransport(rpc, config.nodes, 1.0), ids,
+                               clock=clock, tracer=tracer, heartbeat=config.heartbeat,
+                               suspect_after=config.suspect_after, election=election)
         async with trio.open_nursery() as nursery:
             control = NodeControl(config, service, rpc, nursery)
             server = RpcServer(ServerConfig(node_id=config.me, secret=config.secret,
@@ -240,7 +249,7 @@ def _router(service: MutexService, control: NodeControl) -> Router:
         await service.deliver(msg, ctx.lamport)
 
     router = Router()
-    for kind in (*PROTOCOL_MESSAGES, Heartbeat):
+    for kind in (*PROTOCOL_MESSAGES, *ELECTION_MESSAGES, Heartbeat):
         router.add(kind, on_message)
     router.add(Work, control.work).add(Status, control.status)
     return router

@@ -15,7 +15,10 @@ three faults drawn from the run's seed:
 
 The failure detector is an oracle with the shape of a heartbeat detector: a
 node suspects a peer that has not run for `fd_timeout` ticks (or during an
-injected false suspicion) and trusts it again when it runs.
+injected false suspicion) and trusts it again when it runs.  With `elect`,
+each node also runs coord.election's Bully core (stepped with its messages
+over the same network, its deadlines and the detector's transitions) and the
+centralized coordinator / ring regenerator is whoever it names.
 
 Checked on every tick (a breach raises `SafetyViolation` naming the seed):
 * no two nodes (crashed ones excepted) hold unexpired grants at once;
@@ -36,15 +39,25 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from coord.election import BullyNode, ElectionConfig, LeaderChanged
+from coord.election import NodeId as ElectionId
 from coord.lease.fencing import FenceAccepted, FencingGuard
 from coord.lease.types import FencingToken, ResourceId
 from coord.mutex.centralized import Centralized
-from coord.mutex.messages import RingToken, label_of
+from coord.mutex.elected import (
+    ElectedLeader,
+    bully_for,
+    election_effects,
+    is_bully,
+    message_label,
+)
+from coord.mutex.messages import RingToken
 from coord.mutex.ricart import RicartAgrawala
 from coord.mutex.ring import TokenRing
 from coord.mutex.types import (
     Effect,
     Enter,
+    LeaderView,
     LockName,
     MutexConfig,
     MutexCore,
@@ -56,6 +69,7 @@ from coord.sim.network import NetConfig, SimNetwork
 ALGORITHMS = ("centralized", "ricart-agrawala", "token-ring")
 LOCK = LockName("L")
 RESOURCE = ResourceId("resource")
+SIM_ELECTION = ElectionConfig(ok_timeout=8.0, coordinator_timeout=20.0, ring_timeout=40.0)
 SIM_CONFIG = MutexConfig(lease=40.0, epsilon=1.0, max_delay=3.0, loss_timeout=60.0,
                          idle_pass=2.0, request_retry=80.0)
 
@@ -67,13 +81,13 @@ class SafetyViolation(AssertionError):
 
 
 def make_core(algo: str, me: NodeId, nodes: Sequence[NodeId], config: MutexConfig,
-              now: float = 0.0) -> MutexCore:
+              now: float = 0.0, view: LeaderView | None = None) -> MutexCore:
     if algo == "centralized":
-        return Centralized(me, nodes, LOCK, config)
+        return Centralized(me, nodes, LOCK, config, view)
     if algo == "ricart-agrawala":
         return RicartAgrawala(me, nodes, LOCK, config)
     if algo == "token-ring":
-        return TokenRing(me, nodes, LOCK, config, now=now)
+        return TokenRing(me, nodes, LOCK, config, view, now=now)
     raise ValueError(f"unknown algorithm {algo!r} (one of {', '.join(ALGORITHMS)})")
 
 
@@ -86,6 +100,7 @@ class SimParams:
     want_chance: float = 0.25
     hold: tuple[int, int] = (1, 4)
     fd_timeout: int = 8
+    elect: bool = False  # the coordinator / regenerator from a Bully election (coord.election)
     config: MutexConfig = SIM_CONFIG
     net: NetConfig = field(default_factory=lambda: NetConfig(min_delay=1, max_delay=3))
 
@@ -114,6 +129,7 @@ class SimReport:
 @dataclass(slots=True)
 class _Node:
     core: MutexCore
+    election: BullyNode | None = None
     crashed: bool = False
     paused_until: int = -1
     last_ran: int = 0
@@ -132,8 +148,7 @@ class MutexSim:
         self.seed, self.algo, self.p = seed, algo, params
         self.rng = random.Random(seed)
         self.ids = [NodeId(i) for i in range(1, params.nodes + 1)]
-        build = factory or (lambda me, nodes, cfg: make_core(algo, me, nodes, cfg))
-        self.nodes = {i: _Node(build(i, self.ids, params.config)) for i in self.ids}
+        self.nodes = {i: self._make_node(i, factory) for i in self.ids}
         self.net: SimNetwork[NodeId, object] = SimNetwork(random.Random(seed ^ 0x5EED),
                                                           params.net.validate())
         self.guard = FencingGuard()
@@ -144,6 +159,20 @@ class MutexSim:
         self.report = SimReport(seed, algo, self._draw_faults())
         self.quiet_from = max((f.at + f.length for f in self.report.faults), default=0) + 60
         self.late_epochs: set[object] = set()
+
+    def _make_node(self, i: NodeId, factory: CoreFactory | None) -> _Node:
+        if factory is not None:
+            return _Node(factory(i, self.ids, self.p.config))
+        if not self.p.elect:
+            return _Node(make_core(self.algo, i, self.ids, self.p.config))
+        election = bully_for(i, self.ids, SIM_ELECTION)
+        view = ElectedLeader(election, max(self.ids))
+        return _Node(make_core(self.algo, i, self.ids, self.p.config, view=view), election)
+
+    def _elect(self, i: NodeId, effects: Sequence[object], now: int) -> None:
+        self._run(i, election_effects(effects), now)
+        if any(isinstance(e, LeaderChanged) for e in effects):
+            self._run(i, self.nodes[i].core.tick(now), now)
 
     # ------------------------------------------------------------------ faults
 
@@ -199,14 +228,21 @@ class MutexSim:
                 has = (i, j) in self.opinion
                 if want and not has:
                     self.opinion.add((i, j))
+                    if me.election is not None:
+                        self._elect(i, me.election.suspect(ElectionId(j), now), now)
                     self._run(i, me.core.suspect(j, now), now)
                 elif has and not want:
                     self.opinion.discard((i, j))
+                    if me.election is not None:
+                        self._elect(i, me.election.recover(ElectionId(j), now), now)
                     self._run(i, me.core.recover(j, now), now)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> SimReport:
+        for i, node in self.nodes.items():
+            if node.election is not None:
+                self._elect(i, node.election.start_election(0), 0)
         for now in range(self.p.ticks):
             self._apply_faults(now)
             self._deliver(now)
@@ -230,7 +266,12 @@ class MutexSim:
     def _receive(self, i: NodeId, msg: object, now: int) -> None:
         if isinstance(msg, RingToken) and now >= self.quiet_from + 100:
             self.late_epochs.add(msg.epoch)
-        self._run(i, self.nodes[i].core.receive(msg, now), now)
+        node = self.nodes[i]
+        if is_bully(msg):
+            if node.election is not None:
+                self._elect(i, node.election.step(msg, now), now)
+            return
+        self._run(i, node.core.receive(msg, now), now)
 
     def _step_node(self, i: NodeId, now: int) -> None:
         node = self.nodes[i]
@@ -239,6 +280,10 @@ class MutexSim:
         if node.paused_until == now:  # just resumed
             self._resumed(i, now)
         node.last_ran = now
+        if node.election is not None:
+            due = node.election.next_deadline()
+            if due is not None and due <= now:
+                self._elect(i, node.election.tick(now), now)
         core = node.core
         self._run(i, core.tick(now), now)
         grant = core.held
@@ -264,7 +309,7 @@ class MutexSim:
     def _run(self, i: NodeId, effects: list[Effect], now: int) -> None:
         for eff in effects:
             if isinstance(eff, Send):
-                kind = label_of(eff.msg).split(" ", 1)[0]
+                kind = message_label(eff.msg).split(" ", 1)[0]
                 self.report.messages[kind] = self.report.messages.get(kind, 0) + 1
                 self.net.send(now, i, eff.to, eff.msg)
             elif isinstance(eff, Enter):

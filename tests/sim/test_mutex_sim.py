@@ -1,6 +1,7 @@
 """Seeded simulations of the three mutual-exclusion algorithms under faults.
 
-Each algorithm runs 1,000 seeds (10,000 with --soak), each with 3-5 faults:
+Each algorithm runs 1,000 seeds (10,000 with --soak), plus 300 more for the
+two that need a coordinator with it elected by coord.election's Bully core, each with 3-5 faults:
 at least one paused node (falsely suspected by the others; it resumes holding
 a stale lease and writes once without re-checking it), at least one injected
 false suspicion of a healthy node and crashes.  Every tick checks that no two
@@ -52,6 +53,20 @@ def test_no_two_unexpired_holders_under_faults(algo: str, soak: bool) -> None:
     assert kinds["crash"] >= runs // 2 and kinds["pause"] >= runs
     # Paused holders did come back and write with stale tokens, and were refused.
     assert rejected > 0
+
+
+ELECTED_RUNS = 300
+
+
+@pytest.mark.parametrize("algo", ["centralized", "token-ring"])
+def test_elected_coordinator_under_faults(algo: str, soak: bool) -> None:
+    """The same faults with the coordinator / regenerator from coord.election's Bully."""
+    runs = ELECTED_RUNS * (SOAK_FACTOR if soak else 1)
+    elections = 0
+    for seed in range(runs):
+        report = run_mutex_sim(seed, algo, SimParams(elect=True))
+        elections += report.messages.get("COORDINATOR", 0)
+    assert elections > runs * (5 - 1)  # every run elected at least once
 
 
 class RepliesInsideTheCriticalSection(RicartAgrawala):

@@ -8,6 +8,8 @@ node being routed around, and a cancelled wait that gives its grant back.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 
@@ -55,7 +57,7 @@ async def workload(services: dict[NodeId, MutexService], entries: int,
 
 def assert_exclusive(log: list[tuple[float, float, int, int]]) -> None:
     ordered = sorted(log)
-    for (_, end, token, _), (start, _, later, _) in zip(ordered, ordered[1:], strict=False):
+    for (_, end, token, _), (start, _, later, _) in itertools.pairwise(ordered):
         assert end <= start, "two holders at once"
         assert later > token, "fencing tokens must grow in entry order"
 

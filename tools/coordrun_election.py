@@ -200,23 +200,26 @@ class ElectionCluster:
 
         started = time.monotonic()
         await self._settle_heartbeats()
+        before = self.sent_total()
         await self.rpc.call(self.addresses[1], StartElection(), timeout=5)
-        phases = [await self._phase("election started by node 1", timeout)]
+        phases = [await self._phase("election started by node 1", timeout, before)]
         victim: int | None = None
         if kill is not None:
             victim = phases[0]["leader"] if kill == "leader" else int(kill)
             if victim is None:  # nobody was elected: kill the highest id
                 victim = self.ids[-1]
+            before = self.sent_total()
             self._kill(victim)
-            phases.append(await self._phase(f"node {victim} killed", timeout))
+            phases.append(await self._phase(f"node {victim} killed", timeout, before))
             if restart:
                 # Its clock starts above everything seen so far, so the trace
                 # shows the restart after the re-election it follows.
                 floor = max((e.lamport for e in self.events()), default=0)
                 proc = self.group.add(self._proc(victim, passive=False, clock_floor=floor))
                 self.procs[victim] = proc
+                before = self.sent_total()
                 await proc.start(READY, 30.0)
-                phases.append(await self._phase(f"node {victim} restarted", timeout))
+                phases.append(await self._phase(f"node {victim} restarted", timeout, before))
         return await self._report(phases, victim, restart, time.monotonic() - started)
 
     async def _settle_heartbeats(self) -> None:
@@ -234,12 +237,14 @@ class ElectionCluster:
         stamp = max_lamport(read_jsonl(path), str(node)) + 1
         append_jsonl(path, TraceEvent(EventKind.NOTE, str(node), stamp, "KILLED"))
 
-    async def _phase(self, what: str, timeout: float) -> dict[str, Any]:
-        """Wait until every live node names the highest live id (or `timeout`)."""
+    async def _phase(self, what: str, timeout: float, before: int) -> dict[str, Any]:
+        """Wait until every live node names the highest live id (or `timeout`).
+
+        `before`: the messages sent before the action that began this phase.
+        """
         import trio
 
         began = time.monotonic()
-        before = self.sent_total()
         views: dict[int, int | None] = {}
         # Wait for agreement, then a little more so late messages are counted.
         with trio.move_on_after(timeout):

@@ -66,6 +66,14 @@ class BullyNode:
         # A higher node came back while an election of ours was running: our
         # ELECTION may have been lost with it, so ask again when this one ends.
         self._recheck = False
+        # A COORDINATOR we ignored only because we suspected its sender: if
+        # the detector trusts that node again, its announcement stands (a
+        # restarted node usually announces before our detector hears it).
+        self._deferred: NodeId | None = None
+        # A COORDINATOR we ignored because our (higher) leader still looked
+        # alive: if we come to suspect that leader, the announcer won an
+        # election that leader missed, and we follow it without another one.
+        self._deferred_lower: NodeId | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -127,6 +135,9 @@ class BullyNode:
         self._suspected.add(peer)
         if peer != self._leader:
             return []
+        successor, self._deferred_lower = self._deferred_lower, None
+        if successor is not None and successor not in self._suspected:
+            return self._adopt(successor, now)
         out: list[BullyEffect] = self._set_leader(None, now)
         if self._phase is not BullyPhase.ELECTING:
             out += self.start_election(now)
@@ -135,7 +146,10 @@ class BullyNode:
     def recover(self, peer: NodeId, now: float) -> list[BullyEffect]:
         """The failure detector trusts `peer` again."""
         self._suspected.discard(peer)
+        deferred, self._deferred = self._deferred, None
         beats_leader = self._leader is None or peer > self._leader
+        if deferred == peer and peer > self.id and beats_leader:
+            return self._adopt(peer, now)
         if peer > self.id and beats_leader:
             # It may have been alive all along (a false suspicion, a pause)
             # and missed our elections: ask it; if alive it answers OK and
@@ -175,11 +189,18 @@ class BullyNode:
             # A lower node thinks it won: it missed us.  Bully it.
             return self.start_election(now) if self._phase is BullyPhase.IDLE else []
         if c in self._suspected:
-            return []  # stale, or a false suspicion that recover() will repair
+            self._deferred = c
+            return []  # stale, or a slow or false suspicion that recover() repairs
         if self._leader is not None and self._leader > c:
+            # The highest such announcer: a lower one is staler still.
+            self._deferred_lower = max(c, self._deferred_lower or c)
             return []  # stale: a higher coordinator we still trust was announced since
+        return self._adopt(c, now)
+
+    def _adopt(self, c: NodeId, now: float) -> list[BullyEffect]:
         self._phase = BullyPhase.IDLE
         self._deadline = None
+        self._deferred = self._deferred_lower = None
         return self._set_leader(c, now) + self._after_election(now)
 
     # ------------------------------------------------------------------ helpers

@@ -112,10 +112,18 @@ class RingNode:
     def next_deadline(self) -> float | None:
         return self._deadline
 
-    def successor(self, now: float) -> NodeId | None:
-        """The next node in the ring we neither suspect nor failed to reach lately."""
+    def successor(self, now: float, starter: NodeId | None = None) -> NodeId | None:
+        """The next node in the ring we neither suspect nor failed to reach lately.
+
+        A message's `starter` is not skipped on suspicion alone: the message
+        itself suggests it is alive (it may have restarted before our
+        detector noticed), and it is the node the message must get back to.
+        Only a failed send to it skips it.
+        """
         for p in self._after:
-            if p not in self._suspected and self._unreachable.get(p, now) <= now:
+            if self._unreachable.get(p, now) > now:
+                continue
+            if p == starter or p not in self._suspected:
                 return p
         return None
 
@@ -150,6 +158,15 @@ class RingNode:
         self._suspected.add(peer)
         if peer != self._leader:
             return []
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and peer not in deferred[1]:
+            # We ignored an announcement that left our leader out, trusting
+            # it still; now we agree with whoever held that election.
+            self._leader = None  # judged as if we knew no leader ...
+            verdict = self._consider(*deferred)
+            self._leader = peer  # ... and restored, so the change is reported
+            if verdict == "adopt":
+                return self._set_leader(deferred[0], now) + self._settle(now)
         out: list[RingEffect] = self._set_leader(None, now)
         if self._phase is not RingPhase.ELECTING:
             out += self.start_election(now)
@@ -201,7 +218,7 @@ class RingNode:
             return [] if busy else self.start_election(now)
         if self._phase is RingPhase.ELECTING and msg.starter < self.id:
             return []  # our own (higher) election will tell that starter the result
-        succ = self.successor(now)
+        succ = self.successor(now, msg.starter)
         if succ is None:
             return self._alone(now)
         if self._phase in (RingPhase.IDLE, RingPhase.PARTICIPATING):
@@ -221,7 +238,7 @@ class RingNode:
         out: list[RingEffect] = []
         if verdict == "adopt":
             out += self._set_leader(msg.leader, now)
-        succ = self.successor(now)
+        succ = self.successor(now, msg.starter)
         if succ is not None:
             fwd = RingCoordinator(self.id, msg.starter, msg.round, msg.leader, msg.members,
                                   (*msg.hops, self.id))
@@ -240,11 +257,14 @@ class RingNode:
             self._deferred = (leader, members)
             return "stale"  # or a slow or false suspicion, which recover() repairs
         if self._leader is not None and self._leader > leader:
+            if self._deferred is None or leader >= self._deferred[0]:
+                self._deferred = (leader, members)  # a lower one is staler still
             return "stale"  # a higher leader we still trust was announced since
         # Adopting ends any election of ours: if ours held someone higher,
         # recover() or that node's own election brings it in.
         self._phase, self._deadline = RingPhase.IDLE, None
         self._members = frozenset(members)
+        self._deferred = None
         return "adopt"
 
     # ------------------------------------------------------------------ helpers

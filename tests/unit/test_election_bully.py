@@ -188,3 +188,21 @@ def test_higher_node_recovering_during_an_election_is_asked_afterwards() -> None
     out = n.step(BullyCoordinator(NodeId(4)), 2.0)
     assert out == [Send(NodeId(4), BullyElection(NodeId(3), 2)),
                    Send(NodeId(5), BullyElection(NodeId(3), 2))]
+
+
+def test_coordinator_of_a_suspected_node_is_adopted_when_it_is_trusted_again() -> None:
+    n = node(2)
+    n.step(BullyCoordinator(NodeId(4)), 0.0)
+    n.suspect(NodeId(5), 0.0)  # 5 crashed ... and restarted, announcing itself
+    assert n.step(BullyCoordinator(NodeId(5)), 1.0) == []
+    assert n.recover(NodeId(5), 1.2) == [LeaderChanged(NodeId(5), NodeId(4), 1.2)]
+    assert n.phase is BullyPhase.IDLE
+
+
+def test_suspecting_the_leader_follows_the_highest_coordinator_it_had_ignored() -> None:
+    n = node(1)
+    n.step(BullyCoordinator(NodeId(5)), 0.0)
+    n.step(BullyCoordinator(NodeId(4)), 1.0)  # 4 won while we still trusted 5
+    n.step(BullyCoordinator(NodeId(3)), 1.1)  # a staler one
+    assert n.leader == 5
+    assert n.suspect(NodeId(5), 2.0) == [LeaderChanged(NodeId(4), NodeId(5), 2.0)]

@@ -194,3 +194,20 @@ def test_announcement_of_a_suspected_leader_is_adopted_when_it_is_trusted_again(
     assert n.leader == n4  # 5 is suspected: not adopted yet
     assert n.recover(n5, 1.5) == [LeaderChanged(n5, n4, 1.5)]  # the detector was slow
     assert n.next_deadline() is None
+
+
+def test_a_suspected_starter_still_gets_its_message_back() -> None:
+    n = node(4)
+    n.suspect(n5, 0.0)  # 5 restarted before our detector heard it
+    assert n.step(RingElection(n3, n5, 9, (n5, n1, n2, n3)), 0.1) == [
+        Send(n5, RingElection(n4, n5, 9, (n5, n1, n2, n3, n4)))]
+    assert n.successor(0.1) == n1  # other messages still skip it
+
+
+def test_suspecting_the_leader_adopts_an_announcement_that_left_it_out() -> None:
+    n = node(2)
+    n.step(RingCoordinator(n1, n1, 1, n5, tuple(RING), (n1,)), 0.0)
+    members = (n3, n4, n1, n2)  # 3's election skipped the dead 5
+    n.step(RingCoordinator(n1, n3, 4, n4, members, (n3, n4, n1)), 1.0)
+    assert n.leader == n5  # we still trusted 5
+    assert n.suspect(n5, 2.0) == [LeaderChanged(n4, n5, 2.0)]  # no new election

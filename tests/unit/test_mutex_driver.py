@@ -101,8 +101,8 @@ async def test_a_crashed_coordinator_is_replaced_by_an_election(
             await workload(services, 3, log, {NodeId(3)})
         nursery.cancel_scope.cancel()
     assert_exclusive(log)
-    assert services[NodeId(1)].election is not None
-    assert services[NodeId(1)].election.leader == 2
+    election = services[NodeId(1)].election
+    assert election is not None and election.leader == 2
     notes = [e.label for e in services[NodeId(2)].tracer.events]
     assert any("coordinator 3 -> None" in n or "coordinator 3 -> 2" in n for n in notes)
 

@@ -11,6 +11,12 @@ The chapter's rules:
 * A recovered node holds an election at once, so a recovered higher id takes
   over (the driver calls `start_election` on a fresh core after a restart).
 
+Refinements (each keeps the chapter's outcome, and saves messages):
+* A sitting coordinator that trusts no higher node answers an ELECTION with
+  OK and a COORDINATOR to the sender alone, instead of a whole new election.
+* A node following a trusted higher leader answers OK and holds no election
+  of its own: the sender asked that leader too, and a live leader answers.
+
 What makes it hold up with unreliable failure detection (see
 docs/election.md for the argument):
 * A COORDINATOR from a **lower** id is never adopted; it means that node
@@ -18,7 +24,10 @@ docs/election.md for the argument):
 * A COORDINATOR from a suspected node, or one lower than a leader we still
   trust, is stale (delayed past a later election) and is not adopted.
 * When a suspected node recovers and is higher than our leader, we hold an
-  election: if it is alive it answers OK and takes over.
+  election: if it is alive it answers OK and takes over (or, if it had
+  announced itself while suspected, we adopt that announcement).
+* When we suspect our leader after ignoring a lower node's COORDINATOR (we
+  still trusted the leader then), we follow the highest such announcer.
 
 Invariants:
 * `leader` is None or >= this node's id, and never a node we suspect.
@@ -172,6 +181,13 @@ class BullyNode:
             # again at once: tell just the sender, who evidently missed it
             # (others who missed it send ELECTIONs of their own).
             return [*out, Send(msg.sender, BullyCoordinator(self.id))]
+        if self._leader is not None and self._leader > self.id:
+            # We follow a higher leader we trust.  The sender sent ELECTION
+            # to it as well, and a live leader answers with COORDINATOR; if
+            # it is dead, our detector will start our election.  Holding one
+            # now would only repeat the leader's answer (the chapter's rule
+            # assumes the coordinator is gone).
+            return out
         return out + self.start_election(now)
 
     def _on_ok(self, msg: BullyOk, now: float) -> list[BullyEffect]:

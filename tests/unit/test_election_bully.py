@@ -180,14 +180,21 @@ def test_coordinator_that_won_by_timeout_holds_a_new_election_when_asked() -> No
 
 def test_higher_node_recovering_during_an_election_is_asked_afterwards() -> None:
     n = node(3)
-    n.step(BullyCoordinator(NodeId(4)), 0.0)
     n.suspect(NodeId(5), 0.0)
-    n.step(BullyElection(NodeId(1), 1), 1.0)  # our election starts (round 1)
+    n.step(BullyElection(NodeId(1), 1), 1.0)  # no leader known: our election starts
     n.step(BullyOk(NodeId(4), 1), 1.1)
     assert n.recover(NodeId(5), 1.5) == []  # mid-election: remembered, not acted on
     out = n.step(BullyCoordinator(NodeId(4)), 2.0)
-    assert out == [Send(NodeId(4), BullyElection(NodeId(3), 2)),
+    assert out == [LeaderChanged(NodeId(4), None, 2.0),
+                   Send(NodeId(4), BullyElection(NodeId(3), 2)),
                    Send(NodeId(5), BullyElection(NodeId(3), 2))]
+
+
+def test_follower_of_a_trusted_higher_leader_only_answers_ok() -> None:
+    n = node(3)
+    n.step(BullyCoordinator(NodeId(5)), 0.0)
+    assert n.step(BullyElection(NodeId(1), 4), 1.0) == [Send(NodeId(1), BullyOk(NodeId(3), 4))]
+    assert n.phase is BullyPhase.IDLE
 
 
 def test_coordinator_of_a_suspected_node_is_adopted_when_it_is_trusted_again() -> None:

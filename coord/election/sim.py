@@ -35,6 +35,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from coord.clock.lamport import LamportClock
 from coord.election.bully import BullyNode
@@ -82,10 +83,14 @@ class SimParams:
     net: NetConfig = NORMAL_NET  # delays outside delay spikes
 
 
+FaultKind = Literal["crash", "restart", "pause", "suspect", "spike"]
+TimerKind = Literal["detect", "fault", "resume", "unsuspect", "calm", "failed"]
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     at: int
-    kind: str  # crash | restart | pause | suspect | spike
+    kind: FaultKind
     node: NodeId
     peer: NodeId | None = None  # suspect: the falsely suspected peer
     length: int = 0  # pause / suspect / spike duration
@@ -117,7 +122,7 @@ class SimReport:
 class _Timed:
     at: int
     seq: int
-    what: str = field(compare=False)  # "detect" | "fault" | "resume" | "unsuspect" | "failed"
+    what: TimerKind = field(compare=False)
     a: NodeId = field(compare=False)
     b: NodeId | None = field(compare=False, default=None)
     payload: object = field(compare=False, default=None)
@@ -150,7 +155,7 @@ class ElectionSim:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _at(self, at: int, what: str, a: NodeId, b: NodeId | None = None,
+    def _at(self, at: int, what: TimerKind, a: NodeId, b: NodeId | None = None,
             payload: object = None) -> None:
         self._seq += 1
         heapq.heappush(self.timers, _Timed(at, self._seq, what, a, b, payload))
@@ -321,7 +326,7 @@ class ElectionSim:
         out: list[Fault] = []
         for at in times:
             up = [i for i in self.ids if i not in crashed]
-            kinds = ["pause", "suspect", "spike"]
+            kinds: list[FaultKind] = ["pause", "suspect", "spike"]
             if len(up) > 1:
                 kinds += ["crash", "crash"]
             if crashed:

@@ -5,7 +5,9 @@ The chapter's rules:
   coordinator gone sends ELECTION, holding its own id, to its successor.
 * Each node appends its id and forwards the message to its successor,
   skipping successors it believes dead (failure detector, or a send that
-  failed: `send_failed`).
+  failed: `send_failed`).  A message's own starter is skipped only after a
+  failed send, never on suspicion alone: the message suggests it is alive
+  (restarted before our detector noticed) and must get back to it.
 * When the message is back at its starter, the starter picks the highest
   collected id and sends one COORDINATOR round the ring.
 
@@ -22,7 +24,10 @@ Every node that started or forwarded an ELECTION waits at most
 lost with a crashed node is replaced.  Adoption rules (as in bully.py):
 an announcement of a suspected node, or lower than a leader we still trust,
 is stale and not adopted; an announcement lower than ourselves means we were
-skipped, so we hold an election.  A node the election we adopted skipped
+skipped, so we hold an election.  A not-adopted announcement is kept: it
+is adopted after all if its suspected leader is trusted again, or if we come
+to suspect our own leader and the announcement had left it out.  A node the
+election we adopted skipped
 (`members` lacks it) has not heard the result: when it recovers, or after
 `ring_timeout` if we never suspected it (someone else's false suspicion, a
 refused send), we hold another election so that it hears.

@@ -24,8 +24,9 @@ Bully election (coord.election) unless `--no-election`.
 
 Counting: heartbeats (failure detection) and the election's messages are
 not mutual-exclusion messages and are reported apart.  For the token ring,
-passes made before the first entry (the token circulating while no node had
-asked yet) are reported as `idle_token_passes`, not charged to entries.
+only the work window counts - from the pass that brought the first entry to
+the last exit; passes outside it (the token circulating before anyone asked
+and after everyone finished) are reported as `idle_token_passes`.
 
 Exit status: 0 when every surviving node finished and the audit found no
 violation, 1 otherwise, 2 on usage errors.  Every process is stopped at the
@@ -223,36 +224,42 @@ def _read_traces(base: Path, n: int) -> list[TraceEvent]:
     return events
 
 
-def count_messages(algo: str, events: Sequence[TraceEvent]) -> tuple[dict[str, int], int]:
-    """Protocol messages by kind, and the ring's idle passes before the first entry."""
-    from coord.trace import EventKind, lamport_order
+def count_messages(events: Sequence[TraceEvent]) -> dict[str, int]:
+    """Mutual-exclusion messages sent, by kind (the election's are left out)."""
+    from coord.trace import EventKind
 
-    ordered = lamport_order(events, [f"n{i}" for i in range(1, 10)])
-    first_entry = next((k for k, e in enumerate(ordered)
-                        if e.kind is EventKind.NOTE and e.label.startswith("ENTER")), 0)
     counts: dict[str, int] = {}
-    idle = 0
-    for k, ev in enumerate(ordered):
-        if ev.kind is not EventKind.SEND or ev.label.split(" ", 1)[0] in ELECTION_KINDS:
-            continue
-        if algo == "token-ring" and k < first_entry:
-            idle += 1
-            continue
+    for ev in events:
         kind = ev.label.split(" ", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items())), idle
+        if ev.kind is EventKind.SEND and kind not in ELECTION_KINDS:
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _trim_ring_tail(events: Sequence[TraceEvent]) -> list[TraceEvent]:
-    """The ring's token keeps circulating after the work: cut the trace at the last DONE."""
+    """The ring's work window: from the pass that brought the first entry to the last exit.
+
+    Before it the token circulated while nobody had asked; after it, it keeps
+    circulating idly.  Neither is caused by the entries, so neither is shown or counted.
+    """
     from coord.trace import EventKind, lamport_order
 
     ordered = lamport_order(events, [f"n{i}" for i in range(1, 10)])
-    last = max((k for k, e in enumerate(ordered)
-                if e.kind is EventKind.NOTE and e.label.startswith(("EXIT", "DONE"))), default=-1)
-    first = next((k for k, e in enumerate(ordered)
-                  if e.kind is EventKind.NOTE and e.label.startswith("ENTER")), 0)
-    return [e for e in ordered[max(0, first - 1): last + 1]]
+    notes = [(k, e) for k, e in enumerate(ordered) if e.kind is EventKind.NOTE]
+    exits = [k for k, e in notes if e.label.startswith("EXIT")]
+    enters = [(k, e) for k, e in notes if e.label.startswith("ENTER")]
+    if not enters or not exits:
+        return list(ordered)
+    first, entrant = enters[0]
+    start = first
+    arrivals = [e for e in ordered[:first]
+                if e.kind is EventKind.RECEIVE and e.node == entrant.node
+                and e.label.startswith("TOKEN")]
+    if arrivals:
+        got = arrivals[-1]
+        start = next((k for k, e in enumerate(ordered) if e.kind is EventKind.SEND
+                      and e.node == got.peer and e.lamport == got.ref), first)
+    return list(ordered[start: exits[-1] + 1])
 
 
 def _report(algo: str, n: int, events: list[TraceEvent], statuses: dict[int, Any],
@@ -263,7 +270,8 @@ def _report(algo: str, n: int, events: list[TraceEvent], statuses: dict[int, Any
     shown = _trim_ring_tail(events) if algo == "token-ring" else events
     if algo != "token-ring":
         shown = [e for e in events if not (e.kind is EventKind.NOTE and "trusts" in e.label)]
-    counts, idle = count_messages(algo, shown if algo == "token-ring" else events)
+    counts = count_messages(shown if algo == "token-ring" else events)
+    idle = count_messages(events).get("TOKEN", 0) - counts.get("TOKEN", 0)
     entries = sum(1 for e in events if e.kind is EventKind.NOTE and e.label.startswith("ENTER"))
     elections = sum(1 for e in events if e.kind is EventKind.SEND
                     and e.label.split(" ", 1)[0] in ELECTION_KINDS)
@@ -294,7 +302,7 @@ def format_text(r: dict[str, Any]) -> str:
         f"messages: {counts} (total {r['messages']}, {r['messages_per_entry']} per entry; "
         f"heartbeats {r['heartbeats']} and {r['election_messages']} election messages "
         "not counted"
-        + (f"; {r['idle_token_passes']} idle token passes before the first entry"
+        + (f"; {r['idle_token_passes']} idle token passes outside the work"
            if r["algo"] == "token-ring" else "") + ")",
         f"resource: {r['safety_violations']} safety violations, "
         f"{r['stale_rejected']} stale tokens refused",

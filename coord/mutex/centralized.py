@@ -12,8 +12,12 @@ Invariants:
 * The coordinator has at most one outstanding grant; the next one is issued
   only after the holder's RELEASE or after `lease + epsilon` on the
   coordinator's clock.  The holder times its lease from the send of the
-  request the grant answers (never from the grant's arrival), minus epsilon,
-  so it stops before the coordinator moves on.
+  request the grant answers plus the time the grant says the request waited
+  at the coordinator (never from the grant's arrival), minus epsilon, so it
+  stops before the coordinator moves on.  `waited` never counts time the
+  coordinator spent frozen (a gap longer than `pause_gap` between its
+  events), so a deposed coordinator waking up cannot hand out a lease that
+  starts after the newer epoch's QUERY.
 * A node accepts a grant only for its current request number and only from
   an epoch at least as new as the one it has adopted; it never sends a
   request stamped with an epoch newer than the coordinator's (that
@@ -62,7 +66,8 @@ class _Outstanding:
 class _Coordinator:
     """The coordinator's half of the state (exists only while this node coordinates)."""
 
-    queue: list[tuple[NodeId, int]] = field(default_factory=list)  # FIFO of (node, req)
+    # FIFO of (node, req, when its request or answer arrived here)
+    queue: list[tuple[NodeId, int, float]] = field(default_factory=list)
     current: _Outstanding | None = None
     seq: int = 0  # grants issued in this epoch
     ready_at: float = -math.inf  # no grant before this instant (recovery wait)
@@ -87,6 +92,8 @@ class Centralized:
         self._sent_at = 0.0  # when we last sent it (re-sent after request_retry)
         self._grant: Grant | None = None
         self._grantor: NodeId | None = None
+        self._last_event: float | None = None  # the latest `now` seen (pause detection)
+        self._awake_since = -math.inf  # running without a pause since then
 
     # ------------------------------------------------------------------ views
 
@@ -119,11 +126,13 @@ class Centralized:
     # ------------------------------------------------------------------ application
 
     def want(self, now: float) -> list[Effect]:
+        self._observe(now)
         if self._want:
             raise RuntimeError(f"{self.lock}: node {self.me} already wants or holds the lock")
         return self._new_request(now)
 
     def release(self, now: float) -> list[Effect]:
+        self._observe(now)
         grant, grantor = self._grant, self._grantor
         self._want, self._grant, self._grantor = 0, None, None
         if grant is None or grantor is None:
@@ -133,6 +142,7 @@ class Centralized:
     # ------------------------------------------------------------------ events
 
     def receive(self, msg: object, now: float) -> list[Effect]:
+        self._observe(now)
         if isinstance(msg, CRequest):
             return self._on_request(msg, now)
         if isinstance(msg, CGrant):
@@ -146,14 +156,17 @@ class Centralized:
         raise TypeError(f"centralized mutex: unexpected {type(msg).__name__}")
 
     def suspect(self, peer: NodeId, now: float) -> list[Effect]:
+        self._observe(now)
         self._suspected.add(peer)
         return self._check_leader(now)
 
     def recover(self, peer: NodeId, now: float) -> list[Effect]:
+        self._observe(now)
         self._suspected.discard(peer)
         return self._check_leader(now)
 
     def tick(self, now: float) -> list[Effect]:
+        self._observe(now)
         out = self._check_leader(now)
         grant = self._grant
         if grant is not None and now >= grant.expires_at:
@@ -164,6 +177,21 @@ class Centralized:
             out += self._new_request(now)
         out += self._pump(now)
         return out
+
+    def _observe(self, now: float) -> None:
+        """Notice a pause: a gap between events longer than `pause_gap` (the driver
+        ticks far more often).  Time spent frozen is not counted as queueing time in
+        a grant's `waited`, and a coordinator waking up grants nothing for
+        `max_delay`: a deposed coordinator must not hand out leases that start after
+        it was deposed."""
+        last = self._last_event
+        if last is not None and now - last > self.config.pause_gap:
+            self._awake_since = now
+            if self._coord is not None:
+                # Messages sent to us while we were frozen (a newer epoch's QUERY) are
+                # still arriving: grant nothing, not even to ourselves, until they have.
+                self._coord.ready_at = max(self._coord.ready_at, now + self.config.max_delay)
+        self._last_event = now if last is None else max(last, now)
 
     # ------------------------------------------------------------------ requester
 
@@ -184,10 +212,16 @@ class Centralized:
             note = Note(f"unwanted grant from {msg.sender} (epoch {msg.epoch.number})")
             return [note, Send(msg.sender, CRelease(self.lock, self.me, msg.epoch, msg.token))]
         self.epoch = msg.epoch
-        return self._accept(msg.sender, FencingToken(msg.token), now)
+        return self._accept(msg.sender, FencingToken(msg.token), msg.waited, now)
 
-    def _accept(self, grantor: NodeId, token: FencingToken, now: float) -> list[Effect]:
-        expires = self._anchor + self.config.lease - self.config.epsilon
+    def _accept(self, grantor: NodeId, token: FencingToken, waited: float,
+                now: float) -> list[Effect]:
+        # The grant was issued at least `waited` after our request left (the request
+        # reached the coordinator after it left, then sat queued that long), so the
+        # lease may run from anchor + waited - slowed by the drift bound, since that
+        # duration was measured on the coordinator's clock.
+        start = self._anchor + waited * (1 - self.config.drift_bound)
+        expires = start + self.config.lease - self.config.epsilon
         if now >= expires:
             # Queued past its term: the lease is already over, ask again.
             out: list[Effect] = [Note(f"grant for {self.lock} arrived expired: asking again")]
@@ -252,12 +286,12 @@ class Centralized:
     def _enqueue(self, node: NodeId, req: int, now: float) -> list[Effect]:
         c = self._coord
         assert c is not None
-        for i, (queued, _) in enumerate(c.queue):
+        for i, (queued, _, _) in enumerate(c.queue):
             if queued == node:
-                c.queue[i] = (node, req)  # a re-sent request keeps its place
+                c.queue[i] = (node, req, now)  # a re-sent request keeps its place
                 break
         else:
-            c.queue.append((node, req))
+            c.queue.append((node, req, now))
         return self._pump(now)
 
     def _pump(self, now: float) -> list[Effect]:
@@ -270,17 +304,18 @@ class Centralized:
             c.current = None
         if c.current is not None or not c.queue:
             return out
-        node, req = c.queue.pop(0)
+        node, req, arrived = c.queue.pop(0)
         c.seq += 1
         token = self.epoch.token(c.seq)
         c.current = _Outstanding(node, req, token,
                                  now + self.config.lease + self.config.epsilon)
-        if node == self.me:
-            if req != self._want or self._grant is not None:
-                c.current = None
-                return out + self._pump(now)
-            return out + self._accept(self.me, token, now)
-        return [*out, Send(node, CGrant(self.lock, self.me, self.epoch, req, token))]
+        waited = now - max(arrived, self._awake_since)
+        if node != self.me:
+            return [*out, Send(node, CGrant(self.lock, self.me, self.epoch, req, token, waited))]
+        if req != self._want or self._grant is not None:
+            c.current = None  # our own request is gone: next
+            return out + self._pump(now)
+        return out + self._accept(self.me, token, waited, now)
 
     # ------------------------------------------------------------------ leadership
 
@@ -314,7 +349,7 @@ class Centralized:
         if self.wanting:
             self._want = self._req_counter = self._req_counter + 1
             self._anchor = self._sent_at = now
-            self._coord.queue.append((self.me, self._want))
+            self._coord.queue.append((self.me, self._want, now))
         for node in self.nodes:
             if node != self.me:
                 out.append(Send(node, CQuery(self.lock, self.me, self.epoch)))

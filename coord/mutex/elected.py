@@ -81,5 +81,5 @@ def election_effects(effects: Sequence[object]) -> list[Effect]:
         if isinstance(eff, ElectionSend):
             out.append(Send(NodeId(int(eff.to)), eff.msg))
         elif isinstance(eff, LeaderChanged):
-            out.append(Note(f"election: coordinator {eff.previous} -> {eff.leader}"))
+            out.append(Note(f"election - coordinator now {eff.leader} (was {eff.previous})"))
     return out

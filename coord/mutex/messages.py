@@ -42,6 +42,7 @@ class CGrant(Notification):
     epoch: Epoch
     req: int  # the request this answers (the holder times its lease from its send)
     token: int
+    waited: float  # seconds (coordinator clock) the request waited here before this grant
     stamp: int = 0
 
 

@@ -71,7 +71,7 @@ LOCK = LockName("L")
 RESOURCE = ResourceId("resource")
 SIM_ELECTION = ElectionConfig(ok_timeout=8.0, coordinator_timeout=20.0, ring_timeout=40.0)
 SIM_CONFIG = MutexConfig(lease=40.0, epsilon=1.0, max_delay=3.0, loss_timeout=60.0,
-                         idle_pass=2.0, request_retry=80.0)
+                         idle_pass=2.0, request_retry=80.0, pause_gap=1.5)
 
 CoreFactory = Callable[[NodeId, Sequence[NodeId], MutexConfig], MutexCore]
 

@@ -83,13 +83,17 @@ class MutexConfig:
     loss_timeout: float = 1.5  # ring: no token seen for this long -> regenerate
     idle_pass: float = 0.02  # ring: a node not wanting keeps the token this long
     request_retry: float = 3.0  # centralized: re-send a request unanswered this long
+    drift_bound: float = 1e-3  # clock rate error: a duration measured elsewhere is cut by it
+    pause_gap: float = 0.25  # centralized: a gap this long between events means we were frozen
 
     def validate(self) -> MutexConfig:
         for name in ("lease", "epsilon", "max_delay", "loss_timeout", "idle_pass",
-                     "request_retry"):
+                     "request_retry", "drift_bound", "pause_gap"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise MutexConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.drift_bound >= 1:
+            raise MutexConfigError(f"drift_bound is a rate error (< 1), got {self.drift_bound}")
         if self.lease <= 2 * self.epsilon:
             raise MutexConfigError(f"lease {self.lease} must exceed 2 * epsilon {self.epsilon}")
         if self.loss_timeout <= self.idle_pass + self.max_delay:

@@ -41,7 +41,11 @@ async def test_elect_kill_the_coordinator_reelect_restart(algo: str, tmp_path: P
     assert result["entries"] == 3
     assert result["messages"] >= sum(p["messages"] for p in result["phases"]) > 0
     first = result["phases"][0]["messages"]
-    if algo == "ring":
+    # A loaded machine can stall a node past the detector's timeout: a false
+    # suspicion (of a node that was never killed) legitimately costs more.
+    false_suspicion = any(e.kind is EventKind.NOTE and e.label.startswith("suspect ")
+                          and e.label != "suspect 5" for e in events)
+    if algo == "ring" and not false_suspicion:
         # One starter, nobody failed: n ELECTION hops and n COORDINATOR hops.
         assert first == 10, _explain(result)
     else:

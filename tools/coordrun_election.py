@@ -15,7 +15,9 @@ over) and waits for agreement once more.
 
 It prints the protocol message counts per election and in total and the
 Lamport-ordered trace as a Mermaid sequence diagram; `--json` prints one
-object instead: algo, nodes, entries (elections run), messages,
+object instead: algo, nodes, entries (elections held: the phases in which
+protocol messages were sent; killing a node that is not the coordinator
+needs none), messages,
 messages_per_entry, safety_violations (live nodes not naming the highest
 live id at the end), messages_by_kind, phases, leaders, kill, seconds,
 trace, mermaid.
@@ -299,9 +301,10 @@ class ElectionCluster:
         final = await self.leaders()
         live = self.live()
         violations = sum(1 for i in live if final.get(i) != max(live))
+        entries = max(1, sum(1 for p in phases if p["messages"] > 0))
         return {
-            "algo": self.algo, "nodes": len(self.ids), "entries": len(phases),
-            "messages": total, "messages_per_entry": round(total / len(phases), 2),
+            "algo": self.algo, "nodes": len(self.ids), "entries": entries,
+            "messages": total, "messages_per_entry": round(total / entries, 2),
             "safety_violations": violations, "ok": violations == 0 and all(
                 p["agreed"] for p in phases),
             "messages_by_kind": counts, "phases": phases,

@@ -64,7 +64,7 @@ async def test_elect_kill_the_coordinator_reelect_restart(algo: str, tmp_path: P
 def test_coord_run_election_json(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tools", "coord", "run", "election", "--algo", "ring",
-         "--nodes", "4", "--kill", "2", "--json", "--keep", str(tmp_path / "run")],
+         "--nodes", "4", "--kill", "leader", "--json", "--keep", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
     result = json.loads(proc.stdout)
@@ -73,11 +73,12 @@ def test_coord_run_election_json(tmp_path: Path) -> None:
         assert key in result
     assert (result["algo"], result["nodes"], result["entries"]) == ("ring", 4, 2)
     assert result["safety_violations"] == 0
-    assert result["leaders"] == {"1": 4, "3": 4, "4": 4}
+    assert result["leaders"] == {"1": 3, "2": 3, "3": 3}
+    assert result["kill"] == {"node": 4, "restarted": False}
     assert result["messages_per_entry"] == round(result["messages"] / 2, 2)
     # The kept traces render with `ddfs trace` (a folder of trace.jsonl files).
     shown = subprocess.run([sys.executable, "-m", "tools", "trace", str(tmp_path / "run"),
                             "--format", "text"], capture_output=True, text=True, timeout=60,
                            check=False)
     assert shown.returncode == 0, shown.stderr
-    assert "KILLED" in shown.stdout and "COORDINATOR 4" in shown.stdout
+    assert "KILLED" in shown.stdout and "COORDINATOR 3" in shown.stdout

@@ -12,12 +12,14 @@ finishes, with no overlap at the resource.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import trio
 
 from tools.coordrun_mutex import run_mutex
-from tools.proclaunch import ProcessGroup
+from tools.proclaunch import ProcessGroup, ddfs_argv
 
 N = 5
 K = 3
@@ -71,3 +73,24 @@ async def test_finishes_with_a_node_killed_mid_run(algo: str, victim: int,
         assert kinds.get("QUERY", 0) >= N - 2  # the new coordinator asked the survivors
     if algo == "token-ring" and victim == 3:
         assert r["entries"] > 0
+
+
+async def test_cli_json_has_the_documented_keys() -> None:
+    argv = ddfs_argv("coord", "run", "mutex", "--algo", "ricart-agrawala", "--nodes", "3",
+                     "--entries", "1", "--json")
+    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    r = json.loads(done.stdout)
+    for key in ("algo", "nodes", "entries", "messages", "messages_per_entry",
+                "safety_violations", "messages_by_kind", "killed", "finished", "mermaid"):
+        assert key in r
+    assert (r["algo"], r["nodes"], r["entries"], r["messages"]) == ("ricart-agrawala", 3, 3, 12)
+    assert r["messages_per_entry"] == 4 and r["safety_violations"] == 0
+
+
+async def test_cli_refuses_a_victim_outside_the_cluster() -> None:
+    argv = ddfs_argv("coord", "run", "mutex", "--algo", "token-ring", "--nodes", "3",
+                     "--kill", "n7")
+    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 2
+    assert b"--kill must name a node 1..3" in done.stderr

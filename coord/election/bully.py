@@ -28,10 +28,15 @@ docs/election.md for the argument):
   announced itself while suspected, we adopt that announcement).
 * When we suspect our leader after ignoring a lower node's COORDINATOR (we
   still trusted the leader then), we follow the highest such announcer.
+* A node that won by timeout while it still trusts a higher node (whose
+  ELECTION or OK was slow, or which is dead but not yet suspected) holds
+  another election after `coordinator_timeout`, until that node answers or
+  is suspected.
 
 Invariants:
 * `leader` is None or >= this node's id, and never a node we suspect.
-* `phase` is IDLE exactly when no timer is pending (`next_deadline()` is None).
+* `phase` is not IDLE only with a timer pending; in IDLE a pending timer is
+  the recheck of a node that won while it still trusted a higher one.
 * A `LeaderChanged` effect is emitted exactly when `leader` changes value.
 * ELECTION goes only to higher ids, COORDINATOR only to lower ids, OK only
   to the (lower) sender of an ELECTION.
@@ -135,6 +140,11 @@ class BullyNode:
             return []
         if self._phase is BullyPhase.ELECTING:
             return self._win(now)  # no higher node answered
+        if self._phase is BullyPhase.IDLE:  # the recheck set by _win()
+            self._deadline = None
+            if self._leader == self.id and self._higher_trusted():
+                return self.start_election(now)
+            return []
         return self.start_election(now)  # WAITING: the promised COORDINATOR never came
 
     def suspect(self, peer: NodeId, now: float) -> list[BullyEffect]:
@@ -226,7 +236,10 @@ class BullyNode:
 
     def _win(self, now: float) -> list[BullyEffect]:
         self._phase = BullyPhase.IDLE
-        self._deadline = None
+        # Winning by timeout while a higher node is still trusted means an
+        # ELECTION or OK was slow or lost (or that node is dead and not yet
+        # suspected): ask again later, until it answers or is suspected.
+        self._deadline = now + self.config.coordinator_timeout if self._higher_trusted() else None
         out: list[BullyEffect] = self._set_leader(self.id, now)
         out += [Send(p, BullyCoordinator(self.id)) for p in self._lower]
         return out + self._after_election(now)

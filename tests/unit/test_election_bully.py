@@ -213,3 +213,22 @@ def test_suspecting_the_leader_follows_the_highest_coordinator_it_had_ignored() 
     n.step(BullyCoordinator(NodeId(3)), 1.1)  # a staler one
     assert n.leader == 5
     assert n.suspect(NodeId(5), 2.0) == [LeaderChanged(NodeId(4), NodeId(5), 2.0)]
+
+
+def test_winning_while_a_higher_node_is_trusted_asks_again_later() -> None:
+    n = node(4)
+    n.start_election(0.0)
+    n.tick(1.0)  # no OK from 5 (slow, lost, or dead but not yet suspected): 4 wins
+    assert n.leader == 4 and n.next_deadline() == 4.0
+    assert n.tick(4.0) == [Send(NodeId(5), BullyElection(NodeId(4), 2))]
+    n.step(BullyCoordinator(NodeId(5)), 4.5)
+    assert n.leader == 5 and n.next_deadline() is None
+
+
+def test_no_recheck_once_the_higher_node_is_suspected() -> None:
+    n = node(4)
+    n.start_election(0.0)
+    n.tick(1.0)
+    n.suspect(NodeId(5), 2.0)
+    assert n.tick(4.0) == []
+    assert n.leader == 4 and n.next_deadline() is None

@@ -71,7 +71,7 @@ class BullyNode:
         self._lower = tuple(p for p in others if p < node_id)  # COORDINATOR goes here
         self._leader: NodeId | None = None  # our view of the coordinator
         self._phase = BullyPhase.IDLE
-        self._deadline: float | None = None  # when the pending OK/COORDINATOR wait ends
+        self._deadline: float | None = None  # end of the OK/COORDINATOR wait, or the recheck
         # Our election attempts are numbered so an OK answering an older
         # attempt (delayed) is not taken for an answer to the current one.
         # A driver restarting a node passes a first_round above any it used.

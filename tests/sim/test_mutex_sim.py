@@ -91,6 +91,21 @@ def test_planted_bug_replying_inside_the_cs_is_caught() -> None:
     assert any("two unexpired holders" in c for c in caught)
 
 
+class NeverReplies(RicartAgrawala):
+    """A liveness bug: requests are swallowed (every reply is deferred forever)."""
+
+    def _defers(self, msg: RaRequest) -> bool:
+        return True
+
+
+def test_the_quiet_period_catches_a_node_that_never_gets_in() -> None:
+    def never(me: NodeId, nodes: Sequence[NodeId], config: MutexConfig) -> RicartAgrawala:
+        return NeverReplies(me, nodes, LOCK, config)
+
+    with pytest.raises(SafetyViolation, match="never got in"):
+        run_mutex_sim(3, "ricart-agrawala", SimParams(faults=(3, 3)), factory=never)
+
+
 def test_same_seed_same_run() -> None:
     a = run_mutex_sim(7, "token-ring")
     b = run_mutex_sim(7, "token-ring")

@@ -82,9 +82,10 @@ def _buggy(me: NodeId, nodes: Sequence[NodeId], config: MutexConfig) -> RicartAg
 
 def test_planted_bug_replying_inside_the_cs_is_caught() -> None:
     caught = []
+    contended = SimParams(hold=(3, 8))  # longer stays inside: more requests arrive meanwhile
     for seed in range(30):
         try:
-            run_mutex_sim(seed, "ricart-agrawala", factory=_buggy)
+            run_mutex_sim(seed, "ricart-agrawala", contended, factory=_buggy)
         except SafetyViolation as exc:
             caught.append(str(exc))
     assert caught, "30 runs with the planted bug and no violation found"

@@ -53,6 +53,7 @@ import trio
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
+from coord.raft.logview import entry_size
 from coord.raft.messages import (
     AppendEntries,
     Heartbeat,
@@ -258,11 +259,25 @@ class RaftDriver(Generic[A]):
         """Applies committed entries in log order, then releases the reads queued
         behind them.  Runs beside the Ready loop, so the next Ready's persist (and
         its fsync) overlaps this apply's commit instead of waiting for it."""
-        async for entries, read_states in jobs:
+        budget = self.core.config.max_apply_bytes
+        async for first in jobs:
+            # Jobs that queued up while the last apply ran go in one transaction
+            # (one state-store fsync instead of one each), within the apply budget.
+            batch = [first]
+            size = sum(entry_size(e) for e in first[0])
+            while size < budget:
+                try:
+                    job = jobs.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(job)
+                size += sum(entry_size(e) for e in job[0])
+            entries = tuple(e for job_entries, _ in batch for e in job_entries)
             if entries:
                 self._settle(entries, await self._apply(entries))
-            for rs in read_states:
-                self._finish_read(rs.ctx, rs.index)
+            for _, read_states in batch:
+                for rs in read_states:
+                    self._finish_read(rs.ctx, rs.index)
 
     async def _apply(self, entries: Sequence[Entry]) -> Sequence[A]:
         """Apply in a worker thread.  When clients wait for some of these entries,

@@ -25,6 +25,7 @@ from coord.raft.messages import (
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
@@ -42,6 +43,7 @@ _TAGS: dict[type, int] = {
     HeartbeatResponse: 6,
     ReadIndexRequest: 7,
     ReadIndexResponse: 8,
+    TimeoutNow: 9,
 }
 
 
@@ -78,7 +80,8 @@ def _encode_one(m: Message) -> list[Any]:
     head = [_TAGS[type(m)], m.src, m.dst, m.term]
     match m:
         case RequestVote():
-            return [*head, m.last_log_index, m.last_log_term, m.pre_vote]
+            vote = [*head, m.last_log_index, m.last_log_term, m.pre_vote]
+            return [*vote, True] if m.transfer else vote  # old layout unless transferring
         case RequestVoteResponse():
             return [*head, m.granted, m.pre_vote]
         case AppendEntries():
@@ -94,6 +97,8 @@ def _encode_one(m: Message) -> list[Any]:
             return [*head, bytes(m.ctx)]
         case ReadIndexResponse():
             return [*head, bytes(m.ctx), m.index]
+        case TimeoutNow():
+            return head
 
 
 def _ids(raw: list[Any]) -> tuple[NodeId, NodeId, Term]:
@@ -102,7 +107,8 @@ def _ids(raw: list[Any]) -> tuple[NodeId, NodeId, Term]:
 
 def _d_vote(r: list[Any]) -> Message:
     s, d, t = _ids(r)
-    return RequestVote(s, d, t, LogIndex(_int(r[4])), Term(_int(r[5])), _bool(r[6]))
+    transfer = _bool(r[7]) if len(r) > 7 else False
+    return RequestVote(s, d, t, LogIndex(_int(r[4])), Term(_int(r[5])), _bool(r[6]), transfer)
 
 
 def _d_vote_resp(r: list[Any]) -> Message:
@@ -145,16 +151,21 @@ def _d_read_resp(r: list[Any]) -> Message:
     return ReadIndexResponse(s, d, t, ReadCtx(_bytes(r[4])), LogIndex(_int(r[5])))
 
 
-# tag -> (number of array items, decoder)
-_DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
-    1: (7, _d_vote),
-    2: (6, _d_vote_resp),
-    3: (8, _d_append),
-    4: (9, _d_append_resp),
-    5: (6, _d_hb),
-    6: (5, _d_hb_resp),
-    7: (5, _d_read),
-    8: (6, _d_read_resp),
+def _d_timeout_now(r: list[Any]) -> Message:
+    return TimeoutNow(*_ids(r))
+
+
+# tag -> (accepted numbers of array items, decoder)
+_DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
+    1: ((7, 8), _d_vote),
+    2: ((6,), _d_vote_resp),
+    3: ((8,), _d_append),
+    4: ((9,), _d_append_resp),
+    5: ((6,), _d_hb),
+    6: ((5,), _d_hb_resp),
+    7: ((5,), _d_read),
+    8: ((6,), _d_read_resp),
+    9: ((4,), _d_timeout_now),
 }
 
 
@@ -179,8 +190,8 @@ def decode_batch(payload: bytes) -> list[Message]:
         found = _DECODERS.get(item[0])
         if found is None:
             raise CodecError(f"unknown message tag {item[0]}")
-        size, decode = found
-        if len(item) != size:
-            raise CodecError(f"message tag {item[0]} needs {size} items, got {len(item)}")
+        sizes, decode = found
+        if len(item) not in sizes:
+            raise CodecError(f"message tag {item[0]} needs {sizes} items, got {len(item)}")
         out.append(decode(item))
     return out

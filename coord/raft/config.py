@@ -3,6 +3,8 @@
 Invariants enforced by `validate()`:
 * 0 < heartbeat_interval < election_timeout_min <= election_timeout_max, so a live
   leader's heartbeats reach followers several times per election timeout;
+* lease reads (if on) last election_timeout_min - clock_drift_bound > 0 and
+  need check-quorum;
 * the byte and count limits are positive, so replication always makes progress
   (one entry larger than `max_append_bytes` is still sent alone).
 
@@ -32,6 +34,12 @@ class RaftConfig:
     max_apply_bytes: int = 4 << 20  # committed payload handed out per Ready
     check_quorum: bool = True  # leader steps down without a recent majority (§6.2)
     pre_vote: bool = True  # pre-vote phase before a real election (thesis §9.6)
+    # Leader-lease reads (thesis §6.4.1, coord/raft/lease.py): off by default; safe only
+    # if no two members' clocks disagree by more than clock_drift_bound over one
+    # election_timeout_min.  Needs check_quorum (a leader without a quorum steps down).
+    lease_reads: bool = False
+    clock_drift_bound: float = 0.1  # same unit as the timeouts
+    max_learner_lag: int = 1000  # a learner further behind than this is not promoted
 
     def validate(self) -> RaftConfig:
         """Return self if consistent, else raise ConfigError naming the broken relation."""
@@ -45,7 +53,15 @@ class RaftConfig:
                 f"election_timeout_max ({self.election_timeout_max}) < "
                 f"election_timeout_min ({self.election_timeout_min})"
             )
+        if self.lease_reads and not (
+            self.check_quorum and 0 <= self.clock_drift_bound < self.election_timeout_min
+        ):
+            raise ConfigError(
+                "lease_reads needs check_quorum and 0 <= clock_drift_bound "
+                f"({self.clock_drift_bound}) < election_timeout_min ({self.election_timeout_min})"
+            )
         for name in (
+            "max_learner_lag",
             "max_append_entries",
             "max_append_bytes",
             "max_inflight",

@@ -17,6 +17,18 @@ Safety invariants this module maintains (fig. 2 and §5):
 * every message is emitted after the state it depends on is in the same or
   an earlier Ready, so persist-before-send in the driver is sufficient.
 
+Membership (thesis §4, `coord.raft.membership`): single-server changes as
+CONFIG entries, in force once appended; learners receive the log but are
+never counted in a quorum; a node that is not a voter in its configuration
+never campaigns; a leader that removed itself does not count its own replica
+and steps down once the removal commits.  Messages from nodes outside the
+configuration are processed (a joining node learns its configuration from
+the leader's log), except vote requests: a candidate must be a voter in our
+configuration (so a removed node cannot disrupt), and quorums only count
+voters.  Leadership transfer (§3.10): while a transfer runs the leader takes
+no proposals; it sends TimeoutNow once the target is caught up and gives up
+after an election timeout.  Optional leader-lease reads: `coord.raft.lease`.
+
 Liveness extensions: pre-vote (thesis §9.6), check-quorum (§6.2), leader
 stickiness (§4.2.3: ignore vote requests while a leader was heard from within
 the minimum election timeout), fast log backtracking, batching, pipelining
@@ -29,10 +41,20 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from coord.raft.config import RaftConfig
+from coord.raft.lease import LeaderLease
 from coord.raft.logview import LogUnavailable, LogView, entry_size
+from coord.raft.membership import (
+    ChangeKind,
+    ConfChange,
+    Membership,
+    MembershipError,
+    apply_change,
+    config_entry,
+    tracker_from_log,
+)
 from coord.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -44,6 +66,7 @@ from coord.raft.messages import (
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 from coord.raft.progress import Progress, ProgressState
 from coord.raft.quorum import MajorityConfig, VoteResult
@@ -57,8 +80,11 @@ from coord.raft.ready import (
     ReadQueued,
     ReadResult,
     Ready,
+    Refused,
     Role,
     SoftState,
+    TransferResult,
+    TransferStarted,
 )
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
@@ -98,12 +124,17 @@ class RaftNode:
         rng: random.Random,
         now: float,
         applied: LogIndex = _NO_INDEX,
+        membership: Membership | None = None,
     ) -> None:
         self.id = node_id
         self.config = config.validate()
         self.rng = rng
-        self.voters = MajorityConfig(frozenset({node_id, *peers}))
-        self.peers: tuple[NodeId, ...] = tuple(sorted(self.voters.voters - {node_id}))
+        # `membership` is the bootstrap configuration (default: `peers` and self as
+        # voters); CONFIG entries in the log override it (membership.tracker_from_log).
+        base = membership if membership is not None else Membership.of({node_id, *peers})
+        self.conf = tracker_from_log(log, hard_state.commit, base)
+        self.voters = MajorityConfig(self.conf.current.voters)  # quorums count these only
+        self.peers = tuple(sorted(self.conf.current.members - {node_id}))  # learners too
         self.term = hard_state.term  # latest term seen (persisted)
         self.vote = hard_state.vote  # candidate voted for in `term` (persisted)
         self.log = RaftLog(log, hard_state.commit, applied)
@@ -119,6 +150,10 @@ class RaftNode:
         self.uncommitted: deque[tuple[LogIndex, int]] = deque()  # LEADER: own uncommitted sizes
         self.uncommitted_bytes = 0
         self.reads = ReadIndexTracker()
+        self.transfer_target: NodeId | None = None  # LEADER: handing over to this voter
+        self.transfer_deadline = 0.0  # LEADER: abort the transfer at this time
+        self.lease = LeaderLease(config.election_timeout_min - config.clock_drift_bound)
+        self._now = now  # the latest time seen (tick/step): never later than real time
         self._outbox: list[Message] = []
         self._failed_reads: list[ReadCtx] = []
         self._needs_flush = False  # LEADER: appends/read rounds may be due at ready()
@@ -133,11 +168,16 @@ class RaftNode:
             Role.LEADER: self._step_leader,
         }
         self._reset_election_timer(now)
+        if config.lease_reads:
+            # A restarted member may have acknowledged a lease just before it crashed:
+            # it grants no vote for one election timeout (see _in_lease).
+            self.last_leader_contact = now
         self._note(now, f"start term={self.term} vote={self.vote} commit={self.log.committed}")
 
     # ------------------------------------------------------------------ inputs
     def tick(self, now: float) -> None:
         """Advance timers to `now`: heartbeats and check-quorum (leader), elections (others)."""
+        self._now = max(self._now, now)
         if self.role is Role.LEADER:
             if now >= self.heartbeat_deadline:
                 self.heartbeat_deadline = now + self.config.heartbeat_interval
@@ -145,13 +185,22 @@ class RaftNode:
             if self.config.check_quorum and now >= self.quorum_deadline:
                 self.quorum_deadline = now + self.config.election_timeout_min
                 self._check_quorum(now)
+            if self.transfer_target is not None and now >= self.transfer_deadline:
+                self._note(now, f"transfer to {self.transfer_target} timed out")
+                self.transfer_target = None
         elif now >= self.election_deadline:
-            self._campaign(now, pre_vote=self.config.pre_vote)
+            if self.id in self.voters.voters:
+                self._campaign(now, pre_vote=self.config.pre_vote)
+            else:
+                self._reset_election_timer(now)  # learners and removed nodes never campaign
 
     def step(self, msg: Message, now: float) -> None:
         """Handle one message from a peer (duplicates, delays and reordering are fine)."""
-        if msg.dst != self.id or msg.src not in self.voters.voters or msg.src == self.id:
+        if msg.dst != self.id or msg.src == self.id:
             return
+        if isinstance(msg, RequestVote) and msg.src not in self.voters.voters:
+            return  # not a voter in our configuration (removed, or a learner): no disruption
+        self._now = max(self._now, now)
         if msg.term > self.term:
             if not self._adopt_higher_term(msg, now):
                 return
@@ -167,6 +216,8 @@ class RaftNode:
         """Append a command if leader; the caller learns its fate from the applied entry."""
         if self.role is not Role.LEADER:
             return NotLeader(self.leader)
+        if self.transfer_target is not None:
+            return Refused(f"leadership transfer to {self.transfer_target} in progress")
         entry = Entry(self.term, LogIndex(self.log.last_index() + 1), EntryKind.COMMAND, data)
         limit = self.config.max_uncommitted_bytes
         if self.uncommitted_bytes and self.uncommitted_bytes + entry_size(entry) > limit:
@@ -174,9 +225,14 @@ class RaftNode:
         self._leader_append(entry)
         return Proposed(entry.index, entry.term)
 
-    def read_index(self, ctx: ReadCtx) -> ReadResult:
-        """Start a linearizable read; its ReadState appears in a later Ready (thesis §6.4)."""
+    def read_index(self, ctx: ReadCtx, now: float | None = None) -> ReadResult:
+        """Start a linearizable read; its ReadState appears in a later Ready (thesis §6.4).
+
+        With `lease_reads` and the current time `now`, a leader holding a valid
+        lease answers from its commit index without a heartbeat round (§6.4.1)."""
         if self.role is Role.LEADER:
+            if now is not None and self._lease_read(ctx, self.id, now):
+                return ReadQueued(ctx)
             self.reads.request(PendingRead(ctx, self.id), self._committed_in_term())
             self._needs_flush = True
             return ReadQueued(ctx)
@@ -184,6 +240,54 @@ class RaftNode:
             self._send(ReadIndexRequest(self.id, self.leader, self.term, ctx))
             return ReadQueued(ctx)
         return NotLeader(None)
+
+    def propose_conf_change(self, change: ConfChange) -> ProposeResult:
+        """Propose a single-server membership change (thesis §4.1); see membership.py."""
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if self.transfer_target is not None:
+            return Refused(f"leadership transfer to {self.transfer_target} in progress")
+        if not self._committed_in_term():
+            return Refused("the leader has not committed an entry of its term yet; retry")
+        self.conf.commit_to(self.log.committed)
+        if self.conf.has_pending:
+            return Refused("another configuration change is not committed yet; retry")
+        try:
+            new = apply_change(self.conf.current, change)
+        except MembershipError as exc:
+            return Refused(str(exc))
+        lag = self._learner_lag(change)
+        if lag is not None:
+            return Refused(lag)
+        entry = config_entry(self.term, LogIndex(self.log.last_index() + 1), new)
+        self._leader_append(entry)
+        self._config_appended([entry])
+        return Proposed(entry.index, entry.term)
+
+    def transfer_leadership(self, target: NodeId | None, now: float) -> TransferResult:
+        """Hand leadership to `target` (None: the most caught-up voter), thesis §3.10."""
+        if self.role is not Role.LEADER:
+            return NotLeader(self.leader)
+        if target is None:
+            others = [p for p in self.voters.voters if p != self.id and p in self.progress]
+            if not others:
+                return Refused("no other voter to transfer leadership to")
+            target = max(others, key=lambda p: (self.progress[p].match, -p))
+        if target == self.id:
+            return Refused(f"node {target} is already the leader")
+        if target not in self.voters.voters or target not in self.progress:
+            return Refused(f"node {target} is not a voter")
+        self.transfer_target = target
+        self.transfer_deadline = now + self.config.election_timeout_min
+        self.lease.reset()  # the target will bypass stickiness: no lease may survive
+        self._note(now, f"transfer to {target} started")
+        self._maybe_timeout_now(target)
+        return TransferStarted(target)
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force on this node (the newest CONFIG entry in its log)."""
+        return self.conf.current
 
     # ------------------------------------------------------------------ outputs
     def has_ready(self) -> bool:
@@ -205,6 +309,7 @@ class RaftNode:
         """Collect every pending effect; the driver handles it, then calls advance()."""
         if self._outstanding is not None:
             raise ReadyOutstanding("advance() the previous Ready first")
+        self.conf.commit_to(self.log.committed)
         if self._needs_flush and self.role is Role.LEADER:
             self._flush()
         self._needs_flush = False
@@ -281,7 +386,7 @@ class RaftNode:
     def _adopt_higher_term(self, msg: Message, now: float) -> bool:
         """Fig. 2 "all servers": a higher term makes us a follower; False = drop msg."""
         if isinstance(msg, RequestVote):
-            if self._in_lease(now):
+            if self._in_lease(now) and not msg.transfer:
                 return False  # leader stickiness: a live leader exists, ignore the disruption
             if msg.pre_vote:
                 return True  # a pre-vote never changes our term
@@ -303,9 +408,8 @@ class RaftNode:
         if self.role is Role.LEADER:
             return True
         return (
-            self.leader is not None
-            and now - self.last_leader_contact < self.config.election_timeout_min
-        )
+            self.leader is not None or self.config.lease_reads
+        ) and now - self.last_leader_contact < self.config.election_timeout_min
 
     def _set_role(self, now: float, role: Role, why: str) -> None:
         if role not in _TRANSITIONS[self.role]:
@@ -331,6 +435,8 @@ class RaftNode:
         self.uncommitted.clear()
         self.uncommitted_bytes = 0
         self._needs_flush = False
+        self.transfer_target = None
+        self.lease.reset()
         self._failed_reads.extend(r.ctx for r in self.reads.abandon() if r.origin == self.id)
 
     def _reset_election_timer(self, now: float) -> None:
@@ -341,7 +447,7 @@ class RaftNode:
         self._history.append(f"t={now:g} {what}")
 
     # ------------------------------------------------------------------ elections
-    def _campaign(self, now: float, pre_vote: bool) -> None:
+    def _campaign(self, now: float, pre_vote: bool, transfer: bool = False) -> None:
         """Election timeout elapsed (§5.2), or a pre-vote round was won (§9.6)."""
         if pre_vote:
             self._set_role(now, Role.PRE_CANDIDATE, "election timeout")
@@ -354,8 +460,8 @@ class RaftNode:
         self.votes = {self.id: True}
         self._reset_election_timer(now)
         last_index, last_term = self.log.last_index(), self.log.last_term()
-        for peer in self.peers:
-            self._send(RequestVote(self.id, peer, term, last_index, last_term, pre_vote))
+        for peer in sorted(self.voters.voters - {self.id}):
+            self._send(RequestVote(self.id, peer, term, last_index, last_term, pre_vote, transfer))
         self._tally(now)
 
     def _handle_vote_request(self, m: RequestVote, now: float) -> None:
@@ -395,6 +501,7 @@ class RaftNode:
         self.votes = {}
         last = self.log.last_index()
         self.progress = {p: Progress(last) for p in self.peers}
+        self.lease.reset()
         self.heartbeat_deadline = now + self.config.heartbeat_interval
         self.quorum_deadline = now + self.config.election_timeout_min
         # §5.4.2 / §8: a no-op of our term lets us commit (and serve reads) soon.
@@ -412,6 +519,11 @@ class RaftNode:
             self._send(HeartbeatResponse(self.id, m.src, self.term, m.read_round))
         elif isinstance(m, ReadIndexResponse):
             self.reads.waiting_apply.append(ReadState(m.ctx, m.index))
+        elif isinstance(m, TimeoutNow) and self.id in self.voters.voters:
+            # §3.10: our leader hands over; campaign now, skipping pre-vote, and let
+            # the voters ignore stickiness (they still check our log is up to date).
+            self._note(now, f"TimeoutNow from {m.src}")
+            self._campaign(now, pre_vote=False, transfer=True)
 
     def _step_candidate(self, m: Message, now: float) -> None:
         if isinstance(m, AppendEntries | Heartbeat):
@@ -426,6 +538,8 @@ class RaftNode:
 
     def _step_leader(self, m: Message, now: float) -> None:
         if isinstance(m, ReadIndexRequest):
+            if self._lease_read(m.ctx, m.src, now):
+                return
             self.reads.request(PendingRead(m.ctx, m.src), self._committed_in_term())
             self._needs_flush = True
             return
@@ -438,6 +552,8 @@ class RaftNode:
         elif isinstance(m, HeartbeatResponse) and m.read_round > pr.read_round:
             pr.read_round = m.read_round
             self._confirm_reads()
+            if self.config.lease_reads:
+                self.lease.acked(self.voters.quorum_value(self._read_acks()))
 
     def _heard_from_leader(self, leader: NodeId, now: float) -> None:
         self.leader = leader
@@ -460,6 +576,7 @@ class RaftNode:
             prev, prev_term, entries = committed, self.log.term(committed), entries[skip:]
         match = self.log.maybe_append(prev, prev_term, entries)
         if match is not None:
+            self._config_appended(entries)
             self.log.commit_to(LogIndex(min(m.leader_commit, match)))
             self._send(reply(self.id, m.src, self.term, True, match_index=match))
             return
@@ -481,6 +598,8 @@ class RaftNode:
         if m.success:
             if pr.acked(m.match_index):
                 self._maybe_commit()
+                if m.src == self.transfer_target:
+                    self._maybe_timeout_now(m.src)
         else:
             retry = self.log.find_conflict_by_term(m.hint_index, m.hint_term) + 1
             pr.rejected(m.reject_index, LogIndex(retry))
@@ -514,6 +633,9 @@ class RaftNode:
         if not had_term_commit and self._committed_in_term():
             self.reads.term_committed()
         self._needs_flush = True
+        self.conf.commit_to(index)
+        if self.id not in self.conf.committed.voters:
+            self._step_down_removed()
 
     def _committed_in_term(self) -> bool:
         return self.role is Role.LEADER and self.log.committed >= self.term_start
@@ -564,7 +686,16 @@ class RaftNode:
         self._broadcast_heartbeats()
         self._needs_flush = True  # a probe may be due again
 
+    def _read_acks(self) -> dict[NodeId, int]:
+        acked = {p: pr.read_round for p, pr in self.progress.items()}
+        acked[self.id] = self.reads.last_round
+        return acked
+
     def _broadcast_heartbeats(self) -> None:
+        if self.config.lease_reads and self.transfer_target is None:
+            # Every broadcast is a new round, so an ack dates the follower's contact.
+            self.reads.last_round += 1
+            self.lease.sent(self.reads.last_round, self._now)
         commit, round_id = self.log.committed, self.reads.last_round
         for peer, pr in self.progress.items():
             self._send(Heartbeat(self.id, peer, self.term, min(commit, pr.match), round_id))
@@ -573,9 +704,7 @@ class RaftNode:
         """Release every read round acknowledged by a quorum (ourselves included)."""
         if not self.reads.rounds:
             return
-        acked = {p: pr.read_round for p, pr in self.progress.items()}
-        acked[self.id] = self.reads.last_round
-        confirmed = self.voters.quorum_value(acked)
+        confirmed = self.voters.quorum_value(self._read_acks())
         for read in self.reads.confirm(confirmed):
             if read.origin == self.id:
                 self.reads.waiting_apply.append(ReadState(read.ctx, read.index))
@@ -589,6 +718,71 @@ class RaftNode:
             pr.recent_active = False
         if not self.voters.has_quorum(active):
             self._become_follower(now, self.term, None, "check-quorum failed")
+
+    # ------------------------------------------------------------------ membership, transfer
+    def _use_membership(self) -> None:
+        """Make the configuration in force the one quorums and replication use."""
+        m = self.conf.current
+        self.voters = MajorityConfig(m.voters)
+        self.peers = tuple(sorted(m.members - {self.id}))
+        if self.role is Role.LEADER:
+            last = self.log.last_index()
+            for p in self.peers:
+                self.progress.setdefault(p, Progress(last))
+            for p in [p for p in self.progress if p not in m.members]:
+                del self.progress[p]
+            if self.transfer_target is not None and self.transfer_target not in m.voters:
+                self.transfer_target = None
+
+    def _config_appended(self, entries: Sequence[Entry]) -> None:
+        """CONFIG entries take effect when appended, and lapse when truncated away."""
+        dropped = self.conf.truncated(self.log.term, self.log.last_index())
+        kept = [e for e in entries if e.kind is EntryKind.CONFIG]
+        added = self.conf.appended([e for e in kept if self.log.match_term(e.index, e.term)])
+        if dropped or added:
+            self._use_membership()
+            m = self.conf.current
+            self._note(self._now, f"config voters={sorted(m.voters)} learners={sorted(m.learners)}")
+            if self.role is Role.LEADER:
+                self._maybe_commit()  # a smaller quorum may commit at once
+
+    def _learner_lag(self, change: ConfChange) -> str | None:
+        """Why promoting `change.node` must wait, or None (thesis §4.2.1: catch up first)."""
+        if change.kind is not ChangeKind.PROMOTE:
+            return None
+        pr = self.progress.get(change.node)
+        behind = self.log.last_index() - (pr.match if pr is not None else 0)
+        if behind > self.config.max_learner_lag:
+            return (
+                f"learner {change.node} is {behind} entries behind the leader "
+                f"(limit {self.config.max_learner_lag}); promote it once it has caught up"
+            )
+        return None
+
+    def _maybe_timeout_now(self, target: NodeId) -> None:
+        pr = self.progress.get(target)
+        if pr is not None and pr.match == self.log.last_index():
+            self._send(TimeoutNow(self.id, target, self.term))
+
+    def _step_down_removed(self) -> None:
+        """Our removal committed: hand over to the most caught-up voter and leave."""
+        best = [p for p in self.voters.voters if p in self.progress]
+        if best:
+            self._maybe_timeout_now(max(best, key=lambda p: (self.progress[p].match, -p)))
+        self._become_follower(self._now, self.term, None, "removed from the configuration")
+
+    def _lease_read(self, ctx: ReadCtx, origin: NodeId, now: float) -> bool:
+        """Serve a read under the leader lease (§6.4.1) if one is held; False otherwise."""
+        if not (self.config.lease_reads and self._committed_in_term()):
+            return False
+        if self.transfer_target is not None or not self.lease.valid(now):
+            return False
+        index = self.log.committed
+        if origin == self.id:
+            self.reads.waiting_apply.append(ReadState(ctx, index))
+        else:
+            self._send(ReadIndexResponse(self.id, origin, self.term, ctx, index))
+        return True
 
     # ------------------------------------------------------------------ helpers
     def _send(self, msg: Message) -> None:

@@ -5,8 +5,9 @@ compares terms before anything else (fig. 2, "Rules for all servers").  A
 message never carries mutable state, so the driver may encode, duplicate,
 delay or drop it freely: the protocol tolerates all of these.
 
-Seams for Raft part 2 (not implemented): InstallSnapshot, TimeoutNow and a
-`transfer` flag on RequestVote that bypasses leader stickiness.
+Leadership transfer (thesis §3.10): `TimeoutNow` tells a caught-up voter to
+campaign at once, and its RequestVote carries `transfer=True`, which lets it
+bypass leader stickiness (the old leader asked for it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RequestVote:
     last_log_index: LogIndex
     last_log_term: Term
     pre_vote: bool = False
+    transfer: bool = False  # sent on a leader's TimeoutNow: receivers ignore stickiness
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,16 @@ class ReadIndexResponse:
     index: LogIndex
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """The leader hands over: the receiver (a voter as up to date as the leader)
+    starts a real election immediately, skipping pre-vote."""
+
+    src: NodeId
+    dst: NodeId
+    term: Term
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -131,4 +143,5 @@ Message = (
     | HeartbeatResponse
     | ReadIndexRequest
     | ReadIndexResponse
+    | TimeoutNow
 )

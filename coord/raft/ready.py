@@ -87,5 +87,22 @@ class ReadQueued:
     ctx: ReadCtx
 
 
-ProposeResult = Proposed | NotLeader | Overloaded
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The leader will not take this proposal now: `reason` says why (a configuration
+    change in progress, a leadership transfer, a learner not caught up...)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStarted:
+    """Leadership is being handed to `target`; the transfer aborts after an election
+    timeout if the target has not taken over by then."""
+
+    target: NodeId
+
+
+ProposeResult = Proposed | NotLeader | Overloaded | Refused
+TransferResult = TransferStarted | NotLeader | Refused
 ReadResult = ReadQueued | NotLeader

@@ -633,7 +633,9 @@ class RaftNode:
         if not had_term_commit and self._committed_in_term():
             self.reads.term_committed()
         self._needs_flush = True
-        self.conf.commit_to(index)
+        if self.conf.has_pending and self.conf.pending[0][0] <= index:
+            self.conf.commit_to(index)
+            self._use_membership()  # stop replicating to nodes whose removal committed
         if self.id not in self.conf.committed.voters:
             self._step_down_removed()
 
@@ -729,7 +731,10 @@ class RaftNode:
             last = self.log.last_index()
             for p in self.peers:
                 self.progress.setdefault(p, Progress(last))
-            for p in [p for p in self.progress if p not in m.members]:
+            # A removed node keeps receiving the log until its removal commits, so it
+            # usually learns it was removed (and stops campaigning).
+            keep = m.members | self.conf.committed.members
+            for p in [p for p in self.progress if p not in keep]:
                 del self.progress[p]
             if self.transfer_target is not None and self.transfer_target not in m.voters:
                 self.transfer_target = None

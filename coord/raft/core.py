@@ -189,10 +189,13 @@ class RaftNode:
                 self._note(now, f"transfer to {self.transfer_target} timed out")
                 self.transfer_target = None
         elif now >= self.election_deadline:
-            if self.id in self.voters.voters:
+            # Thesis §4.2.2: a node whose removal is not committed may still be needed
+            # to elect a leader (it may hold the longest log); its own vote does not
+            # count.  Learners and nodes whose removal committed never campaign.
+            if self.id in self.voters.voters or self.id in self.conf.committed.voters:
                 self._campaign(now, pre_vote=self.config.pre_vote)
             else:
-                self._reset_election_timer(now)  # learners and removed nodes never campaign
+                self._reset_election_timer(now)
 
     def step(self, msg: Message, now: float) -> None:
         """Handle one message from a peer (duplicates, delays and reordering are fine)."""

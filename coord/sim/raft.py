@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
+from coord.raft.membership import Membership
 from coord.raft.memlog import MemLog
 from coord.raft.messages import Message, ReadCtx
 from coord.raft.readindex import ReadState
@@ -120,7 +121,8 @@ class RaftSim:
         self.p = params
         self.node_cls = node_cls
         self.rng = random.Random(params.seed)
-        self.ids = [NodeId(i) for i in range(1, params.nodes + 1)]
+        self.ids = [NodeId(i) for i in range(1, params.nodes + 1)]  # grows when nodes join
+        self.bootstrap_ids = tuple(self.ids)  # the initial voters
         net_cfg = NetConfig(
             drop=self.rng.choice([0.0, 0.01, 0.03, 0.08]),
             duplicate=self.rng.choice([0.0, 0.02, 0.05]),
@@ -133,7 +135,7 @@ class RaftSim:
         self.disks = {i: self.disk_cls() for i in self.ids}
         self.cores: dict[NodeId, RaftNode | None] = dict.fromkeys(self.ids)
         self.applied: dict[NodeId, list[Entry]] = {i: [] for i in self.ids}
-        self.checker = RaftChecker(quorum=params.nodes // 2 + 1)
+        self.checker = RaftChecker(self.ids)
         self.report = SimReport(params.seed, params.nodes)
         self.trace: deque[tuple[int, str, object]] = deque(maxlen=40)
         self.now = 0
@@ -207,12 +209,13 @@ class RaftSim:
         for k in range(1, self.p.convergence_ticks + 1):
             self._tick(self.p.ticks + k, clients=False)
             target = max(self.acked_max, self.checker.commit_index)
-            if all(len(self.applied[i]) >= target for i in self.ids):
+            members = self.checker.membership.members  # removed nodes need not catch up
+            if all(len(self.applied[i]) >= target for i in members):
                 break
         else:
-            lag = {i: len(self.applied[i]) for i in self.ids}
+            lag = {i: len(self.applied[i]) for i in members}
             raise SafetyViolation(f"no progress after healing: applied {lag}, target {target}")
-        for nid in self.ids:
+        for nid in members:
             sm = self.applied[nid]
             for index, data in self.acked.items():
                 if sm[index - 1].data != data:
@@ -225,17 +228,23 @@ class RaftSim:
         disk = self.disks[nid]
         core = self.node_cls(
             nid,
-            self.ids,
+            self.bootstrap_ids,
             self.p.raft,
             log=disk.log,
             hard_state=disk.hard,
             rng=random.Random(self.p.seed * 1009 + nid * 7919 + self.now),
             now=float(self.now),
+            membership=self._bootstrap_membership(nid),
         )
         self.cores[nid] = core
         self.applied[nid] = []
         self.checker.restarted(nid, disk.hard.commit)
         self.trace.append((self.now, "start", f"node {nid} {disk.hard}"))
+
+    def _bootstrap_membership(self, nid: NodeId) -> Membership | None:
+        """The configuration a node starts from before its log says otherwise
+        (None: the original members; membership sims give joiners an empty one)."""
+        return None
 
     def _process(self, nid: NodeId, core: RaftNode) -> None:
         """The driver loop for one node: persist → send → apply → advance.
@@ -258,7 +267,7 @@ class RaftSim:
     def _check_durable(self) -> None:
         if self._durable_changed or self.checker.commit_index != self._durable_checked:
             # Re-evaluated whenever an input changed (an fsync, a crash, a new commit).
-            self.checker.durable_majority(d.durable_log for d in self.disks.values())
+            self.checker.durable_majority({i: d.durable_log for i, d in self.disks.items()})
             self._durable_changed, self._durable_checked = False, self.checker.commit_index
 
     def _release_held(self) -> None:

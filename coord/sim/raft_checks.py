@@ -40,8 +40,8 @@ class SafetyViolation(AssertionError):
 class RaftChecker:
     __slots__ = (
         "commit_term",
-        "committed",
         "commit_voters",
+        "committed",
         "committed_configs",
         "configs",
         "entry_chain",

@@ -1,4 +1,5 @@
-"""`ddfs raft status`: term, role, leader, commit/applied index, lag per follower."""
+"""`ddfs raft status`: voters and learners, then term, role, leader, commit/applied
+index and lag per follower for each member."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0 if all("error" not in r for r in rows) else 1
+    voting = next((r for r in rows if "voters" in r), None)
+    if voting is not None:
+        print(f"voters: {voting['voters']}  learners: {voting['learners']}")
     print(f"{'id':>3} {'address':<21} {'role':<13} {'term':>5} {'leader':>6} "
           f"{'commit':>8} {'applied':>8} {'skew ms':>14}  lag")
     for r in rows:

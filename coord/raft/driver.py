@@ -21,6 +21,10 @@ Invariants:
   duplicates.
 * Outgoing messages go through one bounded queue per peer; a full queue or a
   dead peer drops messages, which Raft tolerates (it retransmits on its own).
+* The peers are the other members of the configuration in force (the newest
+  CONFIG entry in the log): after each Ready the driver starts a sender for a
+  new member and stops the sender of a removed one, and tells its listeners
+  (`on_membership`) so the transport and the services learn new addresses.
 """
 
 from __future__ import annotations
@@ -36,8 +40,18 @@ import trio
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
+from coord.raft.membership import ConfChange, Membership
 from coord.raft.messages import Message, ReadCtx, RequestVoteResponse
-from coord.raft.ready import NotLeader, Overloaded, Proposed, ReadQueued, Ready, Role
+from coord.raft.ready import (
+    NotLeader,
+    Overloaded,
+    Proposed,
+    ReadQueued,
+    Ready,
+    Refused,
+    Role,
+    TransferStarted,
+)
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
 
@@ -83,7 +97,11 @@ class ProposalLost(RaftUnavailable):
 
 
 class Busy(RaftUnavailable):
-    """The leader holds too many uncommitted bytes; retry shortly."""
+    """The leader holds too many uncommitted bytes, or a transfer runs; retry shortly."""
+
+
+class ChangeRefused(RaftUnavailable):
+    """The leader refused a membership change or a transfer; the message says why."""
 
 
 @dataclass(slots=True)
@@ -111,6 +129,8 @@ class DriverStatus:
     last_index: int
     peers: tuple[NodeId, ...]
     match: Mapping[NodeId, int]  # leader only: replicated index per follower
+    voters: tuple[NodeId, ...] = ()
+    learners: tuple[NodeId, ...] = ()
 
 
 class RaftDriver(Generic[A]):
@@ -127,7 +147,10 @@ class RaftDriver(Generic[A]):
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = trio.current_time,
+        membership: Membership | None = None,
     ) -> None:
+        """`membership` is the bootstrap configuration (default: `peers` as voters;
+        `Membership.of(())` for a node joining an existing cluster)."""
         self.id = node_id
         self._storage = storage
         self._fsm = fsm
@@ -140,9 +163,12 @@ class RaftDriver(Generic[A]):
         self.core = RaftNode(
             node_id, peers, config, log=storage, hard_state=hs,
             rng=rng if rng is not None else random.Random(),
-            now=clock(), applied=applied,
+            now=clock(), applied=applied, membership=membership,
         )
-        self._peers = tuple(p for p in peers if p != node_id)
+        self._membership = self.core.membership
+        self._peers = self.core.peers
+        self.on_membership: list[Callable[[Membership], None]] = []  # called on every change
+        self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._proposals: dict[LogIndex, _Waiter[A]] = {}
         self._reads: dict[ReadCtx, _ReadWaiter] = {}
@@ -157,12 +183,32 @@ class RaftDriver(Generic[A]):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled."""
         async with trio.open_nursery() as nursery:
-            for peer in self._peers:
-                send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
-                self._outboxes[peer] = send
-                nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+            self._nursery = nursery
+            self._sync_peers()
             task_status.started()
             await self._loop()
+
+    def _sync_peers(self) -> None:
+        """One sender per other member of the configuration in force."""
+        assert self._nursery is not None
+        for peer in self._peers:
+            if peer not in self._outboxes:
+                send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
+                self._outboxes[peer] = send
+                self._nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+        for peer in [p for p in self._outboxes if p not in self._peers]:
+            self._outboxes.pop(peer).close()  # its sender drains what is queued, then ends
+
+    def _note_membership(self) -> None:
+        m = self.core.membership
+        if m == self._membership:
+            return
+        log.info("node %d: configuration voters=%s learners=%s", self.id,
+                 sorted(m.voters), sorted(m.learners))
+        self._membership, self._peers = m, self.core.peers
+        for listener in self.on_membership:
+            listener(m)  # before the senders start, so they find the new addresses
+        self._sync_peers()
 
     async def _loop(self) -> None:
         while True:
@@ -203,6 +249,7 @@ class RaftDriver(Generic[A]):
         for ctx in rd.failed_reads:
             self._finish_read(ctx, None)
         self._note_leader(rd)
+        self._note_membership()
 
     def _note_leader(self, rd: Ready) -> None:
         leader = rd.soft_state.leader
@@ -288,6 +335,8 @@ class RaftDriver(Generic[A]):
                 raise RaftUnavailable("not the leader", hint)
             case Overloaded(used, limit):
                 raise Busy(f"{used} uncommitted bytes (limit {limit})", self.id)
+            case Refused(reason):
+                raise Busy(reason, self.id)
             case Proposed(index, term):
                 waiter: _Waiter[A] = _Waiter(term)
                 self._proposals[index] = waiter
@@ -301,6 +350,56 @@ class RaftDriver(Generic[A]):
             raise ProposalLost(f"entry {index} was overwritten by a new leader", self.leader)
         return waiter.result
 
+    async def change_membership(self, change: ConfChange) -> LogIndex:
+        """Propose a single-server membership change; return its index once applied here.
+
+        Raises RaftUnavailable (not leader), ChangeRefused (with the reason) or
+        ProposalLost.  The caller bounds the wait with its own deadline."""
+        result = self.core.propose_conf_change(change)
+        match result:
+            case NotLeader(hint):
+                raise RaftUnavailable("not the leader", hint)
+            case Refused(reason):
+                raise ChangeRefused(reason, self.id)
+            case Overloaded():
+                raise Busy("too many uncommitted bytes", self.id)
+            case Proposed(index, term):
+                waiter: _Waiter[A] = _Waiter(term)
+                self._proposals[index] = waiter
+        self._wake.set()
+        try:
+            await waiter.done.wait()
+        finally:
+            if not waiter.done.is_set():
+                self._proposals.pop(index, None)
+        if waiter.lost:
+            raise ProposalLost(f"entry {index} was overwritten by a new leader", self.leader)
+        return index
+
+    async def transfer_leadership(self, target: NodeId | None) -> NodeId:
+        """Hand leadership to `target` (None: the most caught-up voter); return the
+        new leader once this node has seen it.  Raises RaftUnavailable (not leader),
+        ChangeRefused, or RaftUnavailable again if the transfer timed out."""
+        result = self.core.transfer_leadership(target, self._clock())
+        match result:
+            case NotLeader(hint):
+                raise RaftUnavailable("not the leader", hint)
+            case Refused(reason):
+                raise ChangeRefused(reason, self.id)
+            case TransferStarted(chosen):
+                pass
+        self._wake.set()
+        with trio.move_on_after(2 * self.core.config.election_timeout_max):
+            while True:
+                leader = self.leader
+                if leader is not None and leader != self.id:
+                    return leader
+                if self.is_leader and self.core.transfer_target is None:
+                    break  # aborted: the target did not take over within an election timeout
+                with trio.move_on_after(self.core.config.heartbeat_interval):
+                    await self._leader_changed.wait()
+        raise RaftUnavailable(f"transfer to {chosen} did not complete", self.leader)
+
     async def read_barrier(self) -> LogIndex:
         """Wait until a read of the local state machine is linearizable (ReadIndex).
 
@@ -309,7 +408,7 @@ class RaftDriver(Generic[A]):
         """
         self._read_seq += 1
         ctx = ReadCtx(self.id.to_bytes(8, "big") + self._read_seq.to_bytes(8, "big"))
-        started = self.core.read_index(ctx)
+        started = self.core.read_index(ctx, self._clock())
         if not isinstance(started, ReadQueued):
             raise RaftUnavailable("no leader to confirm a read", started.leader_hint)
         waiter = _ReadWaiter()
@@ -343,10 +442,12 @@ class RaftDriver(Generic[A]):
         match: dict[NodeId, int] = {}
         if soft.role is Role.LEADER:
             match = {p: int(pr.match) for p, pr in self.core.progress.items()}
+        m = self.core.membership
         return DriverStatus(
             node_id=self.id, role=soft.role.value, term=int(soft.term), leader=soft.leader,
             commit_index=int(self.core.commit_index), applied_index=int(self._applied),
             last_index=int(self._storage.last_index()), peers=self._peers, match=match,
+            voters=tuple(sorted(m.voters)), learners=tuple(sorted(m.learners)),
         )
 
 
@@ -356,5 +457,6 @@ def status_dict(st: DriverStatus) -> dict[str, Any]:
         "id": st.node_id, "role": st.role, "term": st.term, "leader": st.leader,
         "commit_index": st.commit_index, "applied_index": st.applied_index,
         "last_index": st.last_index, "peers": list(st.peers),
+        "voters": list(st.voters), "learners": list(st.learners),
         "lag": {str(p): st.last_index - m for p, m in st.match.items()},
     }

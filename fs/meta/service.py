@@ -140,7 +140,7 @@ class FsService:
         self._rpc = rpc  # for chunk.set_version after a drop; None: skip it
         self._driver = driver
         self._fsm = fsm
-        self._addresses = dict(client_addresses)
+        self._addresses = client_addresses  # live: the member updates it on changes
         self._fs_config = (fs_config or FsConfig()).validate()
         self.liveness = Liveness(liveness)
 

@@ -25,6 +25,7 @@ that awaited it can be cancelled).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -197,7 +198,8 @@ async def serve_kv_member(
                 for plugin in plugins:
                     await nursery.start(plugin.run)
                 if config.join and not driver.core.membership.members:
-                    nursery.start_soon(_ask_to_join, config, peers_rpc, name="raft-join")
+                    nursery.start_soon(_ask_to_join, config, peers_rpc, transport,
+                                       name="raft-join")
                 task_status.started(config.address)
                 try:
                     await trio.sleep_forever()
@@ -210,9 +212,11 @@ async def serve_kv_member(
         kv_store.close()
 
 
-async def _ask_to_join(config: MemberConfig, rpc: RpcClient) -> None:
+async def _ask_to_join(config: MemberConfig, rpc: RpcClient, transport: RpcTransport) -> None:
     """Ask the cluster to add this node as a learner, following leader hints,
-    until it is a member (retrying: the cluster may be electing or busy)."""
+    until it is a member (retrying: the cluster may be electing or busy).  The
+    reply's address book lets us answer the leader before our log reaches the
+    configuration entry that names it."""
     change = RaftChange(ChangeKind.ADD_LEARNER.value, int(config.node_id), config.address)
     hint: str | None = None
     for attempt in range(600):  # ~5 minutes at most
@@ -223,6 +227,9 @@ async def _ask_to_join(config: MemberConfig, rpc: RpcClient) -> None:
         except RpcError as exc:
             log.info("join via %s: %s", address, exc)
         else:
+            if reply.members:
+                book = {NodeId(int(k)): v for k, v in json.loads(reply.members).items()}
+                transport.learn(Membership.of((), (), book))
             if reply.status == "OK" or "already a member" in reply.message:
                 log.warning("node %d: joined the cluster as a learner (%s)",
                             config.node_id, reply.message)

@@ -193,11 +193,16 @@ class RaftDriver(Generic[A]):
         assert self._nursery is not None
         for peer in self._peers:
             if peer not in self._outboxes:
-                send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
-                self._outboxes[peer] = send
-                self._nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+                self._open_outbox(peer)
         for peer in [p for p in self._outboxes if p not in self._peers]:
             self._outboxes.pop(peer).close()  # its sender drains what is queued, then ends
+
+    def _open_outbox(self, peer: NodeId) -> trio.MemorySendChannel[Message]:
+        assert self._nursery is not None
+        send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
+        self._outboxes[peer] = send
+        self._nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+        return send
 
     def _note_membership(self) -> None:
         m = self.core.membership
@@ -276,8 +281,11 @@ class RaftDriver(Generic[A]):
     # ------------------------------------------------------------------ transport
     def _enqueue(self, msg: Message) -> None:
         box = self._outboxes.get(msg.dst)
+        if box is None and self._nursery is not None:
+            # Not a member we know of (we are joining, or it was removed): answer it
+            # anyway; the transport drops it if it has no address for that node.
+            box = self._open_outbox(msg.dst)
         if box is None:
-            log.warning("node %d: message for unknown peer %d dropped", self.id, msg.dst)
             return
         try:
             box.send_nowait(msg)
@@ -291,7 +299,7 @@ class RaftDriver(Generic[A]):
             while len(batch) < 512:
                 try:
                     batch.append(recv.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):  # closed: the peer was removed
                     break
             if backoff and self._clock() < backoff:
                 self.dropped_messages += len(batch)  # peer recently unreachable

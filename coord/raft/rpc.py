@@ -65,6 +65,7 @@ class ChangeReply:
     message: str = ""  # why, for REFUSED/UNAVAILABLE; the new configuration for OK
     leader: str = ""  # the leader's address, when known
     index: int = 0  # OK: the log index of the configuration entry / the new leader id
+    members: str = ""  # JSON {id: "host:port"} of the configuration (a joiner's address book)
 
 
 @request("raft.change", semantics=Semantics.AT_MOST_ONCE)
@@ -123,9 +124,13 @@ def add_raft_routes(router: Router, driver: RaftDriver[Any], extra: Mapping[str,
 _CHANGE_WAIT = 10.0
 
 
+def _book(driver: RaftDriver[Any]) -> str:
+    return json.dumps({str(k): v for k, v in driver.core.membership.address_book().items()})
+
+
 def _unavailable(driver: RaftDriver[Any], exc: RaftUnavailable) -> ChangeReply:
     if isinstance(exc, ChangeRefused):
-        return ChangeReply("REFUSED", str(exc))
+        return ChangeReply("REFUSED", str(exc), members=_book(driver))
     hint = driver.core.membership.address_book().get(exc.leader) if exc.leader else None
     if hint and exc.leader != driver.id:
         return ChangeReply("NOT_LEADER", str(exc), hint)
@@ -147,7 +152,7 @@ def _change_handler(driver: RaftDriver[Any]) -> Any:
             return ChangeReply("UNAVAILABLE", "the change did not commit in time; check status")
         m = driver.core.membership
         return ChangeReply("OK", f"voters={sorted(m.voters)} learners={sorted(m.learners)}",
-                           index=int(index))
+                           index=int(index), members=_book(driver))
 
     return on_change
 

@@ -336,7 +336,7 @@ class RaftSim:
             if core is not None:
                 ctx = ReadCtx(b"r%d" % self._next_seq())
                 self.read_floor[ctx] = self.acked_max
-                core.read_index(ctx)
+                core.read_index(ctx, float(self.now))  # `now` matters with lease reads only
                 self._process(nid, core)
 
     def _propose(self, leader: NodeId) -> None:

@@ -7,7 +7,8 @@ in one term, ever; log matching; leader completeness; commit agreement;
 durability against the voters the committing leader counted; linearizable
 reads) while an operator replaces one or two members one change at a time
 (add a learner, promote it, remove an old member - half the time the
-leader) and now and then transfers leadership.  After healing, every member
+leader) and now and then transfers leadership; odd seeds serve reads
+under the leader lease.  After healing, every member
 of the final configuration holds every acknowledged command.
 
 Default: CASES x SEEDS_PER_CASE x {3, 5} = 240 runs (about 20 s); `--soak`
@@ -16,6 +17,8 @@ runs ten times as many.  Reproduce a failure with
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -73,6 +76,30 @@ def test_planted_self_counting_removed_leader_is_caught() -> None:
             break
     assert caught is not None, "the simulator missed a removed leader counting itself"
     assert str(caught).startswith("seed=") and "durability" in str(caught)
+
+
+class OverlongLease(RaftNode):
+    """Planted bug: a lease that outlives the followers' promise (and no check-quorum),
+    so a deposed leader keeps answering reads from its own state (§6.4.1)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease.duration = 1000.0
+
+    def _check_quorum(self, now: float) -> None:
+        pass
+
+
+def test_planted_overlong_lease_is_caught_as_a_stale_read() -> None:
+    caught = None
+    for seed in range(BASE_SEED + 1, BASE_SEED + 81, 2):  # odd seeds use lease reads
+        try:
+            MembershipSim(SimParams(seed=seed, nodes=3), OverlongLease).run()
+        except SafetyViolation as exc:
+            caught = exc
+            break
+    assert caught is not None, "the simulator missed lease reads by a deposed leader"
+    assert "stale read" in str(caught)
 
 
 def test_same_seed_same_membership_run() -> None:

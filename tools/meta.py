@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "expires (default 60; every member must use the same value)")
     parser.add_argument("--election-timeout", type=float, default=None,
                         help="minimum election timeout in seconds (default 1.0)")
+    parser.add_argument("--lease-reads", action="store_true",
+                        help="serve linearizable reads under the leader lease (no round trip); "
+                             "safe only if clocks drift less than [raft] clock_drift_bound "
+                             "per election timeout (docs/raft.md)")
     add_secret_argument(parser)
 
 
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     kv_conf = dict(conf.get("kv", {}))
     if args.session_ttl is not None:
         kv_conf["session_ttl_ms"] = int(args.session_ttl * 1000)
+    if args.lease_reads:
+        raft_conf["lease_reads"] = True
     if args.election_timeout is not None:
         raft_conf["election_timeout_min"] = args.election_timeout
         raft_conf["election_timeout_max"] = 2 * args.election_timeout

@@ -148,7 +148,7 @@ async def _leader(cluster: MetaCluster, rpc: RpcClient, live: dict[int, str]) ->
                 except Exception:
                     continue
                 if st["role"] == "leader":
-                    return int(st["id"])  # type: ignore[call-overload]
+                    return int(str(st["id"]))
             await trio.sleep(0.1)
 
 

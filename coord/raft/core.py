@@ -41,18 +41,13 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from coord.raft.config import RaftConfig
 from coord.raft.lease import LeaderLease
 from coord.raft.logview import LogUnavailable, LogView, entry_size
 from coord.raft.membership import (
-    ChangeKind,
-    ConfChange,
     Membership,
-    MembershipError,
-    apply_change,
-    config_entry,
     tracker_from_log,
 )
 from coord.raft.messages import (
@@ -83,9 +78,8 @@ from coord.raft.ready import (
     Refused,
     Role,
     SoftState,
-    TransferResult,
-    TransferStarted,
 )
+from coord.raft.reconfig import ReconfigMixin
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
 # Legal role changes (§5.2 and thesis §9.6); anything else is a bug in the core.
@@ -110,8 +104,11 @@ class ReadyOutstanding(RuntimeError):
     """`ready()` was called before the previous Ready was advanced (or advance misused)."""
 
 
-class RaftNode:
-    """One Raft member.  Not thread-safe; the driver serialises all calls."""
+class RaftNode(ReconfigMixin):
+    """One Raft member.  Not thread-safe; the driver serialises all calls.
+
+    Membership changes, leadership transfer and lease reads live in
+    `coord.raft.reconfig.ReconfigMixin`."""
 
     def __init__(
         self,
@@ -243,54 +240,6 @@ class RaftNode:
             self._send(ReadIndexRequest(self.id, self.leader, self.term, ctx))
             return ReadQueued(ctx)
         return NotLeader(None)
-
-    def propose_conf_change(self, change: ConfChange) -> ProposeResult:
-        """Propose a single-server membership change (thesis §4.1); see membership.py."""
-        if self.role is not Role.LEADER:
-            return NotLeader(self.leader)
-        if self.transfer_target is not None:
-            return Refused(f"leadership transfer to {self.transfer_target} in progress")
-        if not self._committed_in_term():
-            return Refused("the leader has not committed an entry of its term yet; retry")
-        self.conf.commit_to(self.log.committed)
-        if self.conf.has_pending:
-            return Refused("another configuration change is not committed yet; retry")
-        try:
-            new = apply_change(self.conf.current, change)
-        except MembershipError as exc:
-            return Refused(str(exc))
-        lag = self._learner_lag(change)
-        if lag is not None:
-            return Refused(lag)
-        entry = config_entry(self.term, LogIndex(self.log.last_index() + 1), new)
-        self._leader_append(entry)
-        self._config_appended([entry])
-        return Proposed(entry.index, entry.term)
-
-    def transfer_leadership(self, target: NodeId | None, now: float) -> TransferResult:
-        """Hand leadership to `target` (None: the most caught-up voter), thesis §3.10."""
-        if self.role is not Role.LEADER:
-            return NotLeader(self.leader)
-        if target is None:
-            others = [p for p in self.voters.voters if p != self.id and p in self.progress]
-            if not others:
-                return Refused("no other voter to transfer leadership to")
-            target = max(others, key=lambda p: (self.progress[p].match, -p))
-        if target == self.id:
-            return Refused(f"node {target} is already the leader")
-        if target not in self.voters.voters or target not in self.progress:
-            return Refused(f"node {target} is not a voter")
-        self.transfer_target = target
-        self.transfer_deadline = now + self.config.election_timeout_min
-        self.lease.reset()  # the target will bypass stickiness: no lease may survive
-        self._note(now, f"transfer to {target} started")
-        self._maybe_timeout_now(target)
-        return TransferStarted(target)
-
-    @property
-    def membership(self) -> Membership:
-        """The configuration in force on this node (the newest CONFIG entry in its log)."""
-        return self.conf.current
 
     # ------------------------------------------------------------------ outputs
     def has_ready(self) -> bool:
@@ -723,74 +672,6 @@ class RaftNode:
             pr.recent_active = False
         if not self.voters.has_quorum(active):
             self._become_follower(now, self.term, None, "check-quorum failed")
-
-    # ------------------------------------------------------------------ membership, transfer
-    def _use_membership(self) -> None:
-        """Make the configuration in force the one quorums and replication use."""
-        m = self.conf.current
-        self.voters = MajorityConfig(m.voters)
-        self.peers = tuple(sorted(m.members - {self.id}))
-        if self.role is Role.LEADER:
-            last = self.log.last_index()
-            for p in self.peers:
-                self.progress.setdefault(p, Progress(last))
-            # A removed node keeps receiving the log until its removal commits, so it
-            # usually learns it was removed (and stops campaigning).
-            keep = m.members | self.conf.committed.members
-            for p in [p for p in self.progress if p not in keep]:
-                del self.progress[p]
-            if self.transfer_target is not None and self.transfer_target not in m.voters:
-                self.transfer_target = None
-
-    def _config_appended(self, entries: Sequence[Entry]) -> None:
-        """CONFIG entries take effect when appended, and lapse when truncated away."""
-        dropped = self.conf.truncated(self.log.term, self.log.last_index())
-        kept = [e for e in entries if e.kind is EntryKind.CONFIG]
-        added = self.conf.appended([e for e in kept if self.log.match_term(e.index, e.term)])
-        if dropped or added:
-            self._use_membership()
-            m = self.conf.current
-            self._note(self._now, f"config voters={sorted(m.voters)} learners={sorted(m.learners)}")
-            if self.role is Role.LEADER:
-                self._maybe_commit()  # a smaller quorum may commit at once
-
-    def _learner_lag(self, change: ConfChange) -> str | None:
-        """Why promoting `change.node` must wait, or None (thesis §4.2.1: catch up first)."""
-        if change.kind is not ChangeKind.PROMOTE:
-            return None
-        pr = self.progress.get(change.node)
-        behind = self.log.last_index() - (pr.match if pr is not None else 0)
-        if behind > self.config.max_learner_lag:
-            return (
-                f"learner {change.node} is {behind} entries behind the leader "
-                f"(limit {self.config.max_learner_lag}); promote it once it has caught up"
-            )
-        return None
-
-    def _maybe_timeout_now(self, target: NodeId) -> None:
-        pr = self.progress.get(target)
-        if pr is not None and pr.match == self.log.last_index():
-            self._send(TimeoutNow(self.id, target, self.term))
-
-    def _step_down_removed(self) -> None:
-        """Our removal committed: hand over to the most caught-up voter and leave."""
-        best = [p for p in self.voters.voters if p in self.progress]
-        if best:
-            self._maybe_timeout_now(max(best, key=lambda p: (self.progress[p].match, -p)))
-        self._become_follower(self._now, self.term, None, "removed from the configuration")
-
-    def _lease_read(self, ctx: ReadCtx, origin: NodeId, now: float) -> bool:
-        """Serve a read under the leader lease (§6.4.1) if one is held; False otherwise."""
-        if not (self.config.lease_reads and self._committed_in_term()):
-            return False
-        if self.transfer_target is not None or not self.lease.valid(now):
-            return False
-        index = self.log.committed
-        if origin == self.id:
-            self.reads.waiting_apply.append(ReadState(ctx, index))
-        else:
-            self._send(ReadIndexResponse(self.id, origin, self.term, ctx, index))
-        return True
 
     # ------------------------------------------------------------------ helpers
     def _send(self, msg: Message) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 #: Refusals that go away by themselves; anything else is final.
-_RETRYABLE = ("retry", "behind", "in progress")
+_RETRYABLE = ("retry", "behind", "in progress", "not acknowledged any entry")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

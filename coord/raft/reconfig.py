@@ -175,7 +175,10 @@ class ReconfigMixin:
         if change.kind is not ChangeKind.PROMOTE:
             return None
         pr = self.progress.get(change.node)
-        behind = self.log.last_index() - (pr.match if pr is not None else 0)
+        match = pr.match if pr is not None else LogIndex(0)
+        behind = self.log.last_index() - match
+        if match == 0 and behind > 0:
+            return f"learner {change.node} has not acknowledged any entry yet; is it running?"
         if behind > self.config.max_learner_lag:
             return (
                 f"learner {change.node} is {behind} entries behind the leader "

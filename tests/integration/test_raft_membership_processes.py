@@ -176,3 +176,48 @@ async def test_ddfs_raft_transfer_moves_leadership(tmp_path: Path) -> None:
                              "--secret-file", str(cluster.secret_file))
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
             assert done.returncode != 0 and "not a learner" in done.stderr, done
+
+
+async def test_ddfs_raft_add_waits_for_the_new_member_then_promotes_it(tmp_path: Path) -> None:
+    """The operator's other order: `ddfs raft add` first (it adds a learner and
+    keeps trying to promote it while it is behind), then the process starts with
+    --join (told "already a member", it takes the address book from the reply)."""
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    with meta_cluster(tmp_path, 3, election_timeout=ELECTION) as cluster:
+        async with cluster.client() as rpc:
+            await cluster.wait_leader(rpc)
+            kv = KvClient(rpc, cluster.endpoints, timeout=10.0)
+            await kv.open()
+            for n in range(50):  # some log for the newcomer to catch up on
+                await kv.put(b"pre%d" % n, b"x" * 100)
+            argv = ddfs_argv("raft", "add", "4", address, "--timeout", "60",
+                             "--endpoints", ",".join(cluster.endpoints),
+                             "--secret-file", str(cluster.secret_file))
+            adder = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+            try:
+                await wait_learner(cluster, rpc, cluster.endpoints[0], 4)
+                newcomer = cluster.group.add(Proc(
+                    "meta4",
+                    ddfs_argv("-v", "meta", "--id", "4", "--listen", address,
+                              "--join", ",".join(cluster.endpoints),
+                              "--data", str(tmp_path / "m4"),
+                              "--secret-file", str(cluster.secret_file),
+                              "--election-timeout", str(ELECTION)),
+                    tmp_path / "meta4.log",
+                ))
+                await trio.to_thread.run_sync(newcomer.launch, "ready on")
+                out, err = await trio.to_thread.run_sync(lambda: adder.communicate(timeout=90))
+            finally:
+                if adder.poll() is None:
+                    adder.kill()
+                    adder.wait()
+            assert adder.returncode == 0, out + err
+            assert "added 4 as a learner" in out and "voters=[1, 2, 3, 4]" in out, out
+            with trio.fail_after(20):  # it votes now, and applies the whole log
+                while True:
+                    st = await status_of(cluster, rpc, address)
+                    if st["voters"] == [1, 2, 3, 4] and int(str(st["applied_index"])) >= 50:
+                        break
+                    await trio.sleep(0.1)

@@ -33,7 +33,7 @@ from coord.raft.messages import (
     TimeoutNow,
 )
 from coord.raft.ready import NotLeader, Proposed, Refused, Role, TransferStarted
-from coord.raft.types import EntryKind, HardState, LogIndex, NodeId, Term
+from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 from tests.unit.raft_harness import CONFIG, Harness
 
 N1, N2, N3, N4 = NodeId(1), NodeId(2), NodeId(3), NodeId(4)
@@ -173,7 +173,11 @@ def test_s4_2_a_learner_receives_the_log_but_neither_votes_nor_counts() -> None:
 def test_s4_2_promoting_a_learner_that_is_far_behind_is_refused_with_a_clear_error() -> None:
     h = cluster(max_learner_lag=5)
     add_joiner(h, N4)
-    change(h, ChangeKind.ADD_LEARNER, N4)
+    h.nodes[N1].propose_conf_change(ConfChange(ChangeKind.ADD_LEARNER, N4, ADDR))
+    h.deliver(keep=lambda m: N4 not in (m.src, m.dst))  # not started yet: never heard of
+    silent = h.nodes[N1].propose_conf_change(ConfChange(ChangeKind.PROMOTE, N4))
+    assert isinstance(silent, Refused) and "not acknowledged any entry" in silent.reason
+    heartbeat(h)
     for k in range(10):
         h.propose(N1, b"%d" % k)
     h.deliver(keep=lambda m: m.dst != N4)  # the learner hears nothing
@@ -327,3 +331,24 @@ def test_s6_4_1_no_lease_read_during_a_transfer_or_after_a_restart_vote() -> Non
     assert fresh.term < 40
     fresh.step(RequestVote(N2, N3, Term(40), LogIndex(99), Term(39)), h.now + 11)
     assert fresh.term == 40 and fresh.vote == N2
+
+
+def test_recovery_reads_the_log_backwards_across_batches() -> None:
+    a = Membership.of({N1, N2, N3})
+    b = apply_change(a, ConfChange(ChangeKind.ADD_LEARNER, N4, ADDR))
+    c = apply_change(b, ConfChange(ChangeKind.PROMOTE, N4))
+    entries = []
+    for i in range(1, 701):
+        kind = {10: b, 300: c}.get(i)
+        if kind is None:
+            entries.append(Entry(Term(1), LogIndex(i), EntryKind.COMMAND, b"x"))
+        else:
+            entries.append(Entry(Term(1), LogIndex(i), EntryKind.CONFIG, kind.encode()))
+    log = MemLog(entries)
+    late = tracker_from_log(log, LogIndex(500), a)
+    assert late.committed == c and late.committed_index == 300 and not late.has_pending
+    early = tracker_from_log(log, LogIndex(200), a)
+    assert early.committed == b and early.current == c and early.has_pending
+    none = tracker_from_log(log, LogIndex(5), a)
+    assert none.committed == a and [p[0] for p in none.pending] == [10, 300]
+    assert tracker_from_log(MemLog(), LogIndex(0), a).current == a

@@ -22,6 +22,7 @@ from coord.raft.messages import (
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
@@ -30,7 +31,7 @@ terms = st.integers(0, 2**63).map(Term)
 indexes = st.integers(0, 2**63).map(LogIndex)
 entries = st.builds(Entry, terms, indexes, st.sampled_from(EntryKind), st.binary(max_size=64))
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(RequestVote, ids, ids, terms, indexes, terms, st.booleans()),
+    st.builds(RequestVote, ids, ids, terms, indexes, terms, st.booleans(), st.booleans()),
     st.builds(RequestVoteResponse, ids, ids, terms, st.booleans(), st.booleans()),
     st.builds(AppendEntries, ids, ids, terms, indexes, terms,
               st.lists(entries, max_size=4).map(tuple), indexes),
@@ -40,6 +41,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(HeartbeatResponse, ids, ids, terms, st.integers(0, 2**40)),
     st.builds(ReadIndexRequest, ids, ids, terms, st.binary(max_size=16).map(ReadCtx)),
     st.builds(ReadIndexResponse, ids, ids, terms, st.binary(max_size=16).map(ReadCtx), indexes),
+    st.builds(TimeoutNow, ids, ids, terms),
 )
 
 

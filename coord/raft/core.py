@@ -218,13 +218,17 @@ class RaftNode:
         return self.log.compact_to(index)
 
     def snapshot_installed(self, meta: SnapshotMeta) -> None:
-        """The driver installed the received snapshot: state machine at meta.index and the
-        store truncated by `truncate_prefix(meta.index, meta.term)`."""
+        """The driver verified the received snapshot and, if meta.index > the applied
+        index, replaced the state machine's state with it.  Call this *before* the
+        store's `truncate_prefix(meta.index, meta.term)`: the core decides from its
+        log as it stands whether the entries after the snapshot are kept, by the
+        store's rule (§7), and from here on it never reads below the new floor.
+        The "done" goes out in the next Ready, after that truncation."""
         if self.installing is None or self.installing[0] != meta:
             return
         leader = self.installing[1]
         self.installing = self.receiving = None
-        if meta.index > self.log.committed:
+        if meta.index > self.log.applied:  # the driver replaced the state in exactly this case
             self.log.restore(meta.index, meta.term)
             # Membership (Raft part 2) restores meta.voters / meta.learners here.
         self.snapshot_taken(meta)

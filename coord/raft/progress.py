@@ -73,6 +73,8 @@ class Progress:
     def can_send(self, max_inflight: int, max_inflight_bytes: int) -> bool:
         if self.state is ProgressState.PROBE:
             return not self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # appends wait until the snapshot is in place
         return len(self.inflight) < max_inflight and self.inflight_bytes < max_inflight_bytes
 
     def sent(self, last_index: LogIndex, nbytes: int) -> None:

@@ -158,7 +158,7 @@ class RaftLog:
         return term
 
     def restore(self, index: LogIndex, term: Term) -> None:
-        """An installed snapshot replaced the state up to (index, term) (> committed).
+        """An installed snapshot replaced the state up to (index, term) (> applied).
 
         §7: entries after it are kept if the log holds (index, term); otherwise
         the whole log goes.  The store is made to agree by `truncate_prefix(index,
@@ -166,7 +166,8 @@ class RaftLog:
         """
         keep = self.match_term(index, term)
         self.floor = (index, term)
-        self.committed = self.applied = index
+        self.committed = max(self.committed, index)  # committed entries past it match it
+        self.applied = index
         if keep:
             del self.unstable[: max(0, index - self.offset + 1)]
             self.offset = max(self.offset, index + 1)

@@ -12,9 +12,11 @@ The driver handles a Ready in one fixed order, written once per driver:
 4. serve `read_states` (their index is <= the last applied entry) and fail
    `failed_reads`;
 5. call `core.advance(ready)`;
-6. if a snapshot chunk was `last`: verify the snapshot, install it (state
-   machine replaced, log `truncate_prefix(index, term)`) and call
-   `core.snapshot_installed(meta)`, or `core.snapshot_corrupt(meta)`.
+6. if a snapshot chunk was `last`: verify the snapshot; if it checks, replace
+   the state machine's state with it when meta.index > the applied index,
+   call `core.snapshot_installed(meta)`, then `truncate_prefix(index, term)`
+   on the log store (before the next Ready: its messages include the "done");
+   if it does not, call `core.snapshot_corrupt(meta)`.
 
 Only one Ready is outstanding: `ready()` raises until the previous one was
 advanced.  `step`, `tick`, `propose` and `read_index` may be called while a

@@ -1,0 +1,153 @@
+"""The driver's side of snapshots: start-up recovery, taking snapshots and
+compacting the log, installing a snapshot received from the leader.
+
+`SnapshotKeeper` is used by `coord.raft.driver.RaftDriver` when the member
+has a snapshot folder.  Invariants:
+
+* the log is compacted only behind a snapshot that is durably in
+  ``snapshot.bin``, and the core's floor is raised (`RaftNode.compact`)
+  before the store forgets anything, so the core never reads what a worker
+  thread is removing;
+* taking and installing exclude each other (`lock`), so the newest snapshot
+  only moves forward and a take never publishes state older than an install;
+* start-up leaves the state machine and the log consistent: if the state is
+  behind what the log can replay (state DB lost, or a power loss rolled it
+  back past the compaction point) or behind a received snapshot the log does
+  not contain, the snapshot is restored; if the state is at or past the
+  snapshot but the log does not hold it (stopped between installing the
+  state and truncating the log), the log is truncated to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import trio
+
+from coord.raft.config import RaftConfig
+from coord.raft.core import RaftNode
+from coord.raft.snapfile import ByteSink, SnapshotFiles
+from coord.raft.snapshot import SnapshotMeta
+from coord.raft.storage import RaftStorage
+from coord.raft.types import LogIndex
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class SnapshotStateMachine(Protocol):
+    """What a state machine offers for snapshots (coord.kv.machine.KVStateMachine)."""
+
+    @property
+    def applied_index(self) -> LogIndex: ...
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex: ...
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex: ...
+
+    def snapshot_taken(self, index: LogIndex) -> None: ...
+
+
+class SnapshotKeeper:
+    def __init__(
+        self,
+        files: SnapshotFiles,
+        storage: RaftStorage,
+        fsm: SnapshotStateMachine,
+        config: RaftConfig,
+    ) -> None:
+        self.files = files
+        self._storage = storage
+        self._fsm = fsm
+        self._config = config
+        self.lock = trio.Lock()  # one take or install at a time
+        self.taking = False  # a take is running (the driver starts at most one)
+        self.taken = 0  # snapshots taken since start
+        self.installed = 0  # snapshots installed from a leader since start
+
+    # ------------------------------------------------------------------ start-up
+    def recover(self) -> None:
+        """Make the state and the log agree with the newest snapshot (blocking; before
+        the core is built)."""
+        self.files.finish_partial()
+        snap = self.files.latest()
+        if snap is None:
+            return
+        applied = self._fsm.applied_index
+        replayable = self._storage.first_index() - 1 <= applied
+        if snap.index > applied and not (replayable and self._log_has(snap)):
+            self._restore(snap)
+            log.info("restored the state from snapshot %d (state was at %d)", snap.index, applied)
+            applied = snap.index
+        behind = self._storage.first_index() - 1 < snap.index
+        if applied >= snap.index and behind and not self._log_has(snap):
+            self._storage.truncate_prefix(snap.index, snap.term)
+        self._fsm.snapshot_taken(snap.index)
+
+    def _log_has(self, snap: SnapshotMeta) -> bool:
+        st = self._storage
+        if not st.first_index() - 1 <= snap.index <= st.last_index():
+            return False
+        return st.term(snap.index) == snap.term
+
+    def _restore(self, meta: SnapshotMeta) -> None:
+        with self.files.open_data(meta) as data:
+            got = self._fsm.restore_snapshot(data)
+        if got != meta.index:
+            raise RuntimeError(f"snapshot {meta.index} restored a state at {got}")
+
+    # ------------------------------------------------------------------ taking
+    def due(self, applied: LogIndex) -> bool:
+        every = self._config.snapshot_every
+        latest = self.files.latest()
+        base = latest.index if latest is not None else 0
+        return every > 0 and not self.taking and applied - base >= every
+
+    async def take(self, core: RaftNode) -> None:
+        """Snapshot the state (applies go on meanwhile), publish it, compact the log."""
+        async with self.lock:
+            taken = await trio.to_thread.run_sync(self.files.take, self._fsm.write_snapshot)
+            latest = self.files.latest()
+            if latest is not None and taken.index <= latest.index:
+                await trio.to_thread.run_sync(self.files.discard_taken)
+                return
+            # No await between reading the term and building the meta: the core's log is
+            # stable on the trio thread, and taken.index > latest.index >= its floor.
+            voters = tuple(sorted(core.voters.voters))
+            meta = SnapshotMeta(
+                taken.index, core.log.term(taken.index), voters, (), taken.size, taken.digest
+            )
+            await trio.to_thread.run_sync(self.files.commit_taken, meta)
+            core.snapshot_taken(meta)
+            self._fsm.snapshot_taken(meta.index)
+            self.taken += 1
+            await self._compact(core, meta)
+        log.info("snapshot %d taken (%d bytes)", meta.index, meta.size)
+
+    async def _compact(self, core: RaftNode, meta: SnapshotMeta) -> None:
+        floor = LogIndex(min(meta.index - self._config.keep_tail, core.log.applied))
+        if floor > core.log.first_index() - 1:
+            term = core.compact(floor)  # the core stops reading below first
+            await trio.to_thread.run_sync(self._storage.truncate_prefix, floor, term)
+
+    # ------------------------------------------------------------------ installing
+    async def install(self, core: RaftNode, meta: SnapshotMeta, ok: bool) -> bool:
+        """Ready step 6 for a completed transfer; True if the state was replaced."""
+        if not ok:
+            log.warning("snapshot %d failed its digest: asking for it again", meta.index)
+            core.snapshot_corrupt(meta)
+            return False
+        async with self.lock:
+            replace = meta.index > core.log.applied
+            if replace:
+                await trio.to_thread.run_sync(self._restore, meta)
+            core.snapshot_installed(meta)  # before the store changes (see the core)
+            if replace:
+                await trio.to_thread.run_sync(
+                    self._storage.truncate_prefix, meta.index, meta.term
+                )
+                self.installed += 1
+            self._fsm.snapshot_taken(meta.index)
+        log.info("snapshot %d installed (state replaced: %s)", meta.index, replace)
+        return replace

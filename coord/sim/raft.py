@@ -336,6 +336,9 @@ class RaftSim:
         elif rd.committed_entries:
             self._maybe_snapshot(nid, core)
 
+    def _snapshot_of(self, state: list[Entry]) -> tuple[SnapshotMeta, bytes]:
+        return encode_state(state, self.ids)
+
     def _install(self, nid: NodeId, core: RaftNode, meta: SnapshotMeta) -> None:
         """Step 6 of the driver order: verify, replace the state machine, compact, tell the core."""
         disk = self.disks[nid]
@@ -362,7 +365,7 @@ class RaftSim:
         taken = disk.snaps.snapshot[0].index if disk.snaps.snapshot is not None else 0
         if cfg.snapshot_every == 0 or len(sm) - taken < cfg.snapshot_every:
             return
-        meta, data = encode_state(sm, self.ids)
+        meta, data = self._snapshot_of(sm)
         disk.snaps.keep(meta, data)
         core.snapshot_taken(meta)
         self.report.snapshots += 1

@@ -7,8 +7,11 @@ member's whole state (KV, sessions, file-system tables) at its applied index.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import trio
@@ -17,6 +20,7 @@ from coord.kv.remote import KvClient
 from coord.raft.rpc import RaftDigest
 from coord.rpc import RpcClient, RpcError
 from tests.support.meta_cluster import MetaCluster, meta_cluster
+from tests.support.processes import ROOT, ddfs_argv
 
 SNAPSHOT_EVERY = 500
 KEEP_TAIL = 100
@@ -124,6 +128,36 @@ async def test_member_restarted_after_compaction_reloads_its_snapshot(tmp_path: 
                 assert "restored the state from snapshot" in log, log[-3000:]
                 await _write(rpc, cluster, 100, b"c")
                 await _converged(rpc, cluster)
+                await trio.to_thread.run_sync(_status_shows_compaction, cluster)
         except BaseException:
             print(cluster.logs())
             raise
+
+
+def _status_shows_compaction(cluster: MetaCluster) -> None:
+    """`ddfs raft status` shows each member's snapshot index and first log index."""
+    env = {**os.environ, "DDFS_ENDPOINTS": ",".join(cluster.endpoints),
+           "DDFS_SECRET_FILE": str(cluster.secret_file)}
+
+    def ddfs(*args: str) -> str:
+        out = subprocess.run(ddfs_argv(*args), cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def indexes() -> dict[int, tuple[int, int]]:
+        rows = json.loads(ddfs("raft", "status", "--json"))
+        assert len(rows) == 3
+        for row in rows:
+            assert row["snapshot_index"] >= SNAPSHOT_EVERY and row["first_index"] > 1, row
+            assert row["first_index"] - 1 <= row["snapshot_index"] <= row["applied_index"], row
+        return {r["id"]: (r["snapshot_index"], r["first_index"]) for r in rows}
+
+    for _ in range(5):  # a snapshot still being taken may move them between two calls
+        before = indexes()
+        table = ddfs("raft", "status").splitlines()
+        if indexes() == before:
+            break
+    assert table[0].split()[7:9] == ["snapshot", "first"], table[0]
+    shown = {int(line.split()[0]): line.split()[7:9] for line in table[1:]}
+    assert shown == {i: [str(s), str(f)] for i, (s, f) in before.items()}, table

@@ -19,7 +19,10 @@ Invariants:
   only then); after a power loss a partial file may end in unsynced bytes,
   which the digest check at the end catches (the transfer then restarts);
 * `read` and the handle swap in `_publish` share a lock, so a leader's core
-  reading a chunk on the trio thread never sees a half-replaced snapshot.
+  reading a chunk on the trio thread never sees a half-replaced snapshot;
+* the snapshot replaced last stays readable through its open handle (the
+  file is gone, the inode is not), so a transfer in progress finishes
+  instead of restarting whenever a new snapshot is taken.
 
 Blocking I/O: `take`, `commit_taken`, `write_chunk`, `open_data` run in
 worker threads; `read` (one pread of at most a chunk) and `latest` are cheap
@@ -130,22 +133,27 @@ class SnapshotFiles:
         self._lock = threading.Lock()  # guards _meta/_fd against `read` on another thread
         self._meta: SnapshotMeta | None = None
         self._fd: int | None = None
+        self._previous: tuple[SnapshotMeta, int] | None = None  # the one replaced last
         self._taking.unlink(missing_ok=True)  # an interrupted take is worthless
         self._open_current()
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-            self._fd, self._meta = None, None
+            for fd in (self._fd, self._previous[1] if self._previous else None):
+                if fd is not None:
+                    os.close(fd)
+            self._fd, self._meta, self._previous = None, None, None
 
     def _open_current(self) -> None:
         meta = _read_meta(self._current)
         fd = os.open(self._current, os.O_RDONLY) if meta is not None else None
         with self._lock:
-            old, self._fd, self._meta = self._fd, fd, meta
-        if old is not None:
-            os.close(old)
+            dropped = self._previous[1] if self._previous else None
+            if self._meta is not None and self._fd is not None:
+                self._previous = (self._meta, self._fd)
+            self._fd, self._meta = fd, meta
+        if dropped is not None:
+            os.close(dropped)
 
     # -- reading ----------------------------------------------------------
     def latest(self) -> SnapshotMeta | None:
@@ -153,9 +161,13 @@ class SnapshotFiles:
 
     def read(self, meta: SnapshotMeta, offset: int, max_bytes: int) -> bytes | None:
         with self._lock:
-            if meta != self._meta or self._fd is None:
+            if meta == self._meta and self._fd is not None:
+                fd = self._fd
+            elif self._previous is not None and meta == self._previous[0]:
+                fd = self._previous[1]
+            else:
                 return None
-            return os.pread(self._fd, min(max_bytes, meta.size - offset), HEADER + offset)
+            return os.pread(fd, min(max_bytes, meta.size - offset), HEADER + offset)
 
     @contextlib.contextmanager
     def open_data(self, meta: SnapshotMeta) -> Iterator[BinaryIO]:

@@ -89,7 +89,11 @@ async def test_stopped_follower_catches_up_by_install_snapshot(tmp_path: Path) -
                     assert int(st["snapshot_index"]) >= 4000, st  # type: ignore[call-overload]
                 finally:
                     cluster.members[victim].signal(signal.SIGCONT)
+                resumed = trio.current_time()
                 await _converged(rpc, cluster)
+                size = (tmp_path / f"meta{leader}" / "snap" / "snapshot.bin").stat().st_size
+                print(f"follower {victim} caught up in {trio.current_time() - resumed:.2f} s "
+                      f"(snapshot {st['snapshot_index']}, {size} bytes with header)")
                 st = (await cluster.statuses(rpc))[victim]
                 assert int(st["snapshots_installed"]) >= 1, st  # type: ignore[call-overload]
                 assert int(st["first_index"]) > stopped_at + 1, st  # type: ignore[call-overload]

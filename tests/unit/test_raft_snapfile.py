@@ -27,7 +27,7 @@ def meta_of(data: bytes, index: int = 5, term: int = 1) -> SnapshotMeta:
                         xxhash.xxh3_64_intdigest(data))
 
 
-def test_a_taken_snapshot_is_readable_by_offset_and_survives_reopening(tmp_path: Path) -> None:
+def test_snapshots_are_readable_by_offset_the_replaced_one_too_until_reopened(tmp_path: Path) -> None:
     files = SnapshotFiles(tmp_path)
     taken = files.take(lambda out: (out.write(b"abc"), out.write(b"defg"), LogIndex(7))[2])
     assert (taken.index, taken.size) == (7, 7)
@@ -36,9 +36,14 @@ def test_a_taken_snapshot_is_readable_by_offset_and_survives_reopening(tmp_path:
     files.commit_taken(meta)
     assert files.latest() == meta
     assert files.read(meta, 2, 3) == b"cde" and files.read(meta, 5, 10) == b"fg"
+    newer = files.take(lambda out: (out.write(b"new state"), LogIndex(9))[1])
+    meta2 = SnapshotMeta(newer.index, Term(2), VOTERS, (), newer.size, newer.digest)
+    files.commit_taken(meta2)
+    assert files.latest() == meta2 and files.read(meta2, 0, 3) == b"new"
+    assert files.read(meta, 4, 3) == b"efg"  # a transfer of the replaced one can finish
     files.close()
     again = SnapshotFiles(tmp_path)
-    assert again.latest() == meta and again.read(meta, 0, 100) == b"abcdefg"
+    assert again.latest() == meta2 and again.read(meta, 0, 1) is None
     again.close()
 
 

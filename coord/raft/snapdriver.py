@@ -71,6 +71,10 @@ class SnapshotKeeper:
         """Make the state and the log agree with the newest snapshot (blocking; before
         the core is built)."""
         self.files.finish_partial()
+        partial = self.files.partial()
+        if partial is not None:
+            log.info("resuming snapshot %d: %d of %d bytes received", partial[0].index,
+                     partial[1], partial[0].size)
         snap = self.files.latest()
         if snap is None:
             return

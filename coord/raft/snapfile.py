@@ -89,6 +89,17 @@ def _read_meta(path: Path) -> SnapshotMeta | None:
         return None
 
 
+def partial_state(folder: Path) -> tuple[SnapshotMeta, int] | None:
+    """The snapshot being received into `folder` and how many bytes of it are on disk."""
+    path = folder / "partial.bin"
+    try:
+        meta = _read_meta(path)
+        size = path.stat().st_size
+    except (FileNotFoundError, SnapshotFileError):
+        return None  # absent, or replaced / just created under our feet
+    return None if meta is None else (meta, max(0, min(meta.size, size - HEADER)))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -206,10 +217,7 @@ class SnapshotFiles:
     # -- receiving a snapshot from a leader ---------------------------------
     def partial(self) -> tuple[SnapshotMeta, int] | None:
         """The snapshot being received and how many of its bytes are on disk."""
-        meta = _read_meta(self._partial)
-        if meta is None:
-            return None
-        return meta, min(meta.size, self._partial.stat().st_size - HEADER)
+        return partial_state(self.folder)
 
     def write_chunk(self, chunk: SnapshotChunk) -> bool:
         """Write (and fsync) a chunk; for the last one, verify the digest and publish
@@ -249,7 +257,10 @@ class SnapshotFiles:
         got = self.partial()
         if got is None or got[1] != got[0].size:
             return False
-        if self._digest(self._partial) != got[0].digest:
+        newest = self._meta
+        if (newest is not None and newest.index >= got[0].index) or (
+            self._digest(self._partial) != got[0].digest
+        ):
             self._partial.unlink()
             return False
         self._publish(self._partial)

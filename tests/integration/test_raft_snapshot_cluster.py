@@ -18,6 +18,7 @@ import trio
 
 from coord.kv.remote import KvClient
 from coord.raft.rpc import RaftDigest
+from coord.raft.snapfile import partial_state
 from coord.rpc import RpcClient, RpcError
 from tests.support.meta_cluster import MetaCluster, meta_cluster
 from tests.support.processes import ROOT, ddfs_argv
@@ -27,11 +28,11 @@ KEEP_TAIL = 100
 CHUNK = 16384  # small chunks: a transfer spans many messages
 
 
-def _config(tmp_path: Path) -> tuple[str, ...]:
+def _config(tmp_path: Path, chunk: int = CHUNK) -> tuple[str, ...]:
     conf = tmp_path / "raft.toml"
     conf.write_text(
         f"[raft]\nsnapshot_every = {SNAPSHOT_EVERY}\nkeep_tail = {KEEP_TAIL}\n"
-        f"snapshot_chunk_bytes = {CHUNK}\n"
+        f"snapshot_chunk_bytes = {chunk}\n"
     )
     return ("--config", str(conf))
 
@@ -101,6 +102,40 @@ async def test_stopped_follower_catches_up_by_install_snapshot(tmp_path: Path) -
                 kv = KvClient(rpc, [cluster.addresses[victim]], timeout=10)
                 found = await kv.get(b"during/003999")
                 assert found is not None and found.value == b"v003999" * 25
+        except BaseException:
+            print(cluster.logs())
+            raise
+
+
+async def test_a_follower_killed_mid_transfer_resumes_from_its_partial_snapshot(
+    tmp_path: Path,
+) -> None:
+    with meta_cluster(tmp_path, 3, extra_args=_config(tmp_path, chunk=2048)) as cluster:
+        try:
+            async with cluster.client() as rpc:
+                leader = await cluster.wait_leader(rpc)
+                victim = next(i for i in cluster.ids if i != leader)
+                await _converged(rpc, cluster)
+                cluster.members[victim].signal(signal.SIGSTOP)
+                try:
+                    await _write(rpc, cluster, 3000, b"x")
+                finally:
+                    cluster.members[victim].signal(signal.SIGCONT)
+                # Kill it once part of the snapshot (2 KiB chunks) is on its disk.
+                folder = tmp_path / f"meta{victim}" / "snap"
+                got = None
+                with trio.move_on_after(30):
+                    while got is None or not 0 < got[1] < got[0].size:
+                        await trio.sleep(0.005)
+                        got = partial_state(folder)
+                assert got is not None and 0 < got[1] < got[0].size, got
+                cluster.members[victim].kill()
+                cluster.start(victim)
+                await _converged(rpc, cluster)
+                log = cluster.members[victim].log_text()
+                assert f"resuming snapshot {got[0].index}:" in log, log[-3000:]
+                st = (await cluster.statuses(rpc))[victim]
+                assert int(st["snapshot_index"]) >= got[0].index, st  # type: ignore[call-overload]
         except BaseException:
             print(cluster.logs())
             raise

@@ -6,8 +6,8 @@ random drops, duplicates, delays and reordering; >= 50 client commands
 acknowledged; then healing and a convergence check that every acknowledged
 command is on every node.  Nodes snapshot every 16 entries and compact their
 logs, so lagging nodes catch up by InstallSnapshot, whose transfers are cut
-by drops, partitions and crashes of the receiver mid-stream.  A failure names its seed: reproduce it with
-`coord.sim.raft.run_raft_sim(seed, nodes)`.
+by drops, partitions and crashes of the receiver mid-stream.  A failure names
+its seed: reproduce it with `coord.sim.raft.run_raft_sim(seed, nodes)`.
 
 The default suite runs SEEDS_PER_CASE x CASES x 2 cluster sizes = 2,000 runs;
 `--soak` runs ten times as many.

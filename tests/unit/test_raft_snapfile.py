@@ -27,7 +27,9 @@ def meta_of(data: bytes, index: int = 5, term: int = 1) -> SnapshotMeta:
                         xxhash.xxh3_64_intdigest(data))
 
 
-def test_snapshots_are_readable_by_offset_the_replaced_one_too_until_reopened(tmp_path: Path) -> None:
+def test_snapshots_are_readable_by_offset_the_replaced_one_until_reopened(
+    tmp_path: Path,
+) -> None:
     files = SnapshotFiles(tmp_path)
     taken = files.take(lambda out: (out.write(b"abc"), out.write(b"defg"), LogIndex(7))[2])
     assert (taken.index, taken.size) == (7, 7)

@@ -110,6 +110,7 @@ class SnapshotKeeper:
 
     async def take(self, core: RaftNode) -> None:
         """Snapshot the state (applies go on meanwhile), publish it, compact the log."""
+        started = trio.current_time()
         async with self.lock:
             taken = await trio.to_thread.run_sync(self.files.take, self._fsm.write_snapshot)
             latest = self.files.latest()
@@ -127,7 +128,8 @@ class SnapshotKeeper:
             self._fsm.snapshot_taken(meta.index)
             self.taken += 1
             await self._compact(core, meta)
-        log.info("snapshot %d taken (%d bytes)", meta.index, meta.size)
+        log.info("snapshot %d taken (%d bytes) and the log compacted in %.3f s", meta.index,
+                 meta.size, trio.current_time() - started)
 
     async def _compact(self, core: RaftNode, meta: SnapshotMeta) -> None:
         floor = LogIndex(min(meta.index - self._config.keep_tail, core.log.applied))
@@ -142,6 +144,7 @@ class SnapshotKeeper:
             log.warning("snapshot %d failed its digest: asking for it again", meta.index)
             core.snapshot_corrupt(meta)
             return False
+        started = trio.current_time()
         async with self.lock:
             replace = meta.index > core.log.applied
             if replace:
@@ -153,5 +156,6 @@ class SnapshotKeeper:
                 )
                 self.installed += 1
             self._fsm.snapshot_taken(meta.index)
-        log.info("snapshot %d installed (state replaced: %s)", meta.index, replace)
+        log.info("snapshot %d installed (state replaced: %s) in %.3f s", meta.index, replace,
+                 trio.current_time() - started)
         return replace

@@ -91,10 +91,15 @@ async def test_stopped_follower_catches_up_by_install_snapshot(tmp_path: Path) -
                 finally:
                     cluster.members[victim].signal(signal.SIGCONT)
                 resumed = trio.current_time()
+                # Writes go on while it catches up: the leader keeps taking snapshots.
+                await _write(rpc, cluster, 1000, b"after")
                 await _converged(rpc, cluster)
                 size = (tmp_path / f"meta{leader}" / "snap" / "snapshot.bin").stat().st_size
-                print(f"follower {victim} caught up in {trio.current_time() - resumed:.2f} s "
-                      f"(snapshot {st['snapshot_index']}, {size} bytes with header)")
+                print(f"follower {victim} caught up, 1000 writes meanwhile, in "
+                      f"{trio.current_time() - resumed:.2f} s (leader's snapshot {size} bytes)")
+                for line in cluster.members[victim].log_text().splitlines():
+                    if "installed" in line or "taken" in line:
+                        print(line)
                 st = (await cluster.statuses(rpc))[victim]
                 assert int(st["snapshots_installed"]) >= 1, st  # type: ignore[call-overload]
                 assert int(st["first_index"]) > stopped_at + 1, st  # type: ignore[call-overload]
@@ -102,6 +107,8 @@ async def test_stopped_follower_catches_up_by_install_snapshot(tmp_path: Path) -
                 kv = KvClient(rpc, [cluster.addresses[victim]], timeout=10)
                 found = await kv.get(b"during/003999")
                 assert found is not None and found.value == b"v003999" * 25
+                found = await kv.get(b"after/000999")
+                assert found is not None and found.value == b"v000999" * 25
         except BaseException:
             print(cluster.logs())
             raise

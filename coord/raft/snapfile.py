@@ -178,7 +178,7 @@ class SnapshotFiles:
                 fd = self._previous[1]
             else:
                 return None
-            return os.pread(fd, min(max_bytes, meta.size - offset), HEADER + offset)
+            return os.pread(fd, max(0, min(max_bytes, meta.size - offset)), HEADER + offset)
 
     @contextlib.contextmanager
     def open_data(self, meta: SnapshotMeta) -> Iterator[BinaryIO]:

@@ -279,6 +279,41 @@ class _LmdbView:
         return removed
 
 
+class LmdbSnapshotSource:
+    """A pinned state (one read transaction) to stream once, on any one thread at a time
+    (py-lmdb uses MDB_NOTLS: a read transaction may move between threads)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
+        self._txn: lmdb.Transaction | None = txn
+        self._dbs = dbs
+
+    def write(self, out: ByteSink) -> LogIndex:
+        """Stream the pinned state to `out` (canonical order); its applied index.  Closes."""
+        txn = self._txn
+        if txn is None:
+            raise KVStoreError("snapshot source already used")
+        try:
+            packer = msgpack.Packer(use_bin_type=True)
+            dbs = self._dbs.all()
+            applied = _LmdbView(txn, self._dbs).applied_index()
+            buf = bytearray(packer.pack([_SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, [n for n, _ in dbs]]))
+            for number, (_, db) in enumerate(dbs):
+                for key, value in txn.cursor(db=db).iternext():
+                    buf += packer.pack((number, key, value))
+                    if len(buf) >= _SNAPSHOT_BLOCK:
+                        out.write(bytes(buf))
+                        buf.clear()
+            out.write(bytes(buf))
+            return applied
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
+
 class LmdbKVStore:
     """KVStore on LMDB; see the module docstring for the layout and durability."""
 
@@ -333,22 +368,14 @@ class LmdbKVStore:
     def writer(self) -> AbstractContextManager[KVWriteView]:
         return self._txn(write=True)
 
+    def open_snapshot(self) -> LmdbSnapshotSource:
+        """Pin the current state (a read transaction) for a later `write`: opening is
+        cheap, so a driver opens it right after an apply and streams it elsewhere."""
+        return LmdbSnapshotSource(self._e().begin(), self._dbs)
+
     def write_snapshot(self, out: ByteSink) -> LogIndex:
         """Stream the whole state to `out` from one read transaction; its applied index."""
-        env = self._e()
-        packer = msgpack.Packer(use_bin_type=True)
-        dbs = self._dbs.all()
-        with env.begin() as txn:
-            applied = _LmdbView(txn, self._dbs).applied_index()
-            buf = bytearray(packer.pack([_SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, [n for n, _ in dbs]]))
-            for number, (_, db) in enumerate(dbs):
-                for key, value in txn.cursor(db=db).iternext():
-                    buf += packer.pack((number, key, value))
-                    if len(buf) >= _SNAPSHOT_BLOCK:
-                        out.write(bytes(buf))
-                        buf.clear()
-            out.write(bytes(buf))
-        return applied
+        return self.open_snapshot().write(out)
 
     def restore_snapshot(self, inp: BinaryIO) -> LogIndex:
         """Replace the whole state by a snapshot (one transaction); the new applied index."""

@@ -143,9 +143,19 @@ class ByteSink(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
+class SnapshotSource(Protocol):
+    """A pinned state, streamed once by `write` (which closes it), or `close`d unused."""
+
+    def write(self, out: ByteSink) -> LogIndex: ...
+
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class SnapshotStore(Protocol):
     """A store that can stream its whole state out and replace it atomically."""
+
+    def open_snapshot(self) -> SnapshotSource: ...
 
     def write_snapshot(self, out: ByteSink) -> LogIndex: ...
 
@@ -170,6 +180,10 @@ class KVStateMachine:
         if not isinstance(self._store, SnapshotStore):
             raise TypeError(f"{type(self._store).__name__} cannot take snapshots")
         return self._store
+
+    def open_snapshot(self) -> SnapshotSource:
+        """Pin the current state (one read transaction) to stream later."""
+        return self._snapshot_store().open_snapshot()
 
     def write_snapshot(self, out: ByteSink) -> LogIndex:
         """Stream the whole state (one read transaction); the applied index it covers."""

@@ -23,8 +23,9 @@ Invariants:
   dead peer drops messages, which Raft tolerates (it retransmits on its own).
 * Snapshots (when given a `SnapshotFiles`; `coord.raft.snapdriver`): chunks
   received are written and fsynced in the persist step; a completed one is
-  installed after `advance` (Ready step 6) before the next Ready; a snapshot
-  is taken in a background task every `snapshot_every` applied entries.
+  installed after `advance` (Ready step 6) before the next Ready; at every
+  multiple of `snapshot_every` the apply batch is split, the state pinned
+  there (a read transaction) and streamed to a snapshot in a background task.
 """
 
 from __future__ import annotations
@@ -222,9 +223,8 @@ class RaftDriver(Generic[A]):
             self._enqueue(msg)
         # 3. apply.
         if rd.committed_entries:
-            results = await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries)
+            results = await self._apply(rd.committed_entries)
             self._settle(rd.committed_entries, results)
-            self._maybe_snapshot()
         # 4. reads: their index is <= what is applied now.
         for rs in rd.read_states:
             self._finish_read(rs.ctx, rs.index)
@@ -255,21 +255,29 @@ class RaftDriver(Generic[A]):
                 waiter.lost = True
                 waiter.done.set()
 
-    def _maybe_snapshot(self) -> None:
-        keeper = self._keeper
-        if keeper is None or self._nursery is None or not keeper.due(self._applied):
-            return
+    async def _apply(self, entries: Sequence[Entry]) -> list[A]:
+        """Apply; at a snapshot boundary, pin the state exactly there in between."""
+        keeper, nursery = self._keeper, self._nursery
+        cut = keeper.boundary(entries) if keeper is not None and nursery else None
+        if cut is None or keeper is None or nursery is None:
+            return list(await trio.to_thread.run_sync(self._fsm.apply, entries))
+        k = cut - entries[0].index + 1
+        results = list(await trio.to_thread.run_sync(self._fsm.apply, entries[:k]))
+        source = await trio.to_thread.run_sync(keeper.open_source)
         keeper.taking = True
 
         async def take() -> None:
             try:
-                await keeper.take(self.core)
+                await keeper.take(self.core, source)
             except Exception:  # a failed snapshot is retried later; the log simply grows
                 log.exception("node %d: taking a snapshot failed", self.id)
             finally:
                 keeper.taking = False
 
-        self._nursery.start_soon(take, name="raft-snapshot")
+        nursery.start_soon(take, name="raft-snapshot")
+        if entries[k:]:
+            results += await trio.to_thread.run_sync(self._fsm.apply, entries[k:])
+        return results
 
     def _note_leader(self, rd: Ready) -> None:
         leader = rd.soft_state.leader

@@ -10,6 +10,10 @@ has a snapshot folder.  Invariants:
   thread is removing;
 * taking and installing exclude each other (`lock`), so the newest snapshot
   only moves forward and a take never publishes state older than an install;
+* snapshots are taken at multiples of `snapshot_every` (the driver splits an
+  apply batch there and pins the state in between), so members holding a
+  snapshot of the same index hold the same bytes (the state and its encoding
+  are deterministic) and a follower can resume a transfer from a new leader;
 * start-up leaves the state machine and the log consistent: if the state is
   behind what the log can replay (state DB lost, or a power loss rolled it
   back past the compaction point) or behind a received snapshot the log does
@@ -21,6 +25,7 @@ has a snapshot folder.  Invariants:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import BinaryIO, Protocol, runtime_checkable
 
 import trio
@@ -30,9 +35,17 @@ from coord.raft.core import RaftNode
 from coord.raft.snapfile import ByteSink, SnapshotFiles
 from coord.raft.snapshot import SnapshotMeta
 from coord.raft.storage import RaftStorage
-from coord.raft.types import LogIndex
+from coord.raft.types import Entry, LogIndex
 
 log = logging.getLogger(__name__)
+
+
+class SnapshotSource(Protocol):
+    """A pinned state (a read transaction), streamed once by `write`, which closes it."""
+
+    def write(self, out: ByteSink) -> LogIndex: ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -41,6 +54,8 @@ class SnapshotStateMachine(Protocol):
 
     @property
     def applied_index(self) -> LogIndex: ...
+
+    def open_snapshot(self) -> SnapshotSource: ...
 
     def write_snapshot(self, out: ByteSink) -> LogIndex: ...
 
@@ -102,32 +117,47 @@ class SnapshotKeeper:
             raise RuntimeError(f"snapshot {meta.index} restored a state at {got}")
 
     # ------------------------------------------------------------------ taking
-    def due(self, applied: LogIndex) -> bool:
+    def boundary(self, entries: Sequence[Entry]) -> LogIndex | None:
+        """The multiple of snapshot_every among `entries` to snapshot at, if one is due."""
         every = self._config.snapshot_every
+        if every == 0 or self.taking or not entries:
+            return None
+        cut = entries[-1].index // every * every
         latest = self.files.latest()
-        base = latest.index if latest is not None else 0
-        return every > 0 and not self.taking and applied - base >= every
+        if cut < entries[0].index or (latest is not None and cut <= latest.index):
+            return None
+        return LogIndex(cut)
 
-    async def take(self, core: RaftNode) -> None:
-        """Snapshot the state (applies go on meanwhile), publish it, compact the log."""
+    def open_source(self) -> SnapshotSource:
+        """Pin the state machine's current state (blocking briefly: a worker thread)."""
+        return self._fsm.open_snapshot()
+
+    async def take(self, core: RaftNode, source: SnapshotSource) -> None:
+        """Stream the pinned state (applies go on meanwhile), publish it, compact the log."""
         started = trio.current_time()
-        async with self.lock:
-            taken = await trio.to_thread.run_sync(self.files.take, self._fsm.write_snapshot)
-            latest = self.files.latest()
-            if latest is not None and taken.index <= latest.index:
-                await trio.to_thread.run_sync(self.files.discard_taken)
-                return
-            # No await between reading the term and building the meta: the core's log is
-            # stable on the trio thread, and taken.index > latest.index >= its floor.
-            voters = tuple(sorted(core.voters.voters))
-            meta = SnapshotMeta(
-                taken.index, core.log.term(taken.index), voters, (), taken.size, taken.digest
-            )
-            await trio.to_thread.run_sync(self.files.commit_taken, meta)
-            core.snapshot_taken(meta)
-            self._fsm.snapshot_taken(meta.index)
-            self.taken += 1
-            await self._compact(core, meta)
+        try:
+            async with self.lock:
+                await self._take(core, source, started)
+        finally:
+            source.close()  # no-op once written; releases the pin if we never got to it
+
+    async def _take(self, core: RaftNode, source: SnapshotSource, started: float) -> None:
+        taken = await trio.to_thread.run_sync(self.files.take, source.write)
+        latest = self.files.latest()
+        if latest is not None and taken.index <= latest.index:
+            await trio.to_thread.run_sync(self.files.discard_taken)
+            return
+        # The term is read on the trio thread with no await before the meta is built;
+        # taken.index > latest.index >= the core's floor, so the log still has it.
+        voters = tuple(sorted(core.voters.voters))
+        meta = SnapshotMeta(
+            taken.index, core.log.term(taken.index), voters, (), taken.size, taken.digest
+        )
+        await trio.to_thread.run_sync(self.files.commit_taken, meta)
+        core.snapshot_taken(meta)
+        self._fsm.snapshot_taken(meta.index)
+        self.taken += 1
+        await self._compact(core, meta)
         log.info("snapshot %d taken (%d bytes) and the log compacted in %.3f s", meta.index,
                  meta.size, trio.current_time() - started)
 

@@ -89,6 +89,11 @@ def _read_meta(path: Path) -> SnapshotMeta | None:
         return None
 
 
+def current_meta(folder: Path) -> SnapshotMeta | None:
+    """The meta of the newest complete snapshot in `folder` (read-only; for tools, tests)."""
+    return _read_meta(folder / "snapshot.bin")
+
+
 def partial_state(folder: Path) -> tuple[SnapshotMeta, int] | None:
     """The snapshot being received into `folder` and how many bytes of it are on disk."""
     path = folder / "partial.bin"

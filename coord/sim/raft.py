@@ -12,11 +12,13 @@ throws away everything written since the last fsync, and the restarted node
 is built from the durable copy alone (its state machine is volatile and is
 rebuilt from its durable snapshot, if any, and by re-applying committed entries).
 
-Snapshots: every `snapshot_every` applied entries a node snapshots its state
-machine (`coord.sim.raft_snap`), tells the core and compacts its log up to
-`keep_tail` entries behind; lagging followers get InstallSnapshot in small
-chunks, and some runs crash a receiver in the middle of a transfer so that
-it must resume from its partial snapshot after restarting.
+Snapshots: at every multiple of `snapshot_every` a node snapshots its state
+machine (`coord.sim.raft_snap`; as the real driver does, so nodes' snapshots
+of one index are identical and transfers resume across leaders), tells the
+core and compacts its log up to `keep_tail` entries behind; lagging
+followers get InstallSnapshot in small chunks, and some runs crash a
+receiver in the middle of a transfer so that it must resume from its
+partial snapshot after restarting.
 
 Invariants: every step (one delivery or one tick of one node, plus the
 Readys it produced) is followed by `RaftChecker` checks; a violation raises
@@ -325,16 +327,20 @@ class RaftSim:
         for m in rd.messages:
             self.report.chunks_sent += isinstance(m, InstallSnapshot)
             self.net.send(self.now, m.src, m.dst, m)
+        pinned = None
+        every = self.p.raft.snapshot_every
         for entry in rd.committed_entries:
             self._apply(nid, entry)
+            if every and entry.index % every == 0:
+                pinned = self._snapshot_of(self.applied[nid])
         if rd.read_states:
             self._serve_reads(nid, rd.read_states)
         core.advance(rd)
         checker.after_step(nid, core)
         if complete is not None:
             self._install(nid, core, complete)
-        elif rd.committed_entries:
-            self._maybe_snapshot(nid, core)
+        elif pinned is not None:
+            self._keep_snapshot(nid, core, *pinned)
 
     def _snapshot_of(self, state: list[Entry]) -> tuple[SnapshotMeta, bytes]:
         return encode_state(state, self.ids)
@@ -359,13 +365,11 @@ class RaftSim:
         self.trace.append((self.now, "install", f"node {nid} snapshot at {meta.index}"))
         self.checker.after_step(nid, core)
 
-    def _maybe_snapshot(self, nid: NodeId, core: RaftNode) -> None:
-        """Snapshot every `snapshot_every` entries, then compact keeping `keep_tail`."""
-        cfg, disk, sm = self.p.raft, self.disks[nid], self.applied[nid]
-        taken = disk.snaps.snapshot[0].index if disk.snaps.snapshot is not None else 0
-        if cfg.snapshot_every == 0 or len(sm) - taken < cfg.snapshot_every:
-            return
-        meta, data = self._snapshot_of(sm)
+    def _keep_snapshot(self, nid: NodeId, core: RaftNode, meta: SnapshotMeta, data: bytes) -> None:
+        """Store a snapshot taken at a boundary, tell the core, compact keeping `keep_tail`."""
+        cfg, disk = self.p.raft, self.disks[nid]
+        if disk.snaps.snapshot is not None and disk.snaps.snapshot[0].index >= meta.index:
+            return  # an install overtook it
         disk.snaps.keep(meta, data)
         core.snapshot_taken(meta)
         self.report.snapshots += 1

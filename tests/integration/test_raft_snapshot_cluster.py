@@ -18,7 +18,7 @@ import trio
 
 from coord.kv.remote import KvClient
 from coord.raft.rpc import RaftDigest
-from coord.raft.snapfile import partial_state
+from coord.raft.snapfile import current_meta, partial_state
 from coord.rpc import RpcClient, RpcError
 from tests.support.meta_cluster import MetaCluster, meta_cluster
 from tests.support.processes import ROOT, ddfs_argv
@@ -175,6 +175,13 @@ async def test_member_restarted_after_compaction_reloads_its_snapshot(tmp_path: 
                 await _write(rpc, cluster, 100, b"c")
                 await _converged(rpc, cluster)
                 await trio.to_thread.run_sync(_status_shows_compaction, cluster)
+                # Snapshots are taken at multiples of snapshot_every: members' snapshots of
+                # one index are the same bytes (what lets a transfer resume across leaders).
+                metas = [current_meta(tmp_path / f"meta{i}" / "snap") for i in cluster.ids]
+                pairs = [(a, b) for a in metas for b in metas
+                         if a is not None and b is not None and a is not b and a.index == b.index]
+                assert pairs and all(a == b for a, b in pairs), metas
+                assert all(m is not None and m.index % SNAPSHOT_EVERY == 0 for m in metas), metas
         except BaseException:
             print(cluster.logs())
             raise

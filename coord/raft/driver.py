@@ -238,6 +238,9 @@ class RaftDriver(Generic[A]):
         assert self._keeper is not None, "the core sends chunks only to a member with snapshots"
         done = None
         for chunk in chunks:
+            if chunk.offset == 0:
+                log.info("node %d: receiving snapshot %d (%d bytes)", self.id, chunk.meta.index,
+                         chunk.meta.size)
             ok = self._keeper.files.write_chunk(chunk)
             if chunk.last:
                 done = (chunk.meta, ok)

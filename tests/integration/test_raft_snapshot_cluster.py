@@ -148,6 +148,49 @@ async def test_a_follower_killed_mid_transfer_resumes_from_its_partial_snapshot(
             raise
 
 
+async def test_a_transfer_resumes_from_a_new_leader_after_the_old_one_dies(
+    tmp_path: Path,
+) -> None:
+    with meta_cluster(tmp_path, 3, extra_args=_config(tmp_path, chunk=2048)) as cluster:
+        try:
+            async with cluster.client() as rpc:
+                leader = await cluster.wait_leader(rpc)
+                victim, other = (i for i in cluster.ids if i != leader)
+                await _converged(rpc, cluster)
+                cluster.members[victim].signal(signal.SIGSTOP)
+                try:
+                    await _write(rpc, cluster, 3000, b"x")
+                    # Both live members hold the same snapshot (same index, same bytes).
+                    with trio.move_on_after(20):
+                        while True:
+                            st = await cluster.statuses(rpc)
+                            if st[leader]["snapshot_index"] == st[other]["snapshot_index"]:
+                                break
+                            await trio.sleep(0.1)
+                finally:
+                    cluster.members[victim].signal(signal.SIGCONT)
+                target = st[leader]["snapshot_index"]
+                folder = tmp_path / f"meta{victim}" / "snap"
+                got = None
+                with trio.move_on_after(30):
+                    # (A chunk of an older snapshot may still be in flight: wait for this one.)
+                    while got is None or got[0].index != target or not 0 < got[1] < got[0].size:
+                        await trio.sleep(0.005)
+                        got = partial_state(folder)
+                assert got is not None and 0 < got[1] < got[0].size, (got, target)
+                cluster.members[leader].kill()  # the leader dies mid-transfer
+                await cluster.wait_leader(rpc, exclude=leader)
+                cluster.start(leader)
+                await _converged(rpc, cluster)
+                log = cluster.members[victim].log_text()
+                # The new leader went on from the follower's offset: one transfer, not two.
+                assert log.count(f"receiving snapshot {got[0].index} ") == 1, log[-3000:]
+                assert f"snapshot {got[0].index} installed" in log, log[-3000:]
+        except BaseException:
+            print(cluster.logs())
+            raise
+
+
 async def test_member_restarted_after_compaction_reloads_its_snapshot(tmp_path: Path) -> None:
     with meta_cluster(tmp_path, 3, extra_args=_config(tmp_path)) as cluster:
         try:

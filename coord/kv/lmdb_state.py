@@ -25,6 +25,14 @@ loss when the file system reorders writes.
 
 No transaction outlives a `with` block; a trio driver runs `apply` (and so
 `writer()`) in `trio.to_thread.run_sync`.
+
+Snapshots (Raft compaction): `write_snapshot` streams every named database
+from ONE read transaction (LMDB's MVCC: applies go on meanwhile and the
+snapshot is exactly the state at the applied index it reports), in a
+canonical order (databases by name, keys in LMDB order), so equal states give
+equal bytes on every member.  `restore_snapshot` replaces the contents of
+every database in ONE write transaction: a reader sees the old state or the
+new one, and a crash leaves one of the two.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import lmdb
 import msgpack
@@ -76,6 +85,13 @@ def _session_from(raw: bytes) -> SessionRecord:
 
 
 _KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta"})
+_SNAPSHOT_MAGIC = "ddfs-kv-snapshot"
+_SNAPSHOT_VERSION = 1
+_SNAPSHOT_BLOCK = 1 << 16  # bytes buffered before each write to the sink
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
 
 
 class _Dbs:
@@ -91,6 +107,12 @@ class _Dbs:
         if _KV_DBS & set(names) or len(names) + len(_KV_DBS) > MAX_DBS:
             raise KVStoreError(f"bad extension tables {names}")
         self.tables = {name: env.open_db(name.encode()) for name in names}
+
+    def all(self) -> list[tuple[str, lmdb._Database]]:
+        """Every database of the state, by name: the snapshot's canonical order."""
+        fixed = {"kv": self.kv, "sessions": self.sessions, "idle": self.idle,
+                 "replies": self.replies, "meta": self.meta}
+        return sorted([*fixed.items(), *self.tables.items()])
 
 
 class _LmdbTable:
@@ -257,6 +279,41 @@ class _LmdbView:
         return removed
 
 
+class LmdbSnapshotSource:
+    """A pinned state (one read transaction) to stream once, on any one thread at a time
+    (py-lmdb uses MDB_NOTLS: a read transaction may move between threads)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
+        self._txn: lmdb.Transaction | None = txn
+        self._dbs = dbs
+
+    def write(self, out: ByteSink) -> LogIndex:
+        """Stream the pinned state to `out` (canonical order); its applied index.  Closes."""
+        txn = self._txn
+        if txn is None:
+            raise KVStoreError("snapshot source already used")
+        try:
+            packer = msgpack.Packer(use_bin_type=True)
+            dbs = self._dbs.all()
+            applied = _LmdbView(txn, self._dbs).applied_index()
+            buf = bytearray(packer.pack([_SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, [n for n, _ in dbs]]))
+            for number, (_, db) in enumerate(dbs):
+                for key, value in txn.cursor(db=db).iternext():
+                    buf += packer.pack((number, key, value))
+                    if len(buf) >= _SNAPSHOT_BLOCK:
+                        out.write(bytes(buf))
+                        buf.clear()
+            out.write(bytes(buf))
+            return applied
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
+
 class LmdbKVStore:
     """KVStore on LMDB; see the module docstring for the layout and durability."""
 
@@ -310,6 +367,40 @@ class LmdbKVStore:
 
     def writer(self) -> AbstractContextManager[KVWriteView]:
         return self._txn(write=True)
+
+    def open_snapshot(self) -> LmdbSnapshotSource:
+        """Pin the current state (a read transaction) for a later `write`: opening is
+        cheap, so a driver opens it right after an apply and streams it elsewhere."""
+        return LmdbSnapshotSource(self._e().begin(), self._dbs)
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex:
+        """Stream the whole state to `out` from one read transaction; its applied index."""
+        return self.open_snapshot().write(out)
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex:
+        """Replace the whole state by a snapshot (one transaction); the new applied index."""
+        env = self._e()
+        unpacker = msgpack.Unpacker(inp, raw=False, use_list=False, max_buffer_size=1 << 30)
+        head = next(unpacker, None)
+        if not (isinstance(head, tuple) and len(head) == 3 and head[0] == _SNAPSHOT_MAGIC):
+            raise KVStoreError("not a KV snapshot")
+        mine = dict(self._dbs.all())
+        if head[1] != _SNAPSHOT_VERSION or set(head[2]) != set(mine):
+            raise KVStoreError(f"snapshot version {head[1]} with databases {head[2]} does not "
+                               f"fit this store ({sorted(mine)})")
+        dbs = [mine[name] for name in head[2]]
+        try:
+            with env.begin(write=True) as txn:
+                for db in dbs:
+                    txn.drop(db, delete=False)
+                for number, key, value in unpacker:
+                    # Keys arrive in LMDB order within each database: append skips the search.
+                    txn.put(key, value, db=dbs[number], append=True)
+                applied = _LmdbView(txn, self._dbs).applied_index()
+        except lmdb.MapFullError as exc:
+            raise KVStoreFullError(f"KV store full (map size {env.info()['map_size']})") from exc
+        env.sync(True)
+        return applied
 
     def checkpoint(self) -> LogIndex:
         env = self._e()

@@ -30,6 +30,14 @@ Invariants:
   transaction.  An extension payload that does not decode is BAD_COMMAND, as
   is a space with no extension.
 
+* Snapshots (Raft compaction): `write_snapshot` / `restore_snapshot` pass
+  through to a store that can stream its whole state (`SnapshotStore`: the
+  LMDB store; extension tables included, so the file system's state travels
+  with it).  `snapshot_taken(index)` is the hook a driver calls whenever a
+  snapshot at `index` exists (taken or installed): the log behind it may be
+  compacted, so anything that mirrors the log (an event log for watches)
+  may compact up to it; `snapshot_index` remembers the newest.
+
 The store calls block (LMDB commit); a trio driver runs `apply` through
 `trio.to_thread.run_sync` and never holds a view across an await.
 """
@@ -38,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from coord.kv import sessions
 from coord.kv.codec import CodecError
@@ -131,6 +139,29 @@ class Extension(Protocol):
         ...
 
 
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class SnapshotSource(Protocol):
+    """A pinned state, streamed once by `write` (which closes it), or `close`d unused."""
+
+    def write(self, out: ByteSink) -> LogIndex: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """A store that can stream its whole state out and replace it atomically."""
+
+    def open_snapshot(self) -> SnapshotSource: ...
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex: ...
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex: ...
+
+
 class KVStateMachine:
     def __init__(
         self,
@@ -143,6 +174,28 @@ class KVStateMachine:
         self._ext = {ext.space: ext for ext in extensions}
         if len(self._ext) != len(extensions) or any(space < 1 for space in self._ext):
             raise ValueError("extension spaces must be unique and >= 1")
+        self.snapshot_index = LogIndex(0)  # newest snapshot known to exist (0: none)
+
+    def _snapshot_store(self) -> SnapshotStore:
+        if not isinstance(self._store, SnapshotStore):
+            raise TypeError(f"{type(self._store).__name__} cannot take snapshots")
+        return self._store
+
+    def open_snapshot(self) -> SnapshotSource:
+        """Pin the current state (one read transaction) to stream later."""
+        return self._snapshot_store().open_snapshot()
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex:
+        """Stream the whole state (one read transaction); the applied index it covers."""
+        return self._snapshot_store().write_snapshot(out)
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex:
+        """Replace the whole state by a snapshot atomically; the new applied index."""
+        return self._snapshot_store().restore_snapshot(inp)
+
+    def snapshot_taken(self, index: LogIndex) -> None:
+        """Hook: a snapshot at `index` exists; the log up to it may be compacted."""
+        self.snapshot_index = LogIndex(max(self.snapshot_index, index))
 
     @property
     def applied_index(self) -> LogIndex:

@@ -43,7 +43,8 @@ from coord.raft.config import RaftConfig
 from coord.raft.driver import RaftDriver
 from coord.raft.lmdb_store import LmdbRaftStorage
 from coord.raft.membership import ChangeKind, Membership
-from coord.raft.rpc import RaftChange, RpcTransport, add_raft_routes
+from coord.raft.rpc import RaftChange, RpcTransport, add_digest_route, add_raft_routes
+from coord.raft.snapfile import SnapshotFiles
 from coord.raft.types import NodeId
 from coord.rpc import (
     ClientConfig,
@@ -155,7 +156,10 @@ async def serve_kv_member(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     storage, kv_store = _open_stores(config, plugins)
+    snapshots: SnapshotFiles | None = None
     try:
+        if config.raft.snapshot_every > 0:
+            snapshots = SnapshotFiles(config.data_dir / "snap")
         fsm = KVStateMachine(kv_store, config.kv, [e for p in plugins for e in p.extensions])
         client_cfg = ClientConfig(node_id=config.node_id, secret=config.secret, role="meta")
         async with RpcClient(client_cfg, TcpConnector()) as peers_rpc:
@@ -173,6 +177,7 @@ async def serve_kv_member(
                 transport,
                 rng=random.Random(),
                 membership=bootstrap,
+                snapshots=snapshots,
             )
             addresses = dict(config.members)  # live address book: leader hints
             addresses.update(driver.core.membership.address_book())
@@ -185,6 +190,7 @@ async def serve_kv_member(
             driver.on_membership.append(learn)
             router = Router()
             add_raft_routes(router, driver, {"address": config.address})
+            add_digest_route(router, fsm)
             KvService(driver, fsm, addresses).routes(router)
             for plugin in plugins:
                 plugin.attach(driver, fsm, router, addresses, peers_rpc)
@@ -210,6 +216,8 @@ async def serve_kv_member(
     finally:
         storage.close()
         kv_store.close()
+        if snapshots is not None:
+            snapshots.close()
 
 
 async def _ask_to_join(config: MemberConfig, rpc: RpcClient, transport: RpcTransport) -> None:

@@ -94,6 +94,7 @@ class Centralized:
         self._grantor: NodeId | None = None
         self._last_event: float | None = None  # the latest `now` seen (pause detection)
         self._awake_since = -math.inf  # running without a pause since then
+        self._deposed_at = -math.inf  # when a newer epoch last ended our coordination
 
     # ------------------------------------------------------------------ views
 
@@ -244,6 +245,7 @@ class Centralized:
         out: list[Effect] = []
         if self._coord is not None and msg.sender != self.me:
             self._coord = None
+            self._deposed_at = now
             out.append(Note(f"stops coordinating {self.lock}: {msg.sender} leads a newer epoch"))
         waiting = self.wanting
         if waiting:
@@ -286,9 +288,10 @@ class Centralized:
     def _enqueue(self, node: NodeId, req: int, now: float) -> list[Effect]:
         c = self._coord
         assert c is not None
-        for i, (queued, _, _) in enumerate(c.queue):
+        for i, (queued, old, _) in enumerate(c.queue):
             if queued == node:
-                c.queue[i] = (node, req, now)  # a re-sent request keeps its place
+                if req > old:  # (an older one arriving late, reordered, changes nothing)
+                    c.queue[i] = (node, req, now)  # a re-sent request keeps its place
                 break
         else:
             c.queue.append((node, req, now))
@@ -322,7 +325,7 @@ class Centralized:
     def _check_leader(self, now: float) -> list[Effect]:
         leader = self._view.leader(frozenset(self._suspected))
         if leader == self._leader:
-            return []
+            return self._reclaim(now) if leader == self.me and self._coord is None else []
         self._leader = leader
         out: list[Effect] = [Note(f"{self.lock}: coordinator is now {leader}")]
         if leader == self.me:
@@ -334,11 +337,29 @@ class Centralized:
             out += self._new_request(now)  # to the new coordinator
         return out
 
+    def _reclaim(self, now: float) -> list[Effect]:
+        """We lead in our own view but another node's QUERY deposed us.
+
+        If that node is higher and trusted, it leads (our view will follow).  If it
+        is lower or suspected, waiting would leave the requests sent to us unanswered
+        forever: after a recovery wait's grace (so two nodes that disagree about the
+        leader only for a while do not depose each other in a loop) take over with a
+        newer epoch, as Bully's higher node does.
+        """
+        owner = NodeId(self.epoch.owner)
+        if owner > self.me and owner not in self._suspected:
+            return []
+        if now < self._deposed_at + self.config.recovery_wait:
+            return []
+        return self._start_epoch(self.epoch, now)
+
     def _newer_epoch_seen(self, newer: Epoch, now: float) -> list[Effect]:
         if self._leader == self.me:
             return self._start_epoch(newer, now)
         self.epoch = newer
-        self._coord = None
+        if self._coord is not None:
+            self._coord = None
+            self._deposed_at = now
         return []
 
     def _start_epoch(self, after: Epoch, now: float) -> list[Effect]:

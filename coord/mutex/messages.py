@@ -100,6 +100,7 @@ class RaReply(Notification):
     sender: NodeId
     ts: int  # the replier's Lamport time
     to_ts: int  # the request answered (a reply to an older request is ignored)
+    highest: int = 0  # the highest fencing token the replier used or heard of
     stamp: int = 0
 
 

@@ -26,8 +26,10 @@ Checked on every tick (a breach raises `SafetyViolation` naming the seed):
   an entry once a later entry has written (so grant tokens must grow in
   entry order; a stale holder's write is refused);
 * token ring: at most one node holds a token of the newest epoch.
-After the faults a quiet period checks liveness: every live node that asked
-got in, and (ring) every token seen is of one epoch.
+After the faults a quiet period checks liveness: no live node is still
+waiting at the end for a request made LIVENESS_WAIT ticks before (and since
+the faults stop at least that long before the end, some or all of its wait
+was fault-free), and (ring) every token seen is of one epoch.
 
 Invariant: one seed gives one run, step for step (all randomness comes from
 one `random.Random(seed)`).
@@ -67,6 +69,7 @@ from coord.mutex.types import (
 from coord.sim.network import NetConfig, SimNetwork
 
 ALGORITHMS = ("centralized", "ricart-agrawala", "token-ring")
+LIVENESS_WAIT = 150  # ticks a live node may wait after the faults (the quiet period's length)
 LOCK = LockName("L")
 RESOURCE = ResourceId("resource")
 SIM_ELECTION = ElectionConfig(ok_timeout=8.0, coordinator_timeout=20.0, ring_timeout=40.0)
@@ -135,7 +138,8 @@ class _Node:
     last_ran: int = 0
     backlog: list[object] = field(default_factory=list)
     release_at: int | None = None
-    asked_late: bool = False  # asked for the lock during the quiet period
+    asked_at: int = -1  # when it last asked for the lock
+    entered_at: int = -1  # when it last got in
     entry: int = 0  # the global number of this node's latest entry
 
     def running(self, now: int) -> bool:
@@ -294,7 +298,7 @@ class MutexSim:
             elif now < grant.expires_at:  # a correct holder checks its lease first
                 self._write(i, grant.token, now)
         elif not core.wanting and self.rng.random() < self.p.want_chance:
-            node.asked_late = node.asked_late or now >= self.quiet_from
+            node.asked_at = now
             self._run(i, core.want(now), now)
 
     def _resumed(self, i: NodeId, now: int) -> None:
@@ -318,6 +322,7 @@ class MutexSim:
                     self.report.late_entries[i] = self.report.late_entries.get(i, 0) + 1
                 self.entries_made += 1
                 self.nodes[i].entry = self.entries_made
+                self.nodes[i].entered_at = now
                 self.nodes[i].release_at = now + self.rng.randint(*self.p.hold)
 
     # ------------------------------------------------------------------ checks
@@ -360,10 +365,10 @@ class MutexSim:
     def _check_liveness(self) -> None:
         end = self.p.ticks - 1
         for i, n in self.nodes.items():
-            if n.crashed or not n.asked_late:
-                continue
-            if self.report.late_entries.get(i, 0) == 0 and n.core.wanting:
-                self._fail(end, f"node {i} asked after the faults and never got in")
+            # Waiting through LIVENESS_WAIT ticks, all or partly after the faults.
+            stuck = n.core.wanting and n.entered_at < n.asked_at <= end - LIVENESS_WAIT
+            if not n.crashed and stuck:
+                self._fail(end, f"node {i} asked at tick {n.asked_at} and never got in")
         if len(self.late_epochs) > 1:
             self._fail(end, f"tokens of several epochs after the faults: {self.late_epochs}")
 
@@ -372,6 +377,6 @@ def run_mutex_sim(seed: int, algo: str, params: SimParams = SimParams(), *,
                   factory: CoreFactory | None = None) -> SimReport:
     """One seeded run; raises `SafetyViolation` (naming the seed) on any breach."""
     sim = MutexSim(seed, algo, params, factory=factory)
-    if sim.quiet_from + 150 > params.ticks:
+    if sim.quiet_from + LIVENESS_WAIT > params.ticks:
         raise ValueError(f"run too short for its faults: {params}")
     return sim.run()

@@ -19,6 +19,8 @@ from coord.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
@@ -27,6 +29,7 @@ from coord.raft.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
 
@@ -43,7 +46,9 @@ _TAGS: dict[type, int] = {
     HeartbeatResponse: 6,
     ReadIndexRequest: 7,
     ReadIndexResponse: 8,
-    TimeoutNow: 9,
+    InstallSnapshot: 9,
+    InstallSnapshotResponse: 10,
+    TimeoutNow: 11,
 }
 
 
@@ -97,6 +102,13 @@ def _encode_one(m: Message) -> list[Any]:
             return [*head, bytes(m.ctx)]
         case ReadIndexResponse():
             return [*head, bytes(m.ctx), m.index]
+        case InstallSnapshot():
+            meta = m.meta
+            return [*head, [meta.index, meta.term, list(meta.voters), list(meta.learners),
+                            meta.size, meta.digest, [list(a) for a in meta.addresses]],
+                    m.offset, m.data]
+        case InstallSnapshotResponse():
+            return [*head, m.index, m.offset, m.done]
         case TimeoutNow():
             return head
 
@@ -151,6 +163,40 @@ def _d_read_resp(r: list[Any]) -> Message:
     return ReadIndexResponse(s, d, t, ReadCtx(_bytes(r[4])), LogIndex(_int(r[5])))
 
 
+def _node_ids(v: Any) -> tuple[NodeId, ...]:
+    if type(v) is not list:
+        raise CodecError("a configuration is a list of node ids")
+    return tuple(NodeId(_int(x)) for x in v)
+
+
+def _addresses(v: Any) -> tuple[tuple[NodeId, str], ...]:
+    if type(v) is not list or not all(
+        type(a) is list and len(a) == 2 and type(a[1]) is str for a in v
+    ):
+        raise CodecError("an address book is a list of [id, address]")
+    return tuple((NodeId(_int(a[0])), a[1]) for a in v)
+
+
+def _meta(v: Any) -> SnapshotMeta:
+    if type(v) is not list or len(v) != 7:
+        raise CodecError(
+            "a snapshot meta is [index, term, voters, learners, size, digest, addresses]"
+        )
+    index, term, voters, learners, size, digest, addresses = v
+    return SnapshotMeta(LogIndex(_int(index)), Term(_int(term)), _node_ids(voters),
+                        _node_ids(learners), _int(size), _int(digest), _addresses(addresses))
+
+
+def _d_snap(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return InstallSnapshot(s, d, t, _meta(r[4]), _int(r[5]), _bytes(r[6]))
+
+
+def _d_snap_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return InstallSnapshotResponse(s, d, t, LogIndex(_int(r[4])), _int(r[5]), _bool(r[6]))
+
+
 def _d_timeout_now(r: list[Any]) -> Message:
     return TimeoutNow(*_ids(r))
 
@@ -165,7 +211,9 @@ _DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
     6: ((5,), _d_hb_resp),
     7: ((5,), _d_read),
     8: ((6,), _d_read_resp),
-    9: ((4,), _d_timeout_now),
+    9: ((7,), _d_snap),
+    10: ((7,), _d_snap_resp),
+    11: ((4,), _d_timeout_now),
 }
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import msgpack
 
 from coord.raft.logview import LogView
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
 _NO_INDEX = LogIndex(0)
@@ -127,6 +128,11 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
     raise MembershipError(f"unknown change {change.kind}")  # pragma: no cover
 
 
+def snapshot_membership(meta: SnapshotMeta) -> Membership:
+    """The configuration a snapshot recorded (in force at its index)."""
+    return Membership(frozenset(meta.voters), frozenset(meta.learners), meta.addresses)
+
+
 def config_entry(term: Term, index: LogIndex, membership: Membership) -> Entry:
     return Entry(term, index, EntryKind.CONFIG, membership.encode())
 
@@ -134,12 +140,15 @@ def config_entry(term: Term, index: LogIndex, membership: Membership) -> Entry:
 class ConfigTracker:
     """The configuration in force on one member, following its log."""
 
-    __slots__ = ("committed", "committed_index", "pending")
+    __slots__ = ("committed", "committed_index", "history", "pending")
 
     def __init__(self, committed: Membership, committed_index: LogIndex = _NO_INDEX) -> None:
         self.committed = committed
         self.committed_index = committed_index  # index of its entry (0: bootstrap/snapshot)
         self.pending: list[tuple[LogIndex, Term, Membership]] = []
+        # A few earlier committed configurations, newest last: a snapshot taken at an
+        # applied index below `committed_index` records the one in force there.
+        self.history: list[tuple[LogIndex, Membership]] = []
 
     @property
     def current(self) -> Membership:
@@ -166,7 +175,15 @@ class ConfigTracker:
 
     def commit_to(self, index: LogIndex) -> None:
         while self.pending and self.pending[0][0] <= index:
+            self.history = [*self.history[-7:], (self.committed_index, self.committed)]
             self.committed_index, _, self.committed = self.pending.pop(0)
+
+    def at(self, index: LogIndex) -> Membership:
+        """The committed configuration in force at `index` (<= the commit index)."""
+        for at, m in reversed([*self.history, (self.committed_index, self.committed)]):
+            if at <= index:
+                return m
+        return self.history[0][1] if self.history else self.committed
 
 
 def tracker_from_log(

@@ -4,9 +4,11 @@ Peers exchange Raft messages as one-way `raft.batch` notifications (a
 message batch per frame; replies are ordinary Raft messages going the other
 way), so a slow or dead peer never blocks the sender.  `raft.status` answers
 what `ddfs raft status` shows; `clock.probe` lets it estimate each member's
-clock offset.  `raft.change` (add/promote/remove a member) and
-`raft.transfer` serve `ddfs raft add/promote/remove/transfer`; they run on
-the leader and answer NOT_LEADER with the leader's address elsewhere.
+clock offset; `raft.digest` hashes the member's whole state (the bytes a
+snapshot of it would hold) so tests and tools can check replicas agree.
+`raft.change` (add/promote/remove a member) and `raft.transfer` serve
+`ddfs raft add/promote/remove/transfer`; they run on the leader and answer
+NOT_LEADER with the leader's address elsewhere.
 
 Invariant: a malformed batch from an authenticated peer is logged and
 dropped; it never reaches the core and never ends the connection.
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+import xxhash
 
 from coord.clock.rpc import add_clock_routes
 from coord.raft.codec import CodecError, decode_batch, encode_batch
 from coord.raft.driver import ChangeRefused, RaftDriver, RaftUnavailable, status_dict
 from coord.raft.membership import ChangeKind, ConfChange, Membership
 from coord.raft.messages import Message
+from coord.raft.snapdriver import SnapshotStateMachine
 from coord.raft.types import NodeId
 from coord.rpc import (
     CallContext,
@@ -80,6 +84,41 @@ class RaftChange(Request[ChangeReply]):
 @dataclass(frozen=True, slots=True)
 class RaftTransfer(Request[ChangeReply]):
     target: int = 0  # 0: the most caught-up voter
+
+
+@dataclass(frozen=True, slots=True)
+class DigestReply:
+    applied: int  # the applied index the digest covers
+    digest: int  # xxh3_64 of the state's snapshot bytes
+    size: int
+
+
+@request("raft.digest", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class RaftDigest(Request[DigestReply]):
+    pass
+
+
+class _Hasher:
+    def __init__(self) -> None:
+        self.hash = xxhash.xxh3_64()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def add_digest_route(router: Router, fsm: SnapshotStateMachine) -> None:
+    """Register `raft.digest`: a hash of the whole state at its applied index."""
+
+    async def on_digest(req: RaftDigest, ctx: CallContext) -> DigestReply:
+        sink = _Hasher()
+        applied = await trio.to_thread.run_sync(fsm.write_snapshot, sink)
+        return DigestReply(int(applied), sink.hash.intdigest(), sink.size)
+
+    router.add(RaftDigest, on_digest)
 
 
 class RpcTransport:

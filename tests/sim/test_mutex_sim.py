@@ -82,13 +82,29 @@ def _buggy(me: NodeId, nodes: Sequence[NodeId], config: MutexConfig) -> RicartAg
 
 def test_planted_bug_replying_inside_the_cs_is_caught() -> None:
     caught = []
+    contended = SimParams(hold=(3, 8))  # longer stays inside: more requests arrive meanwhile
     for seed in range(30):
         try:
-            run_mutex_sim(seed, "ricart-agrawala", factory=_buggy)
+            run_mutex_sim(seed, "ricart-agrawala", contended, factory=_buggy)
         except SafetyViolation as exc:
             caught.append(str(exc))
     assert caught, "30 runs with the planted bug and no violation found"
     assert any("two unexpired holders" in c for c in caught)
+
+
+class NeverReplies(RicartAgrawala):
+    """A liveness bug: requests are swallowed (every reply is deferred forever)."""
+
+    def _defers(self, msg: RaRequest) -> bool:
+        return True
+
+
+def test_the_quiet_period_catches_a_node_that_never_gets_in() -> None:
+    def never(me: NodeId, nodes: Sequence[NodeId], config: MutexConfig) -> RicartAgrawala:
+        return NeverReplies(me, nodes, LOCK, config)
+
+    with pytest.raises(SafetyViolation, match="never got in"):
+        run_mutex_sim(3, "ricart-agrawala", SimParams(faults=(3, 3)), factory=never)
 
 
 def test_same_seed_same_run() -> None:

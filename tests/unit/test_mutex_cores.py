@@ -21,10 +21,11 @@ from coord.mutex.messages import (
     RingEpoch,
     RingToken,
 )
-from coord.mutex.ricart import RicartAgrawala
+from coord.mutex.ricart import LEFT_OUT_MARGIN, RicartAgrawala
 from coord.mutex.ring import TokenRing
 from coord.mutex.types import (
     INITIAL_EPOCH,
+    OWNER_SPAN,
     Effect,
     Enter,
     Epoch,
@@ -209,31 +210,65 @@ def test_ra_defers_while_inside_and_answers_on_exit() -> None:
     b = RicartAgrawala(n2, [n1, n2], L, CFG)
     (_, req), = sends(b.want(0.0))
     assert entered(b.receive(RaReply(L, n1, 3, req.ts), 0.1))  # type: ignore[attr-defined]
+    assert b.held is not None
+    token = b.held.token
     assert sends(b.receive(RaRequest(L, n1, 9), 0.2)) == []  # inside: deferred
     (to, reply), = sends(b.release(0.3))
-    assert to == n1 and reply == RaReply(L, n2, reply.ts, 9)  # type: ignore[attr-defined]
+    assert to == n1 and isinstance(reply, RaReply) and reply.to_ts == 9
+    assert reply.highest == token  # the next holder's token will be above ours
 
 
 def test_ra_ties_go_to_the_earlier_timestamp_then_the_lower_id() -> None:
-    b = RicartAgrawala(n2, [n1, n2, n3], L, CFG)
-    (_, req), _ = sends(b.want(0.0))
-    mine = req.ts  # type: ignore[attr-defined]
+    b = RicartAgrawala(n2, [n1, n2, n3, NodeId(4)], L, CFG)
+    b.receive(RaRequest(L, n1, 5), 0.0)  # (answered at once: b wants nothing yet)
+    reqs = sends(b.want(0.0))
+    mine = reqs[0][1].ts  # type: ignore[attr-defined]
+    assert mine == 8  # observed 5, replied (6, 7), asked (8)
     assert sends(b.receive(RaRequest(L, n3, mine), 0.1)) == []  # same ts, higher id: wait
     assert len(sends(b.receive(RaRequest(L, n1, mine), 0.1))) == 1  # lower id: reply
-    assert len(sends(b.receive(RaRequest(L, n3, mine - 1), 0.1))) == 1  # earlier ts: reply
+    assert len(sends(b.receive(RaRequest(L, NodeId(4), mine - 1), 0.1))) == 1  # earlier ts
+    # A request overtaken by a later one of the same peer (reordered) is stale.
+    assert sends(b.receive(RaRequest(L, n1, 5), 0.2)) == []
 
 
-def test_ra_a_suspected_peer_is_left_out_only_after_our_reply_to_it_expired() -> None:
+def test_ra_a_suspected_peer_is_left_out_only_when_no_lease_of_it_can_run() -> None:
     a = RicartAgrawala(n1, [n1, n2], L, CFG)
-    a.receive(RaRequest(L, n2, 1), 0.0)  # we replied to n2 at 0.0: n2 may hold until ~10
+    a.receive(RaRequest(L, n2, 1), 0.0)  # heard n2's request at 0.0: it may hold until ~9
     assert len(sends(a.want(0.5))) == 1
     assert not entered(a.suspect(n2, 2.0))
+    assert a.next_wakeup(2.0) == 0.0 + CFG.lease + CFG.epsilon  # when n2 may be left out
     assert not entered(a.tick(CFG.lease + CFG.epsilon - 0.1))
     out = a.tick(CFG.lease + CFG.epsilon)
     # By then our own request (sent at 0.5) is older than a lease: ask again.
     assert not entered(out) and any(isinstance(m, RaRequest) for _, m in sends(out))
-    out = a.tick(CFG.lease + CFG.epsilon + 0.1)
-    assert entered(out)
+    # The new request must be 2 * max_delay old before we leave n2 out.
+    assert not entered(a.tick(CFG.lease + CFG.epsilon + 2 * CFG.max_delay - 0.1))
+    out = a.tick(CFG.lease + CFG.epsilon + 2 * CFG.max_delay)
+    assert entered(out) and a.held is not None
+    # Its token is far above n2's last request (n2 may have entered with it).
+    assert a.held.token > (1 + LEFT_OUT_MARGIN) * OWNER_SPAN
+
+
+def test_ra_after_a_freeze_a_peer_is_left_out_only_a_lease_later() -> None:
+    cfg = dataclasses.replace(CFG, pause_gap=0.5)
+    a = RicartAgrawala(n1, [n1, n2], L, cfg)
+    a.tick(0.0)
+    assert len(sends(a.want(0.1))) == 1
+    a.tick(0.2)
+    # Frozen until 50: n2 (which we never heard from) may have left us out and entered.
+    a.suspect(n2, 50.0)
+    t = 50.0
+    while t < 50.0 + cfg.lease + cfg.epsilon - 0.4:  # (ticks closer than pause_gap)
+        t += 0.4
+        assert not entered(a.tick(t)) and a.wanting
+    # A lease after waking up: n2 cannot hold any more, but our request (0.1) is stale.
+    out = a.tick(50.0 + cfg.lease + cfg.epsilon)
+    assert not entered(out) and any(isinstance(m, RaRequest) for _, m in sends(out))
+    t = 50.0 + cfg.lease + cfg.epsilon
+    for _ in range(4):
+        t += 0.5
+        out = a.tick(t)
+    assert entered(out)  # 2 * max_delay after asking again
 
 
 def test_ra_lease_over_releases_and_answers_deferred() -> None:

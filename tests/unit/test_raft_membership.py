@@ -352,3 +352,26 @@ def test_recovery_reads_the_log_backwards_across_batches() -> None:
     none = tracker_from_log(log, LogIndex(5), a)
     assert none.committed == a and [p[0] for p in none.pending] == [10, 300]
     assert tracker_from_log(MemLog(), LogIndex(0), a).current == a
+
+
+def test_a_snapshot_carries_the_configuration_and_its_addresses() -> None:
+    from coord.raft.snapshot import SnapshotMeta
+    from coord.raft.storage import MemoryRaftStorage
+
+    h = cluster()
+    add_joiner(h, N4)
+    change(h, ChangeKind.ADD_LEARNER, N4)
+    change(h, ChangeKind.PROMOTE, N4)
+    change(h, ChangeKind.REMOVE, N3)
+    commit = h.nodes[N1].commit_index
+    config = h.nodes[N1].conf.at(commit)
+    assert config.voters == {N1, N2, N4} and config.address_book() == {N4: ADDR}
+    assert h.nodes[N1].conf.at(LogIndex(2)).learners == {N4}  # an earlier configuration
+    meta = SnapshotMeta(commit, h.nodes[N1].term, tuple(sorted(config.voters)), (), 0, 0,
+                        config.addresses)
+    store = MemoryRaftStorage()
+    store.truncate_prefix(commit, meta.term)  # the log was compacted past every CONFIG entry
+    restarted = RaftNode(N2, (N1, N2, N3), h.config, log=store,
+                         hard_state=HardState(meta.term, None, commit), rng=random.Random(2),
+                         now=h.now, applied=commit, snapshot=meta)
+    assert restarted.membership == config

@@ -76,25 +76,41 @@ async def wait_learner(cluster: MetaCluster, rpc: RpcClient, address: str, nid: 
             await trio.sleep(0.1)
 
 
+def snapshot_config(tmp_path: Path) -> tuple[str, ...]:
+    """Frequent snapshots and a short tail: a newcomer catches up by InstallSnapshot,
+    and the configuration (with addresses) must survive compaction."""
+    conf = tmp_path / "raft.toml"
+    conf.write_text("[raft]\nsnapshot_every = 100\nkeep_tail = 20\n")
+    return ("--config", str(conf))
+
+
 async def test_every_member_is_replaced_one_by_one_under_writes(tmp_path: Path) -> None:
     new_ports = free_ports(3)
     new_addr = {3 + k: f"127.0.0.1:{p}" for k, p in enumerate(new_ports, start=1)}
-    with meta_cluster(tmp_path, 3, election_timeout=ELECTION) as cluster:
+    extra = snapshot_config(tmp_path)
+    with meta_cluster(tmp_path, 3, election_timeout=ELECTION, extra_args=extra) as cluster:
         try:
-            await _replace_all(cluster, new_addr, tmp_path)
+            await _replace_all(cluster, new_addr, tmp_path, extra)
         except BaseException:
             print(cluster.logs())
             raise
 
 
-async def _replace_all(cluster: MetaCluster, new_addr: dict[int, str], tmp_path: Path) -> None:
+async def _replace_all(cluster: MetaCluster, new_addr: dict[int, str], tmp_path: Path,
+                       extra: tuple[str, ...]) -> None:
     acked: dict[bytes, bytes] = {}
     stop = trio.Event()
     every = cluster.endpoints + list(new_addr.values())
     live = dict(cluster.addresses)  # members that are still running
     removed_leader = False
+    installed = 0
     async with cluster.client() as rpc, trio.open_nursery() as nursery:
         await cluster.wait_leader(rpc)
+        kv = KvClient(rpc, cluster.endpoints, timeout=10.0)
+        await kv.open()
+        for n in range(250):  # past two snapshots: newcomers start from one
+            await kv.put(b"pre%d" % n, b"p")
+            acked[b"pre%d" % n] = b"p"
         nursery.start_soon(writer, rpc, every, acked, stop)
         for nid, address in new_addr.items():
             joiner = cluster.group.add(Proc(
@@ -102,7 +118,7 @@ async def _replace_all(cluster: MetaCluster, new_addr: dict[int, str], tmp_path:
                 ddfs_argv("-v", "meta", "--id", str(nid), "--listen", address,
                           "--join", ",".join(live.values()), "--data", str(tmp_path / f"m{nid}"),
                           "--secret-file", str(cluster.secret_file),
-                          "--election-timeout", str(ELECTION)),
+                          "--election-timeout", str(ELECTION), *extra),
                 tmp_path / f"meta{nid}.log",
             ))
             cluster.members[nid] = joiner
@@ -110,6 +126,7 @@ async def _replace_all(cluster: MetaCluster, new_addr: dict[int, str], tmp_path:
             await wait_learner(cluster, rpc, address, nid)
             before = len(acked)
             await run_ddfs(cluster, "raft", "promote", str(nid), endpoints=list(live.values()))
+            installed += int(str((await status_of(cluster, rpc, address))["snapshots_installed"]))
             live[nid] = address
             # The leader goes first; then the remaining old members.
             leader = await _leader(cluster, rpc, live)
@@ -126,6 +143,7 @@ async def _replace_all(cluster: MetaCluster, new_addr: dict[int, str], tmp_path:
                     await trio.sleep(0.05)
         stop.set()
     assert removed_leader
+    assert installed >= 1, "no newcomer caught up from a snapshot"
     assert set(live) == {4, 5, 6}
     async with cluster.client() as rpc:
         kv = KvClient(rpc, list(live.values()), timeout=15.0)
@@ -135,7 +153,7 @@ async def _replace_all(cluster: MetaCluster, new_addr: dict[int, str], tmp_path:
             assert found is not None and found.value == value, key
     status = await run_ddfs(cluster, "raft", "status", endpoints=list(live.values()))
     assert "voters: [4, 5, 6]  learners: []" in status, status
-    print(f"acknowledged writes: {len(acked)}")
+    print(f"acknowledged writes: {len(acked)}, snapshots installed by newcomers: {installed}")
     assert len(acked) >= 30
 
 

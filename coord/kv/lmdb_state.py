@@ -6,11 +6,16 @@ Layout (named DBs in one env, separate from the Raft log's env):
 * ``sessions`` u64 client id -> msgpack [last_activity, acked, outstanding]
 * ``idle``     u64 last_activity ++ u64 client id -> b"" (sessions by age, for expiry)
 * ``replies``  u64 client id ++ u64 seq -> encoded reply
-* ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
+* ``events``   u64 index ++ u32 sub -> msgpack [kind, key, value or nil] (the watch log)
+* ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64), ``events_floor`` (u64),
+  ``events_count`` (u64: records in ``events``)
 * one named DB per extension table (e.g. ``fs_inodes``), declared when the
   store is opened, committed in the same transactions as the above
 
 All integers in keys are big-endian so LMDB's byte order is numeric order.
+A store created before the event log existed gets ``events_floor`` = its
+applied index when first opened: the events of those entries were never
+recorded, and a watcher asking for them gets COMPACTED instead of a silent gap.
 
 Durability: the env is opened with `sync=True, metasync=False`.  A commit
 fdatasyncs the data pages but writes the meta page without waiting, so LMDB
@@ -38,7 +43,16 @@ import lmdb
 import msgpack
 
 from coord.kv.store import MAX_TABLE_KEY, KVReadView, KVWriteView
-from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
+from coord.kv.types import (
+    ClientId,
+    EventKind,
+    KeyValue,
+    LogTime,
+    SeqNo,
+    SessionRecord,
+    StateDump,
+    WatchEvent,
+)
 from coord.raft.types import LogIndex
 
 FORMAT_VERSION = 1
@@ -47,7 +61,9 @@ MAX_DBS = 32  # the five KV databases plus extension tables
 
 _U64 = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
+_EVENT_KEY = struct.Struct(">QI")  # (index, sub)
 _FORMAT, _APPLIED, _LOG_TIME = b"format", b"applied", b"log_time"
+_EVENTS_FLOOR, _EVENTS_COUNT = b"events_floor", b"events_count"
 
 
 class KVStoreError(Exception):
@@ -70,12 +86,18 @@ def _kv_from(key: bytes, raw: bytes) -> KeyValue:
     return KeyValue(key, value, version, LogIndex(create), LogIndex(mod))
 
 
+def _event_from(key: bytes, raw: bytes) -> WatchEvent:
+    index, sub = _EVENT_KEY.unpack(key)
+    kind, k, value = msgpack.unpackb(raw, raw=False)
+    return WatchEvent(LogIndex(index), sub, EventKind(kind), k, value)
+
+
 def _session_from(raw: bytes) -> SessionRecord:
     last, acked, outstanding = msgpack.unpackb(raw)
     return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
 
 
-_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta"})
+_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta", "events"})
 
 
 class _Dbs:
@@ -87,6 +109,7 @@ class _Dbs:
         self.idle = env.open_db(b"idle")
         self.replies = env.open_db(b"replies")
         self.meta = env.open_db(b"meta")
+        self.events = env.open_db(b"events")
         names = sorted(set(tables))
         if _KV_DBS & set(names) or len(names) + len(_KV_DBS) > MAX_DBS:
             raise KVStoreError(f"bad extension tables {names}")
@@ -174,6 +197,25 @@ class _LmdbView:
         raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.replies)
         return None if raw is None else bytes(raw)
 
+    def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:
+        out: list[WatchEvent] = []
+        cursor = self._t.cursor(db=self._db.events)
+        found = cursor.set_range(_EVENT_KEY.pack(start, 0))
+        stop = None if end is None else _EVENT_KEY.pack(end, 0)
+        while found and (limit == 0 or len(out) < limit):
+            key = bytes(cursor.key())
+            if stop is not None and key >= stop:
+                break
+            out.append(_event_from(key, bytes(cursor.value())))
+            found = cursor.next()
+        return out
+
+    def events_floor(self) -> LogIndex:
+        return LogIndex(self._meta_u64(_EVENTS_FLOOR))
+
+    def event_count(self) -> int:
+        return self._meta_u64(_EVENTS_COUNT)
+
     def _replies_of(self, client_id: ClientId) -> Iterator[tuple[SeqNo, bytes]]:
         cursor = self._t.cursor(db=self._db.replies)
         found = cursor.set_range(_PAIR.pack(client_id, 0))
@@ -195,7 +237,8 @@ class _LmdbView:
             for name, db in self._db.tables.items()
         )
         return StateDump(
-            self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions), tables
+            self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions), tables,
+            tuple(self.events(LogIndex(0), None, 0)), self.events_floor(),
         )
 
     # writes
@@ -256,6 +299,38 @@ class _LmdbView:
             found = bool(cursor.key())
         return removed
 
+    def _set_meta_u64(self, key: bytes, value: int) -> None:
+        self._t.put(key, _U64.pack(value), db=self._db.meta)
+
+    def append_event(self, event: WatchEvent) -> None:
+        key = _EVENT_KEY.pack(event.index, event.sub)
+        cursor = self._t.cursor(db=self._db.events)
+        if cursor.last() and bytes(cursor.key()) >= key:
+            raise ValueError(f"event ({event.index}, {event.sub}) out of order")
+        raw = msgpack.packb((int(event.kind), event.key, event.value), use_bin_type=True)
+        self._t.put(key, raw, db=self._db.events, append=True)
+        self._set_meta_u64(_EVENTS_COUNT, self.event_count() + 1)
+
+    def drop_events(self, upto: LogIndex, limit: int) -> int:
+        cursor = self._t.cursor(db=self._db.events)
+        removed, last = 0, 0
+        found = cursor.first()
+        while found and removed < limit:
+            index, _ = _EVENT_KEY.unpack(cursor.key())
+            if index > upto:
+                break
+            cursor.delete()  # moves to the next record, or off the end (empty key)
+            removed, last = removed + 1, index
+            found = bool(cursor.key())
+        if removed:
+            self._set_meta_u64(_EVENTS_COUNT, self.event_count() - removed)
+            self.raise_events_floor(LogIndex(last))
+        return removed
+
+    def raise_events_floor(self, index: LogIndex) -> None:
+        if index > self.events_floor():
+            self._set_meta_u64(_EVENTS_FLOOR, index)
+
 
 class LmdbKVStore:
     """KVStore on LMDB; see the module docstring for the layout and durability."""
@@ -285,6 +360,8 @@ class LmdbKVStore:
                 txn.put(_FORMAT, msgpack.packb(FORMAT_VERSION))
             elif msgpack.unpackb(raw) != FORMAT_VERSION:
                 raise KVStoreError(f"KV store format {msgpack.unpackb(raw)} != {FORMAT_VERSION}")
+            if txn.get(_EVENTS_FLOOR) is None:  # new, or older than the event log
+                txn.put(_EVENTS_FLOOR, txn.get(_APPLIED) or _U64.pack(0))
 
     def _e(self) -> lmdb.Environment:
         if self._env is None:

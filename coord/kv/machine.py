@@ -30,13 +30,22 @@ Invariants:
   transaction.  An extension payload that does not decode is BAD_COMMAND, as
   is a space with no extension.
 
+* Watch events (`coord.kv.events`, docs/watch.md): every KV mutation a
+  command makes (put, delete of an existing key, successful cas, each such op
+  of a txn) appends an event in the same transaction; extension commands
+  (the file system) produce none.  Retention runs after each KV command.
+  `compact_events` (called by the snapshot code, outside `apply`) raises the
+  floor; `watch` reads events from the committed state.  Apply listeners are
+  called after each committed `apply`, from the applying thread: they must
+  only hand the news over (e.g. `TrioToken.run_sync_soon`), never block.
+
 The store calls block (LMDB commit); a trio driver runs `apply` through
 `trio.to_thread.run_sync` and never holds a view across an await.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +72,15 @@ from coord.kv.commands import (
     Txn,
     TxnOp,
     decode_record,
+)
+from coord.kv.events import (
+    DEFAULT_MAX_SCAN,
+    EventRecorder,
+    WatchBatch,
+    WatchCompacted,
+    compact,
+    retain,
+    select_events,
 )
 from coord.kv.results import (
     CasResult,
@@ -143,6 +161,8 @@ class KVStateMachine:
         self._ext = {ext.space: ext for ext in extensions}
         if len(self._ext) != len(extensions) or any(space < 1 for space in self._ext):
             raise ValueError("extension spaces must be unique and >= 1")
+        # called with the new applied index after each committed apply (see the docstring)
+        self._apply_listeners: list[Callable[[LogIndex], None]] = []
 
     @property
     def applied_index(self) -> LogIndex:
@@ -161,7 +181,41 @@ class KVStateMachine:
                 out.append(self._apply_entry(view, entry))
                 expect += 1
             view.set_applied(entries[-1].index)
+        for listener in self._apply_listeners:  # committed: watchers may read it now
+            listener(entries[-1].index)
         return out
+
+    def add_apply_listener(self, listener: Callable[[LogIndex], None]) -> None:
+        """Call `listener(applied_index)` after every committed `apply` (from the
+        applying thread; it must not block)."""
+        self._apply_listeners.append(listener)
+
+    def watch(
+        self,
+        prefix: bytes,
+        from_index: LogIndex,
+        max_events: int,
+        max_scan: int = DEFAULT_MAX_SCAN,
+    ) -> WatchBatch | WatchCompacted:
+        """The committed events of keys under `prefix` from `from_index` on
+        (`coord.kv.events.select_events`)."""
+        with self._store.reader() as view:
+            return select_events(view, prefix, from_index, max_events, max_scan)
+
+    def compact_events(self, upto_index: LogIndex, batch: int = 10_000) -> LogIndex:
+        """Drop the events of entries up to `upto_index` (capped at the applied
+        index); a watch from at or below it gets COMPACTED.  Returns the floor.
+        Blocks (one write transaction per `batch` events, so applies interleave):
+        a trio caller runs it in `trio.to_thread.run_sync`."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        with self._store.writer() as view:
+            dropped = compact(view, upto_index, batch)
+            floor = view.events_floor()
+        while dropped == batch:  # each round removes `batch` events: bounded by the log
+            with self._store.writer() as view:
+                dropped = view.drop_events(floor, batch)
+        return floor
 
     def read(self, query: Query) -> GetResult | RangeResult:
         """Answer a query from the committed state (no log entry)."""
@@ -239,7 +293,10 @@ class KVStateMachine:
     def _execute(self, view: KVWriteView, command: Command, ctx: ApplyContext) -> Result:
         if isinstance(command, ExtCommand):
             return self._extension(view, command, ctx)
-        return _execute(view, ctx.index, command)
+        events = EventRecorder(view, ctx.index)
+        result = _execute(view, events, ctx.index, command)
+        retain(view, ctx.index, self._config.event_retention, events.count)
+        return result
 
     def _extension(self, view: KVWriteView, command: ExtCommand, ctx: ApplyContext) -> Result:
         ext = self._ext.get(command.space)
@@ -263,23 +320,29 @@ def _query(view: KVReadView, query: Query) -> GetResult | RangeResult:
             return RangeResult(tuple(kvs), more)
 
 
-def _put(view: KVWriteView, index: LogIndex, key: bytes, value: bytes) -> KeyValue:
+def _put(
+    view: KVWriteView, events: EventRecorder, index: LogIndex, key: bytes, value: bytes
+) -> KeyValue:
     prev = view.get(key)
     if prev is None:
         kv = KeyValue(key, value, 1, index, index)
     else:
         kv = KeyValue(key, value, prev.version + 1, prev.create_revision, index)
     view.put(kv)
+    events.put(key, value)
     return kv
 
 
-def _op(view: KVWriteView, index: LogIndex, op: TxnOp) -> OpResult:
+def _op(view: KVWriteView, events: EventRecorder, index: LogIndex, op: TxnOp) -> OpResult:
     match op:
         case Put(key, value):
-            kv = _put(view, index, key, value)
+            kv = _put(view, events, index, key, value)
             return PutResult(kv.mod_revision, kv.version)
         case Delete(key):
-            return DeleteResult(view.delete(key))
+            deleted = view.delete(key)
+            if deleted:  # deleting a missing key changes nothing: no event
+                events.deleted(key)
+            return DeleteResult(deleted)
         case Get() | Range():
             return _query(view, op)
 
@@ -309,11 +372,11 @@ def _holds(view: KVReadView, cmp: Compare) -> bool:
 
 
 def _execute(
-    view: KVWriteView, index: LogIndex, command: Put | Delete | Cas | Txn
+    view: KVWriteView, events: EventRecorder, index: LogIndex, command: Put | Delete | Cas | Txn
 ) -> Result:
     match command:
         case Put() | Delete():
-            return _op(view, index, command)
+            return _op(view, events, index, command)
         case Cas(key, expected, new):
             current = view.get(key)
             matches = (
@@ -323,8 +386,8 @@ def _execute(
             )
             if not matches:
                 return CasResult(False, current)
-            return CasResult(True, _put(view, index, key, new))
+            return CasResult(True, _put(view, events, index, key, new))
         case Txn(compares, then, otherwise):
             succeeded = all(_holds(view, c) for c in compares)
             ops = then if succeeded else otherwise
-            return TxnResult(succeeded, tuple(_op(view, index, op) for op in ops))
+            return TxnResult(succeeded, tuple(_op(view, events, index, op) for op in ops))

@@ -8,20 +8,28 @@ same value to whichever member it tries next; the state machine executes a
 reply of SESSION_EXPIRED means the command was not executed (and never will
 be): the client raises, it does not silently re-register and re-run.
 
+Watches (`KvClient.watch`, docs/watch.md) need no session: they are reads
+of the event log that any member serves; the iterator keeps the next index
+to ask for and carries it to another member after a failure, so it yields
+every event once, in log order.
+
 Invariants: every public call finishes (result or error) within its
-timeout; retries and backoff live here and nowhere else on the client side.
+timeout (a watch iteration: one long poll plus that timeout); retries and
+backoff live here and nowhere else on the client side.
 """
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar
 
 import trio
 
 from coord.kv.client import ClientSession
+from coord.kv.codec import CodecError
 from coord.kv.commands import (
     Body,
     Cas,
@@ -36,6 +44,7 @@ from coord.kv.commands import (
     encode_body,
     encode_query,
 )
+from coord.kv.events import decode_events
 from coord.kv.results import (
     CasResult,
     DeleteResult,
@@ -51,7 +60,8 @@ from coord.kv.results import (
     decode_result,
 )
 from coord.kv.service import OK, KvRead, KvReply, KvSubmit
-from coord.kv.types import KeyValue
+from coord.kv.types import KeyValue, WatchEvent
+from coord.kv.watch import KvWatch, WatchReply
 from coord.rpc import RemoteError, RpcClient, RpcError, is_transient
 
 T = TypeVar("T")
@@ -69,6 +79,15 @@ class KvTimeout(KvError):
 
 class SessionExpired(KvError):
     """The session expired: the command was not executed."""
+
+
+class EventsCompacted(KvError):
+    """COMPACTED: the events a watch asked for are gone (compacted behind a snapshot
+    or past the retention bound).  Watch from `floor + 1` or later."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__(f"COMPACTED: the events up to index {floor} are gone")
+        self.floor = floor
 
 
 class Routed(Protocol):
@@ -206,6 +225,37 @@ class KvClient:
 
     async def range(self, start: bytes, end: bytes | None, limit: int = 0) -> RangeResult:
         return _expect(await self._query(Range(start, end, limit)), RangeResult)
+
+    async def watch(
+        self, prefix: bytes, from_index: int = 1, *, wait_s: float = 5.0, max_events: int = 256
+    ) -> AsyncIterator[WatchEvent]:
+        """Every change of a key under `prefix` from log index `from_index` on, in
+        order, once each: `async for ev in kv.watch(b"app/", 1)`.  Runs until the
+        caller stops; follows failures to other members (any member serves).
+        Raises EventsCompacted, or KvTimeout when no member answers.  To resume
+        later, watch from the last event's index and skip the (index, sub) pairs
+        already seen (an entry's events come together, but a caller that stops
+        in the middle of an entry has not seen the rest of it)."""
+        if from_index < 1:
+            raise ValueError("from_index must be >= 1")
+        # its own router: a long poll needs a longer budget than other calls
+        router = LeaderRouter(self._router.endpoints, timeout=self._router.timeout + wait_s)
+        index = from_index
+        while True:  # one long poll per round; the caller decides when to stop
+            req = KvWatch(prefix, index, max_events, wait_s)
+            reply = await router.call(functools.partial(self._watch_once, req))
+            if reply.compacted:
+                raise EventsCompacted(reply.compacted)
+            try:
+                events = decode_events(reply.events)
+            except CodecError as exc:
+                raise KvError(f"bad watch reply: {exc}") from None
+            for ev in events:
+                yield ev
+            index = max(index, reply.next_index)  # never back: no event twice
+
+    async def _watch_once(self, req: KvWatch, address: str) -> WatchReply:
+        return await self._rpc.call(address, req, timeout=req.wait_s + self._attempt)
 
     # ------------------------------------------------------------------ machinery
     async def _command(self, command: Command) -> Result:

@@ -30,6 +30,7 @@ from coord.kv.lmdb_state import LmdbKVStore
 from coord.kv.machine import Applied, Extension, KVStateMachine
 from coord.kv.service import KvService
 from coord.kv.types import KVConfig
+from coord.kv.watch import WatchService
 from coord.raft.config import RaftConfig
 from coord.raft.driver import RaftDriver
 from coord.raft.lmdb_store import LmdbRaftStorage
@@ -145,6 +146,9 @@ async def serve_kv_member(
             router = Router()
             add_raft_routes(router, driver, {"address": config.address})
             KvService(driver, fsm, config.members).routes(router)
+            watches = WatchService(fsm)
+            watches.attach()
+            watches.routes(router)
             for plugin in plugins:
                 plugin.attach(driver, fsm, router, config.members, peers_rpc)
             server = RpcServer(
@@ -160,6 +164,7 @@ async def serve_kv_member(
                 try:
                     await trio.sleep_forever()
                 finally:
+                    watches.close()  # long polls answer now instead of holding the drain
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await server.shutdown()
                     nursery.cancel_scope.cancel()

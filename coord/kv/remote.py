@@ -20,9 +20,11 @@ backoff live here and nowhere else on the client side.
 
 from __future__ import annotations
 
+import collections
 import functools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -86,7 +88,9 @@ class EventsCompacted(KvError):
     or past the retention bound).  Watch from `floor + 1` or later."""
 
     def __init__(self, floor: int) -> None:
-        super().__init__(f"COMPACTED: the events up to index {floor} are gone")
+        super().__init__(
+            f"COMPACTED: the events up to index {floor} are gone (watch from {floor + 1})"
+        )
         self.floor = floor
 
 
@@ -226,36 +230,17 @@ class KvClient:
     async def range(self, start: bytes, end: bytes | None, limit: int = 0) -> RangeResult:
         return _expect(await self._query(Range(start, end, limit)), RangeResult)
 
-    async def watch(
-        self, prefix: bytes, from_index: int = 1, *, wait_s: float = 5.0, max_events: int = 256
-    ) -> AsyncIterator[WatchEvent]:
+    def watch(
+        self, prefix: bytes, from_index: int = 0, *, wait_s: float = 5.0, max_events: int = 256
+    ) -> Watch:
         """Every change of a key under `prefix` from log index `from_index` on, in
-        order, once each: `async for ev in kv.watch(b"app/", 1)`.  Runs until the
-        caller stops; follows failures to other members (any member serves).
-        Raises EventsCompacted, or KvTimeout when no member answers.  To resume
-        later, watch from the last event's index and skip the (index, sub) pairs
-        already seen (an entry's events come together, but a caller that stops
-        in the middle of an entry has not seen the rest of it)."""
-        if from_index < 1:
-            raise ValueError("from_index must be >= 1")
+        order, once each: `async for ev in kv.watch(b"app/", 1)` (see `Watch`).
+        `from_index` 0 means from now: after the applied index of the first member
+        that answers (a lagging follower's "now" is a little in the past)."""
         # its own router: a long poll needs a longer budget than other calls
         router = LeaderRouter(self._router.endpoints, timeout=self._router.timeout + wait_s)
-        index = from_index
-        while True:  # one long poll per round; the caller decides when to stop
-            req = KvWatch(prefix, index, max_events, wait_s)
-            reply = await router.call(functools.partial(self._watch_once, req))
-            if reply.compacted:
-                raise EventsCompacted(reply.compacted)
-            try:
-                events = decode_events(reply.events)
-            except CodecError as exc:
-                raise KvError(f"bad watch reply: {exc}") from None
-            for ev in events:
-                yield ev
-            index = max(index, reply.next_index)  # never back: no event twice
-
-    async def _watch_once(self, req: KvWatch, address: str) -> WatchReply:
-        return await self._rpc.call(address, req, timeout=req.wait_s + self._attempt)
+        return Watch(self._rpc, router, prefix, from_index, wait_s + self._attempt,
+                     KvWatch(prefix, from_index, max_events, wait_s))
 
     # ------------------------------------------------------------------ machinery
     async def _command(self, command: Command) -> Result:
@@ -282,6 +267,67 @@ class KvClient:
 
     async def _retrying(self, attempt: _Attempt) -> KvReply:
         return await self._router.call(attempt)
+
+
+class Watch:
+    """An async iterator over the events of one prefix (`KvClient.watch`).
+
+    Runs until the caller stops (a plain iterator, not a generator: nothing to
+    close); follows failures to other members, as any member serves watches.
+    `__anext__` raises EventsCompacted, or KvTimeout when no member answers.
+    To resume later, watch again from `next_index` once the batch in hand is
+    consumed (`pending` == 0); a caller that stops in the middle of an entry
+    resumes from that entry's index and skips the (index, sub) pairs it has.
+    """
+
+    def __init__(self, rpc: RpcClient, router: LeaderRouter, prefix: bytes, from_index: int,
+                 attempt_timeout: float, request: KvWatch) -> None:
+        if from_index < 0:
+            raise ValueError("from_index must be >= 0")
+        self._rpc = rpc
+        self._router = router
+        self._attempt = attempt_timeout
+        self._request = request  # the next poll; from_index is where the stream stands
+        self._batch: collections.deque[WatchEvent] = collections.deque()
+
+    @property
+    def next_index(self) -> int:
+        """The index the next poll asks for (0 until the first reply when from now)."""
+        return self._request.from_index
+
+    @property
+    def pending(self) -> int:
+        """Events received but not yet handed out."""
+        return len(self._batch)
+
+    @property
+    def member(self) -> str | None:
+        """The address of the member the last poll was answered by."""
+        return self._router.leader
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._batch:  # each round is one long poll; the caller bounds the wait
+            await self._poll()
+        return self._batch.popleft()
+
+    async def _poll(self) -> None:
+        req = self._request
+        reply = await self._router.call(functools.partial(self._poll_at, req))
+        if reply.compacted:
+            raise EventsCompacted(reply.compacted)
+        try:
+            events = decode_events(reply.events)
+        except CodecError as exc:
+            raise KvError(f"bad watch reply: {exc}") from None
+        self._batch.extend(events)
+        # never back (a lagging member): no event twice
+        self._request = replace(req, from_index=max(req.from_index, reply.next_index))
+
+    async def _poll_at(self, req: KvWatch, address: str) -> WatchReply:
+        return await self._rpc.call(address, req, timeout=self._attempt)
 
 
 def _retry_elsewhere(exc: RpcError) -> bool:

@@ -56,7 +56,7 @@ class WatchReply:
 @dataclass(frozen=True, slots=True)
 class KvWatch(Request[WatchReply]):
     prefix: bytes  # keys starting with it (b"": every key)
-    from_index: int  # >= 1: the first log index of interest
+    from_index: int  # the first log index of interest; 0: after this member's applied index
     max_events: int = 256  # a soft bound: whole entries only
     wait_s: float = 5.0  # how long to wait for a matching change when there is none yet
 
@@ -98,7 +98,7 @@ class WatchService:
         _check(req)
         wait = min(req.wait_s, MAX_WAIT, max(0.0, ctx.remaining() - REPLY_MARGIN))
         deadline = trio.current_time() + wait
-        index = LogIndex(req.from_index)
+        index = LogIndex(req.from_index or self._fsm.applied_index + 1)
         while True:  # each round waits for an apply or the deadline: bounded by wait
             changed = self._changed  # before the read: an apply after it sets this event
             got = self._fsm.watch(req.prefix, index, req.max_events, self._max_scan)
@@ -114,8 +114,8 @@ class WatchService:
 
 
 def _check(req: KvWatch) -> None:
-    if req.from_index < 1:
-        raise RemoteError("BAD_REQUEST", "from_index must be >= 1")
+    if req.from_index < 0:
+        raise RemoteError("BAD_REQUEST", "from_index must be >= 0")
     if not 1 <= req.max_events <= MAX_EVENTS:
         raise RemoteError("BAD_REQUEST", f"max_events must be 1..{MAX_EVENTS}")
     if not req.wait_s >= 0:  # also refuses NaN

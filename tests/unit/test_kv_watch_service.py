@@ -108,6 +108,15 @@ async def test_the_wait_stops_short_of_the_callers_budget(
     assert trio.current_time() - start < 2.0 and keys(reply) == []
 
 
+async def test_from_index_0_means_after_what_this_member_applied(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    m = Member()
+    m.put(b"a/old", b"x")
+    reply = await m.watch(b"a/", 0, wait_s=1.0)
+    assert keys(reply) == [] and reply.next_index == m.d.machine.applied_index + 1
+
+
 async def test_compacted_carries_the_floor() -> None:
     m = Member()
     first = m.put(b"a/1", b"x")
@@ -135,7 +144,7 @@ async def test_close_ends_every_wait(autojump_clock: trio.testing.MockClock) -> 
 
 
 @pytest.mark.parametrize("req", [
-    KvWatch(b"", 0), KvWatch(b"", 1, 0), KvWatch(b"", 1, 10, -1.0),
+    KvWatch(b"", -1), KvWatch(b"", 1, 0), KvWatch(b"", 1, 10, -1.0),
     KvWatch(b"", 1, 10, math.nan), KvWatch(b"x" * 600, 1),
 ])
 async def test_bad_requests_are_refused(req: KvWatch) -> None:

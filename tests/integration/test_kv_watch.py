@@ -110,7 +110,7 @@ async def _fill(cluster: MetaCluster) -> tuple[list[int], int]:
     async with cluster.client() as rpc:
         kv = KvClient(rpc, cluster.endpoints, timeout=30)
         await kv.open()
-        revs = [(await kv.put(b"c/%d" % n, b"v%d" % n)).revision for n in range(8)]
+        revs = [int((await kv.put(b"c/%d" % n, b"v%d" % n)).revision) for n in range(8)]
         await kv.delete(b"c/0")
         with pytest.raises(EventsCompacted) as info:
             async for _ in kv.watch(b"c/", 1, wait_s=1.0):

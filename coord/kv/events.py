@@ -100,6 +100,22 @@ def compact(view: KVWriteView, upto: LogIndex, batch: int) -> int:
     return view.drop_events(view.events_floor(), batch)
 
 
+def _whole_entries(
+    view: KVReadView, start: LogIndex, limit: int, applied: LogIndex
+) -> tuple[list[WatchEvent], LogIndex]:
+    """Up to about `limit` stored events from `start` on, cut at an entry boundary,
+    and the index after them (applied + 1 when they reach the end)."""
+    got = view.events(start, None, limit)
+    if len(got) < limit:
+        return got, LogIndex(applied + 1)
+    cut = got[-1].index  # the read may have stopped inside this entry: leave it out
+    whole = [ev for ev in got if ev.index != cut]
+    if whole:
+        return whole, cut
+    # one entry holds `limit` events or more: take it whole
+    return view.events(cut, LogIndex(cut + 1), 0), LogIndex(cut + 1)
+
+
 def select_events(
     view: KVReadView,
     prefix: bytes,
@@ -108,30 +124,27 @@ def select_events(
     max_scan: int = DEFAULT_MAX_SCAN,
 ) -> WatchBatch | WatchCompacted:
     """The events of keys starting with `prefix` at indexes >= from_index (see the
-    module invariants).  `max_events` (>= 1) is a soft bound: whole entries only."""
+    module invariants).  `max_events` (>= 1) is a soft bound: whole entries only.
+    Reads in chunks, so a call that fills `max_events` early decodes little more."""
     floor, applied = view.events_floor(), view.applied_index()
     if from_index <= floor:
         return WatchCompacted(floor)
     if from_index > applied:  # this member is behind the watcher: nothing to add yet
         return WatchBatch((), from_index, applied)
-    scanned = view.events(from_index, None, max_scan)
-    next_index = LogIndex(applied + 1)
-    if len(scanned) >= max_scan:  # the scan may have stopped inside an entry: drop it
-        cut = scanned[-1].index
-        whole = [ev for ev in scanned if ev.index != cut]
-        if whole:
-            scanned, next_index = whole, cut
-        else:  # one entry holds more than max_scan events: take it whole
-            scanned, next_index = view.events(cut, LogIndex(cut + 1), 0), LogIndex(cut + 1)
     out: list[WatchEvent] = []
-    for i, ev in enumerate(scanned):
-        if ev.key.startswith(prefix):
-            out.append(ev)
-        ends_entry = i + 1 == len(scanned) or scanned[i + 1].index != ev.index
-        if ends_entry and len(out) >= max_events and i + 1 < len(scanned):
-            next_index = LogIndex(ev.index + 1)
-            break
-    return WatchBatch(tuple(out), next_index, applied)
+    index, scanned = from_index, 0
+    chunk = max(1, min(max_scan, 2 * max_events))
+    while index <= applied and scanned < max_scan:  # each round moves index forward
+        events, after = _whole_entries(view, index, min(chunk, max_scan - scanned), applied)
+        scanned += len(events)
+        for i, ev in enumerate(events):
+            if ev.key.startswith(prefix):
+                out.append(ev)
+            ends_entry = i + 1 == len(events) or events[i + 1].index != ev.index
+            if ends_entry and len(out) >= max_events:
+                return WatchBatch(tuple(out), LogIndex(ev.index + 1), applied)
+        index = after
+    return WatchBatch(tuple(out), index, applied)
 
 
 # --- wire form (watch replies) ----------------------------------------------------------------

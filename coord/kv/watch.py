@@ -18,6 +18,11 @@ Invariants:
   committed apply sets that event afterwards (`KVStateMachine` apply
   listener -> `TrioToken.run_sync_soon`, since the apply runs in a worker
   thread).
+* Reads of the event log run in worker threads (a scan decodes up to
+  `max_scan` events: tens of ms that must not stall the Raft driver on the
+  trio thread), at most `read_threads` at once through a limiter of their
+  own, so watchers can never take the thread tokens the driver's persist and
+  apply calls need.
 * A call never outlives the caller's budget: the wait is capped by
   `MAX_WAIT` and by the caller's remaining time minus a margin; `close()`
   ends every wait at once (a member shutting down does not hold its
@@ -27,11 +32,12 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import trio
 
-from coord.kv.events import DEFAULT_MAX_SCAN, WatchCompacted, encode_events
+from coord.kv.events import DEFAULT_MAX_SCAN, WatchBatch, WatchCompacted, encode_events
 from coord.kv.machine import KVStateMachine
 from coord.kv.types import MAX_KEY_BYTES
 from coord.raft.types import LogIndex
@@ -64,9 +70,16 @@ class KvWatch(Request[WatchReply]):
 class WatchService:
     """Serves `kv.watch` from a member's state machine; see the module invariants."""
 
-    def __init__(self, fsm: KVStateMachine, *, max_scan: int = DEFAULT_MAX_SCAN) -> None:
+    def __init__(
+        self,
+        fsm: KVStateMachine,
+        *,
+        max_scan: int = DEFAULT_MAX_SCAN,
+        read_threads: int = 2,  # 0: read on the trio thread (single-threaded test twins)
+    ) -> None:
         self._fsm = fsm
         self._max_scan = max_scan
+        self._limiter = trio.CapacityLimiter(read_threads) if read_threads else None
         self._changed = trio.Event()  # set (and replaced) after every committed apply
         self._closing = False  # set by close(): answer at once, wait no more
 
@@ -101,7 +114,7 @@ class WatchService:
         index = LogIndex(req.from_index or self._fsm.applied_index + 1)
         while True:  # each round waits for an apply or the deadline: bounded by wait
             changed = self._changed  # before the read: an apply after it sets this event
-            got = self._fsm.watch(req.prefix, index, req.max_events, self._max_scan)
+            got = await self._read(req, index)
             if isinstance(got, WatchCompacted):
                 return WatchReply(OK, next_index=index, compacted=got.floor)
             index = got.next_index
@@ -111,6 +124,15 @@ class WatchService:
                 await changed.wait()
             if scope.cancelled_caught:
                 return WatchReply(OK, encode_events(()), index)
+
+
+    async def _read(self, req: KvWatch, index: LogIndex) -> WatchBatch | WatchCompacted:
+        read = functools.partial(
+            self._fsm.watch, req.prefix, index, req.max_events, self._max_scan
+        )
+        if self._limiter is None:
+            return read()
+        return await trio.to_thread.run_sync(read, limiter=self._limiter)
 
 
 def _check(req: KvWatch) -> None:

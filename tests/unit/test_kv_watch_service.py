@@ -31,7 +31,8 @@ class Member:
         self.d = Driver(MemoryKVStore())
         self.cid: ClientId = self.d.session()
         self.seq = 0
-        self.service = WatchService(self.d.machine)
+        # reads on the trio thread: the twin store is single-threaded
+        self.service = WatchService(self.d.machine, read_threads=0)
         self.service.attach()
 
     def put_entry(self, key: bytes, value: bytes) -> Entry:

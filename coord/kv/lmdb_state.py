@@ -155,6 +155,9 @@ class _LmdbView:
     def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
         self._t = txn
         self._db = dbs
+        # meta's events_count as of this transaction (None: not read yet); every
+        # change goes through _set_event_count, so the copy never goes stale
+        self._event_count: int | None = None
 
     # reads
 
@@ -214,7 +217,13 @@ class _LmdbView:
         return LogIndex(self._meta_u64(_EVENTS_FLOOR))
 
     def event_count(self) -> int:
-        return self._meta_u64(_EVENTS_COUNT)
+        if self._event_count is None:
+            self._event_count = self._meta_u64(_EVENTS_COUNT)
+        return self._event_count
+
+    def _set_event_count(self, count: int) -> None:
+        self._t.put(_EVENTS_COUNT, _U64.pack(count), db=self._db.meta)
+        self._event_count = count
 
     def _replies_of(self, client_id: ClientId) -> Iterator[tuple[SeqNo, bytes]]:
         cursor = self._t.cursor(db=self._db.replies)
@@ -309,7 +318,7 @@ class _LmdbView:
         if not self._t.put(_EVENT_KEY.pack(event.index, event.sub), raw, db=self._db.events,
                            append=True):
             raise ValueError(f"event ({event.index}, {event.sub}) out of order")
-        self._set_meta_u64(_EVENTS_COUNT, self.event_count() + 1)
+        self._set_event_count(self.event_count() + 1)
 
     def drop_events(self, upto: LogIndex, limit: int) -> int:
         cursor = self._t.cursor(db=self._db.events)
@@ -323,7 +332,7 @@ class _LmdbView:
             removed, last = removed + 1, index
             found = bool(cursor.key())
         if removed:
-            self._set_meta_u64(_EVENTS_COUNT, self.event_count() - removed)
+            self._set_event_count(self.event_count() - removed)
             self.raise_events_floor(LogIndex(last))
         return removed
 

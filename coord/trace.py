@@ -1,4 +1,4 @@
-"""Lamport-ordered protocol traces and their rendering as Mermaid sequence diagrams.
+"""Lamport-ordered protocol traces, rendered as Mermaid sequence diagrams or text timelines.
 
 Any protocol (2PC now; mutual exclusion, elections, Raft later) records what
 each node did as `TraceEvent`s: a message sent, a message received, or a
@@ -24,7 +24,9 @@ Invariants:
   crashed first, or still in flight when the trace was taken); a receive
   left unmatched is a duplicate delivery.
 * Rendering never fails on odd labels: characters Mermaid treats as syntax
-  are replaced.
+  are replaced.  `to_text` is the plain-text timeline of the same order: one
+  line per event, each send naming where (and whether) it was received and
+  each receive naming its send.
 * Nothing here reads a clock; stamps are given by the caller.  The JSONL
   helpers are the only file I/O, and a torn last line (a writer killed
   mid-line) is skipped, not fatal.
@@ -223,6 +225,84 @@ def _arrow(arrow: MessageArrow) -> str:
         return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (not received)"
     head = "-->>" if s.reply else "->>"
     return f"{src}{head}{dst}: L{s.lamport} {_text(s.label)} (recv L{arrow.receive.lamport})"
+
+
+def to_text(events: Iterable[TraceEvent], *, actors: Sequence[str] | None = None,
+            aliases: Mapping[str, str] | None = None, title: str | None = None) -> str:
+    """A plain-text timeline of the events in Lamport order, one line per event.
+
+        L  12  P1  -> P2   ELECTION r1          (received L15)
+        L  15  P2  <- P1   ELECTION r1          (sent L12)
+        L  16  P5  ** leader 5
+    """
+    evs = list(events)
+    names = list(actors) if actors is not None else actors_of(evs)
+    for extra in actors_of(evs):
+        if extra not in names:
+            names.append(extra)
+    ordered = lamport_order(evs, names)
+    arrows, _ = match_messages(ordered)
+    recv_of = {id(a.send): a.receive for a in arrows}
+    send_of = {id(a.receive): a.send for a in arrows if a.receive is not None}
+    show = {n: (aliases or {}).get(n, n) for n in names}
+    width = max((len(v) for v in show.values()), default=1)
+    stamp_width = len(str(max((e.lamport for e in ordered), default=0)))
+    lines = [title] if title else []
+    for ev in ordered:
+        head = f"L{ev.lamport:>{stamp_width}}  {show.get(ev.node, ev.node):<{width}}"
+        lines.append(head + "  " + _text_body(ev, show, width, recv_of, send_of))
+    return "\n".join(lines) + "\n"
+
+
+def _text_body(ev: TraceEvent, show: Mapping[str, str], width: int,
+               recv_of: Mapping[int, TraceEvent | None],
+               send_of: Mapping[int, TraceEvent]) -> str:
+    label = " ".join(ev.label.split())  # one line per event, whatever the label holds
+    if ev.kind is EventKind.NOTE:
+        return f"** {label}"
+    peer = show.get(ev.peer, ev.peer)
+    if ev.kind is EventKind.SEND:
+        got = recv_of.get(id(ev))
+        fate = "not received" if got is None else f"received L{got.lamport}"
+        return f"-> {peer:<{width}}  {label}  ({fate})"
+    cause = send_of.get(id(ev))
+    fate = "duplicate" if cause is None else f"sent L{cause.lamport}"
+    return f"<- {peer:<{width}}  {label}  ({fate})"
+
+
+def parse_events(text: str) -> list[TraceEvent]:
+    """Events from a trace file's text: JSONL (one event a line, torn lines skipped),
+    a JSON list of events, or a JSON object holding them under "trace" (the
+    `--json` output of `ddfs coord run ...`).  Other JSON objects hold none.
+    """
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None  # JSONL: the first line alone is an object
+        if isinstance(doc, dict) and "kind" not in doc:
+            doc = doc.get("trace", [])
+        if isinstance(doc, list):
+            return [ev for ev in map(_event_or_none, doc) if ev is not None]
+    out: list[TraceEvent] = []
+    for line in text.splitlines():
+        try:
+            ev = _event_or_none(json.loads(line))
+        except ValueError:
+            continue  # a torn line from a writer killed mid-write
+        if ev is not None:
+            out.append(ev)
+    return out
+
+
+def _event_or_none(obj: object) -> TraceEvent | None:
+    if not isinstance(obj, dict):
+        return None
+    try:
+        return TraceEvent.from_json(obj)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- files

@@ -36,9 +36,19 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "tools.coordrun",
         "two-phase commit across real processes (kill at a named step, trace as Mermaid)",
     ),
+    ("coord", "run", "mutex"): (
+        "tools.coordrun_mutex",
+        "mutual exclusion (centralized, Ricart-Agrawala, token ring) across real processes",
+    ),
+    ("coord", "run", "election"): (
+        "tools.coordrun_election",
+        "Bully or Ring election across real processes (kill a node, re-elect, trace)",
+    ),
+    ("trace",): ("tools.tracecli", "render recorded protocol traces (Mermaid or text timeline)"),
     ("kv",): ("tools.kvcli", "put/get/del/cas/range on the replicated KV store"),
     ("raft", "status"): ("tools.raftcli", "term, role, leader, indexes and lag of each member"),
     ("cluster",): ("tools.cluster", "start (up) or stop (down) a whole cluster on this machine"),
+    ("append",): ("tools.appendcli", "record append of stdin to a ddfs file (GFS, many writers)"),
     ("fsck",): ("tools.fsck", "cross-check namespace, chunk maps and chunk servers"),
     ("status",): ("tools.status", "members, leader, chunk servers, under-replicated chunks"),
 }

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import trio
@@ -50,7 +50,7 @@ from fs.chunk.twopc import (
     Step,
     plan_resolution,
 )
-from fs.types import ChunkHandle, ChunkVersion
+from fs.types import CHUNK_SIZE, ChunkHandle, ChunkVersion
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -72,6 +72,15 @@ class ClientMutation:
     data_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """A record append at the primary: where it went, and the round's reply."""
+
+    offset: int
+    full: bool  # did not fit: nothing written, `reply` is a no-op
+    reply: Reply
+
+
 class Primary:
     def __init__(self, address: str, runner: Runner, gate: ChunkGate, local: Participant,
                  peers: RpcClient, set_version: SetVersion, *, call_timeout: float) -> None:
@@ -88,6 +97,9 @@ class Primary:
         self._settled: dict[ChunkHandle, int] = {}  # mutations the last resolution settled
         self._resolving = ChunkLocks()  # one resolution per chunk at a time
         self._progress = ChunkLocks()  # events: a book moved (decided, round ended)
+        self._placing = ChunkLocks()  # record appends pick their offsets one at a time
+        # (token, end): how far appends under `token` have claimed the chunk so far
+        self._append_end: dict[ChunkHandle, tuple[FencingToken, int]] = {}
 
     # -- the entry points -----------------------------------------------------
 
@@ -104,6 +116,8 @@ class Primary:
         return reply
 
     async def _mutate(self, m: ClientMutation) -> Reply:
+        if m.data is None:  # a truncate: appends continue from the new length
+            self._append_end.pop(m.handle, None)
         await self._admit(m.handle, m.version, m.token)
         book = await self._book(m.handle, m.version, m.token, m.secondaries)
         if isinstance(book, Finished):
@@ -116,6 +130,46 @@ class Primary:
             book.finish(serial)
             self._inflight[m.handle] -= 1
             self._progress.notify(m.handle)
+
+    async def append(self, m: ClientMutation) -> Appended:
+        """GFS record append: pick the offset here, then run a normal round there.
+
+        The offset is the furthest of the committed data (after settling what
+        earlier leases left undecided: `_book`) and every offset this lease
+        already handed out, so appends running concurrently never overlap.  An
+        aborted round leaves its range unused (zeros): records are at least
+        once and framed by their writers, as in GFS."""
+        assert m.data is not None
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(self.round_bound):
+                    await self._admit(m.handle, m.version, m.token)
+                    book = await self._book(m.handle, m.version, m.token, m.secondaries)
+                    if isinstance(book, Finished):
+                        return Appended(0, False, book)
+                    offset = await self._place(m.handle, m.token, len(m.data))
+            except trio.TooSlowError:
+                raise RemoteError(p.EIO, f"chunk {m.handle}: no offset for the append "
+                                         f"within {self.round_bound} s") from None
+        if offset is None:
+            end = self._append_end[m.handle][1]
+            return Appended(end, True, Finished(0, (), committed=True))
+        return Appended(offset, False, await self.mutate(replace(m, offset=offset)))
+
+    async def _place(self, handle: ChunkHandle, token: FencingToken, size: int) -> int | None:
+        """Claim `size` bytes at the chunk's append end; None if they do not fit
+        (the chunk is then closed to appends under `token`)."""
+        async with self._placing.hold(handle):
+            st = self._run.store.state(handle)
+            end = st.length if st is not None else 0
+            claimed = self._append_end.get(handle)
+            if claimed is not None and claimed[0] == token:
+                end = max(end, claimed[1])
+            if end + size > CHUNK_SIZE:
+                self._append_end[handle] = (token, CHUNK_SIZE)
+                return None
+            self._append_end[handle] = (token, end + size)
+            return end
 
     async def begin(self, req: p.ChunkBegin) -> p.BeginReply:
         """Settle, then raise every replica to the lease's version."""
@@ -152,6 +206,7 @@ class Primary:
         book = self._books.get(handle)
         if book is not None:
             book.stale = True
+        self._append_end.pop(handle, None)
 
     # -- admission and the book -------------------------------------------------
 

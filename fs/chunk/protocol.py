@@ -169,6 +169,45 @@ class ChunkWrite(Request[WriteReply]):
     sync: bool = True
 
 
+# A record append's data is at most a quarter chunk, so padding wastes at most
+# a quarter of a chunk (GFS keeps records small for the same reason).
+MAX_RECORD = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReply:
+    offset: int  # where in the chunk the record went (with `full`: the chunk's end so far)
+    full: bool  # the record did not fit: nothing written, the chunk is closed to appends
+    serial: int
+    failed: list[str]  # replicas to report, as WriteReply.failed
+    committed: bool = True  # False: aborted everywhere; drop `failed`, then append again
+
+
+@request("chunk.append", semantics=Semantics.AT_MOST_ONCE)
+@dataclass(frozen=True, slots=True)
+class ChunkAppend(Request[AppendReply]):
+    """To the primary: GFS record append.  The primary, not the client, picks
+    the offset: the end of the chunk's data as this lease has extended it
+    (committed data, plus every append of the same lease still in flight),
+    so concurrent appenders never overlap; then the record is written like
+    `ChunkWrite` (two-phase commit) at that offset.  If the record does not
+    fit in what is left of the chunk, nothing is written, the chunk is
+    closed to appends for the rest of the lease, and `full` tells the client
+    to pad the file to the chunk's end and append to the next chunk.
+
+    At least once, not exactly once: an append whose reply is lost is
+    appended again by the retrying client, and an aborted append leaves a
+    run of zeros.  Readers must frame their records (docs/chunk-server.md).
+    Data longer than MAX_RECORD is refused (BAD_ARGS).
+    """
+
+    handle: ChunkHandle
+    version: ChunkVersion
+    token: FencingToken
+    data_id: int
+    secondaries: list[str]
+
+
 @dataclass(frozen=True, slots=True)
 class TruncateReply:
     serial: int

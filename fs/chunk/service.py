@@ -192,6 +192,27 @@ class ChunkService:
             raise RemoteError(reply.code, reply.message)
         return p.WriteReply(reply.serial, list(reply.failed), reply.committed)
 
+    @handles(p.ChunkAppend)
+    async def append(self, req: p.ChunkAppend, ctx: CallContext) -> p.AppendReply:
+        handle = _handle(req.handle)
+        data = self._take(DataKey(ctx.peer.node_id, req.data_id))
+        if data is None:
+            raise RemoteError(p.NO_DATA, f"no staged data {req.data_id} from "
+                                         f"{ctx.peer.node_id} (expired or never pushed)")
+        if not 0 < len(data) <= p.MAX_RECORD:
+            raise RemoteError(p.BAD_ARGS, f"a record is 1 to {p.MAX_RECORD} bytes, "
+                                          f"not {len(data)}")
+        appended = await self.primary.append(ClientMutation(
+            handle, req.version, req.token, list(req.secondaries), 0, data,
+            ctx.peer.node_id, req.data_id))
+        if appended.full:
+            return p.AppendReply(appended.offset, True, 0, [])
+        reply = appended.reply
+        if not isinstance(reply, Finished):
+            raise RemoteError(reply.code, reply.message)
+        return p.AppendReply(appended.offset, False, reply.serial, list(reply.failed),
+                             reply.committed)
+
     @handles(p.ChunkTruncate)
     async def truncate(self, req: p.ChunkTruncate, ctx: CallContext) -> p.TruncateReply:
         handle = _handle(req.handle)

@@ -42,6 +42,10 @@ Writes (one extent inside one chunk), in this order:
    copy).  The client is never told a write succeeded before every
    replica still listed has committed it.
 
+Record appends (`append`) follow the same steps with `chunk.append`: the
+primary picks the offset.  A retry after a lost reply may append the
+record twice (at least once, as in GFS).
+
 Reads that find every replica holding an undecided mutation over the range
 (IN_DOUBT: its primary died before deciding) take the chunk's lease, whose
 `chunk.begin` settles it, and read again.
@@ -404,6 +408,30 @@ class ChunkIO:
             return Applied(tuple(reply.failed), reply.committed)
 
         await self._mutate(inode, extent.index, attempt, allocate=True)
+
+    async def append(self, inode: InodeId, index: int, data: bytes) -> int | None:
+        """GFS record append to chunk `index` (steps 1-4, with `chunk.append`):
+        the offset in the chunk where the primary put the record, or None if the
+        chunk is full (nothing was written; append to the next chunk)."""
+        placed: list[int | None] = []
+
+        async def attempt(lease: LeaseResult) -> Applied:
+            chain = push_chain(lease.location.replicas, self._config.local_hosts)
+            staged = await self.push(data, chain)  # every attempt consumes its copy
+            request = cp.ChunkAppend(
+                lease.location.handle, lease.location.version, FencingToken(lease.token),
+                staged.data_id, _secondaries(lease),
+            )
+            reply = await self._call(lease.primary_address, request)
+            if reply.full:
+                placed.append(None)
+                return Applied((), True)
+            if reply.committed:
+                placed.append(reply.offset)
+            return Applied(tuple(reply.failed), reply.committed)
+
+        await self._mutate(inode, index, attempt, allocate=True)
+        return placed[-1]
 
     async def truncate(self, inode: InodeId, index: int, length: int) -> None:
         """Cut chunk `index`'s replicas to `length` bytes (no-op for a hole)."""

@@ -48,6 +48,7 @@ import trio
 
 from coord.rpc import ClientConfig, RetryPolicy, RpcClient, TcpConnector
 from fs.api import FsApi
+from fs.chunk import protocol as cp
 from fs.client.chunkio import ChunkIO
 from fs.client.config import FsClientConfig
 from fs.client.errors import TRANSLATED, translate
@@ -437,6 +438,36 @@ class NetworkFs:
             return 0
         await self.writeback.write(state, offset, bytes(data), handle.cred)
         return len(data)
+
+    @_edge
+    async def record_append(self, fh: FileHandle, data: bytes) -> int:
+        """GFS record append: add `data` as one record at an end of the file the
+        primary of the last chunk picks, atomically with respect to every other
+        appender (on any client); the file offset where it landed.
+
+        At least once: a retry after a lost reply may add the record twice, and
+        a chunk too full for the record is padded with zeros to its end (the
+        record goes to the next chunk), so readers must frame their records.
+        Records are 1 to MAX_RECORD bytes (EINVAL otherwise)."""
+        handle, state = self._handle(fh, write=True)
+        if handle.generation != self.generation:
+            raise FsError(errno.EIO, "the metadata session of this open file was lost")
+        if not 0 < len(data) <= cp.MAX_RECORD:
+            raise FsError(errno.EINVAL, f"a record is 1 to {cp.MAX_RECORD} bytes")
+        await self.writeback.flush(state)  # this client's own writes come first
+        state.note(await self.meta.getattr(handle.inode))
+        index = state.size // CHUNK_SIZE
+        for _ in range(MAX_FILE_SIZE // CHUNK_SIZE):  # bounded: one pass per chunk
+            offset = await self.io.append(handle.inode, index, bytes(data))
+            if offset is not None:
+                end = index * CHUNK_SIZE + offset + len(data)
+                state.note(await self.meta.set_size(handle.inode, end, False, handle.cred))
+                return end - len(data)
+            # Full: the file covers the padding, so every appender moves on.
+            index += 1
+            state.note(await self.meta.set_size(handle.inode, index * CHUNK_SIZE, False,
+                                                handle.cred))
+        raise FsError(errno.EFBIG)
 
     @_edge
     async def flush(self, fh: FileHandle) -> None:

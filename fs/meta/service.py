@@ -236,6 +236,8 @@ class FsService:
             return body  # a follower's proposal fails with NOT_LEADER anyway
         now = trio.current_time()
         self._lead(now)
+        if self.liveness.grace_left(now) > 0:  # only then can a recorded server be waited for
+            self.liveness.watch(self._recorded())
         if self.liveness.warming_up(now):
             self._log_liveness()
             raise _Redirect(BUSY, self._hint(self._driver.id))

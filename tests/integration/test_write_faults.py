@@ -1,15 +1,18 @@
 """Faults during writes, on a real cluster (3 `ddfs meta` + 3 `ddfs chunk`
-processes on loopback) written through NetworkFs:
+processes on loopback) written through NetworkFs or a FUSE mount:
 
 * each chunk server in turn SIGKILLed in the middle of a 200 MiB write
   (1 GiB with --soak) that crosses 3 chunk boundaries;
-* the metadata leader SIGKILLed in the middle of a recursive copy of a tree
-  (a 200 MiB file and 48 small ones);
+* the metadata leader SIGKILLed in the middle of `cp -r` of a tree (a 200 MiB
+  file and 48 small ones) into a real FUSE mount of the cluster;
 * a chunk server's disk full (a small tmpfs): ENOSPC reaches the writer, no
   chunk is damaged, and the space is usable again once freed;
 * a client SIGKILLed in the middle of its writes: its session ends, its
   orphan is reclaimed, nobody else is affected.
 
+While a file is written (and while the tree is copied) another client reads
+random ranges of it and checks every byte against what was written or zero
+(tests/support/readers.py): no read returns bytes that were never written.
 Afterwards every file whose close returned 0 reads back byte-identical from a
 fresh client, every replica the chunk map lists holds exactly the file's
 bytes (read from each replica separately), and `fsck` finds nothing: the
@@ -42,8 +45,10 @@ from fs.client import NetworkFs
 from fs.fsck import Kind
 from fs.meta.protocol import FsSubmit
 from fs.types import CHUNK_SIZE, ROOT_CRED, ROOT_INODE, FsError, InodeId
+from tests.fuse.cluster_support import cluster_mount
 from tests.support.fs_cluster import FsCluster, fs_cluster
 from tests.support.processes import Proc
+from tests.support.readers import ReadCheck, read_while_written
 from tools.fsck import FsckTarget, check_cluster
 
 MiB = 1 << 20
@@ -70,9 +75,12 @@ async def ready(cluster: FsCluster) -> None:
 
 
 async def write_file(fs: NetworkFs, parent: InodeId, name: bytes, data: bytes,
-                     progress: Callable[[int], None] | None = None) -> InodeId:
+                     progress: Callable[[int], None] | None = None,
+                     created: Callable[[InodeId], None] | None = None) -> InodeId:
     """create, write in STEP pieces, release (close): returns once close returned 0."""
     fh, attr = await fs.create(parent, name, 0o644, CREAT, R)
+    if created is not None:
+        created(attr.inode)
     for offset in range(0, len(data), STEP):
         await fs.write(fh, offset, data[offset:offset + STEP])
         if progress is not None:
@@ -152,13 +160,17 @@ async def test_each_chunk_server_killed_in_turn_during_a_write(
     with fs_cluster(tmp_path) as cluster:
         await ready(cluster)
         inodes: dict[int, InodeId] = {}
-        async with cluster.connect(op_timeout=60.0) as fs:
+        async with cluster.connect(op_timeout=60.0) as fs, \
+                cluster.connect(op_timeout=20.0) as reader:
             for victim in cluster.chunks:
                 drops = fs.io.drops
+                check = ReadCheck()
                 inodes[victim] = await _write_while_killing(
                     fs, b"f%d" % victim, payload(victim, size),
-                    cluster.chunks[victim].kill)
+                    cluster.chunks[victim].kill, reader, check)
                 assert fs.io.drops > drops  # the dead server was reported
+                # Readers saw real data during the write, and nothing else (checked per read).
+                assert check.reads > 0 and check.nonzero_checked > 0, check
                 await restart_chunk_server(cluster, victim)
         async with cluster.connect(op_timeout=60.0) as fs:  # a fresh client
             for victim, inode in inodes.items():
@@ -170,20 +182,29 @@ async def test_each_chunk_server_killed_in_turn_during_a_write(
 
 
 async def _write_while_killing(fs: NetworkFs, name: bytes, data: bytes,
-                               kill: Callable[[], None]) -> InodeId:
-    """Write `data` to a new file, running `kill` once 40% of it was handed over."""
-    reached, killed = trio.Event(), list[bool]()
+                               kill: Callable[[], None], reader: NetworkFs,
+                               check: ReadCheck) -> InodeId:
+    """Write `data` to a new file, running `kill` once 40% of it was handed over,
+    while another client reads the file and checks every byte it gets."""
+    reached, killed, done = trio.Event(), list[bool](), trio.Event()
     inode: list[InodeId] = []
+    target: list[tuple[InodeId, bytes]] = []
 
-    def progress(done: int) -> None:
-        if done >= 0.4 * len(data):
+    def progress(written: int) -> None:
+        if written >= 0.4 * len(data):
             reached.set()
 
     async def writer() -> None:
-        inode.append(await write_file(fs, ROOT_INODE, name, data, progress))
+        try:
+            inode.append(await write_file(fs, ROOT_INODE, name, data, progress,
+                                          created=lambda i: target.append((i, data))))
+        finally:
+            done.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(kill_when, reached, kill, killed)
+        nursery.start_soon(read_while_written, reader,
+                           lambda rng: target[0] if target else None, done, check)
         nursery.start_soon(writer)
     assert killed  # during the write: the release came after the kill
     return inode[0]
@@ -209,52 +230,116 @@ def tree_payload(seed: int, big: int) -> bytes:
     return payload(1000 + seed, big if seed == 0 else random.Random(seed).randrange(1, 600_000))
 
 
-async def test_metadata_leader_killed_during_a_recursive_copy(
+async def test_metadata_leader_killed_during_cp_r_through_a_mount(
         tmp_path: Path, soak: bool) -> None:
+    """`cp -r` of a tree into a real mount; the leader SIGKILLed at 30 % of the bytes."""
     big = file_size(soak)
     source = tree()
-    total = sum(len(tree_payload(s, big)) for files in source.values() for s in files.values())
-    with fs_cluster(tmp_path) as cluster:
+    src = _write_source(tmp_path / "src", source, big)
+    total = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    (tmp_path / "cluster").mkdir()
+    with fs_cluster(tmp_path / "cluster") as cluster:
         await ready(cluster)
         async with cluster.client() as rpc:
             leader = await cluster.meta.wait_leader(rpc)
-        async with cluster.connect(op_timeout=60.0) as fs:
-            reached, killed = trio.Event(), list[bool]()
-            copied = [0]
-
-            def progress(n: int) -> None:
-                copied[0] += n
-                if copied[0] >= 0.3 * total:
-                    reached.set()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(kill_when, reached, cluster.meta.members[leader].kill,
-                                   killed)
-                top = await _copy_tree(fs, source, big, progress)
-            assert killed and not cluster.meta.members[leader].running
+        check = ReadCheck()
+        with cluster_mount(cluster, "--op-timeout", "60",
+                           allowed_warnings=FAILOVER_WARNINGS) as mount:
+            async with cluster.connect(op_timeout=20.0) as reader:
+                status = await _cp_killing(
+                    ["cp", "-r", str(src), str(mount.mountpoint / "copy")],
+                    0.3 * total, cluster.meta.members[leader].kill,
+                    _TreeReader(reader, source, big, check))
+            assert status == 0, mount.log_text()[-3000:]
+            assert not cluster.meta.members[leader].running
+        # Readers saw real data during the copy, and nothing else (checked per read).
+        assert check.reads > 0 and check.nonzero_checked > 0, check
         cluster.meta.start(leader)
         await ready(cluster)
         async with cluster.connect(op_timeout=60.0) as fs:
+            top = (await fs.lookup(ROOT_INODE, b"copy", R)).inode
             await _same_tree(cluster, fs, top, source, big)
         await fsck_clean(cluster)
 
 
-async def _copy_tree(fs: NetworkFs, source: dict[bytes, dict[bytes, int]], big: int,
-                     progress: Callable[[int], None]) -> InodeId:
-    """What `cp -r` does: mkdir, then create/write/close each file in turn."""
-    top = (await fs.mkdir(ROOT_INODE, b"copy", 0o755, R)).inode
+# A mount logs its retries while the metadata leader is being replaced.
+FAILOVER_WARNINGS = ("keeping the metadata session alive failed",)
+
+
+def _write_source(src: Path, source: dict[bytes, dict[bytes, int]], big: int) -> Path:
     for dirname, files in source.items():
-        d = (await fs.mkdir(top, dirname, 0o755, R)).inode
+        (src / dirname.decode()).mkdir(parents=True)
         for name, seed in files.items():
-            data = tree_payload(seed, big)
-            done = [0]
+            (src / dirname.decode() / name.decode()).write_bytes(tree_payload(seed, big))
+    return src
 
-            def step(n: int, done: list[int] = done) -> None:
-                progress(n - done[0])
-                done[0] = n
 
-            await write_file(fs, d, name, data, step)
-    return top
+def _bytes_written(pid: int) -> int:
+    """What a process has written so far (`wchar` of /proc/PID/io)."""
+    with open(f"/proc/{pid}/io", encoding="ascii") as io:
+        for line in io:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def _cp_killing(argv: list[str], at: float, kill: Callable[[], None],
+                      readers: _TreeReader) -> int:
+    """Run `argv`; call `kill` once it has written `at` bytes; return its exit status."""
+    proc = await trio.lowlevel.open_process(argv)
+    killed = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(readers.run)
+            with trio.fail_after(600):
+                while proc.poll() is None:
+                    if not killed and _bytes_written(proc.pid) >= at:
+                        kill()
+                        killed = True
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert killed, "the copy finished before the kill"
+        return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+class _TreeReader:
+    """Another client that, while the tree is copied, keeps finding the files
+    already created in it and reading random ranges of them (tests/support/readers)."""
+
+    def __init__(self, fs: NetworkFs, source: dict[bytes, dict[bytes, int]], big: int,
+                 check: ReadCheck) -> None:
+        self.fs, self.source, self.big, self.check = fs, source, big, check
+        self.found: list[tuple[InodeId, bytes]] = []
+        self._seen: set[InodeId] = set()
+        self._payloads: dict[int, bytes] = {}
+
+    async def run(self) -> None:
+        """Until cancelled (the copy's end cancels it)."""
+        stop = trio.Event()  # never set
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_while_written, self.fs,
+                               lambda rng: rng.choice(self.found) if self.found else None,
+                               stop, self.check)
+            for _ in range(100_000):
+                await self._discover()
+                await trio.sleep(0.3)
+
+    async def _discover(self) -> None:
+        try:
+            top = (await self.fs.lookup(ROOT_INODE, b"copy", R)).inode
+            for d in await self.fs.readdir(top, 0, 1000, R):
+                for f in await self.fs.readdir(d.attr.inode, 0, 1000, R):
+                    if f.attr.inode not in self._seen:
+                        self._seen.add(f.attr.inode)
+                        seed = self.source[d.name][f.name]
+                        data = self._payloads.setdefault(seed, tree_payload(seed, self.big))
+                        self.found.append((f.attr.inode, data))
+        except FsError as exc:  # ENOENT before cp made it; timeouts during the failover
+            self.check.errors.append(f"discover: {exc}")
 
 
 async def _same_tree(cluster: FsCluster, fs: NetworkFs, top: InodeId,

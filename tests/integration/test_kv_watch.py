@@ -3,7 +3,8 @@
 * A watcher from index 1 sees every write of a concurrent writer, in order,
   exactly once, while the member it watches through (the leader, so the
   writer fails over too) is SIGKILLed and it carries on at another member;
-  afterwards every surviving member serves the same stream from index 1.
+  afterwards every surviving member, and the victim once restarted, serves
+  the same stream from index 1.
 * With a small retention bound, a watch from an index behind the floor gets
   COMPACTED with the floor (client: EventsCompacted; `ddfs kv watch`: the
   message and exit status 2), and `ddfs kv watch` prints the events after it.
@@ -85,6 +86,10 @@ async def test_a_watcher_sees_every_write_once_in_order_across_a_member_kill(
             assert all(ev.kind is EventKind.PUT and ev.sub == 0 for ev in seen)
             assert [ev.value for ev in seen] == [b"v%d" % n for n in range(WRITES)]
             await _same_stream_on_every_survivor(cluster, rpc, victim, seen)
+            # The victim's log survived SIGKILL, and its replay recorded nothing twice.
+            cluster.start(victim)
+            restarted = KvClient(rpc, [cluster.addresses[victim]], timeout=30)
+            assert await _collect(restarted.watch(b"w/", 1, wait_s=1.0), len(seen)) == seen
 
 
 async def _same_stream_on_every_survivor(

@@ -141,3 +141,26 @@ def test_compacted_and_the_cli(tmp_path: Path) -> None:
             {"index": revs[7], "sub": 0, "op": "put", "key": "c/7", "value": "v7"},
             {"index": revs[7] + 1, "sub": 0, "op": "delete", "key": "c/0", "value": None},
         ]
+        _watch_from_now(cluster, revs[7] + 1)
+
+
+def _watch_from_now(cluster: MetaCluster, last_index: int) -> None:
+    """Without --from the watch starts after what is applied: it prints a later put."""
+    env = {**os.environ, "DDFS_ENDPOINTS": ",".join(cluster.endpoints),
+           "DDFS_SECRET_FILE": str(cluster.secret_file)}
+    watcher = subprocess.Popen(ddfs_argv("kv", "watch", "c/", "--count", "1"), cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for n in range(50):  # until the watcher has started and seen one
+            assert _ddfs(cluster, "kv", "put", "c/now", str(n)).returncode == 0
+            if watcher.poll() is not None:
+                break
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+        watcher.wait()
+    assert watcher.returncode == 0, err
+    index, op, key, value = out.split()
+    assert int(index.split(".")[0]) > last_index and (op, key) == ("PUT", "c/now")
+    assert value.isdigit()

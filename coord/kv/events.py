@@ -38,6 +38,8 @@ from coord.raft.types import LogIndex
 
 #: A watch call scans at most about this many stored events (a whole entry more at worst).
 DEFAULT_MAX_SCAN = 4_096
+#: Events a snapshot's compaction drops per apply call (bounds the apply's extra work).
+COMPACT_PER_APPLY = 4_096
 #: Surplus events dropped per entry beyond what the entry added, so lowering the
 #: retention bound shrinks the log over the following entries without one long apply.
 RETAIN_CATCH_UP = 64

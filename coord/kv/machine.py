@@ -30,14 +30,28 @@ Invariants:
   transaction.  An extension payload that does not decode is BAD_COMMAND, as
   is a space with no extension.
 
+* Snapshots (Raft compaction): `write_snapshot` / `restore_snapshot` pass
+  through to a store that can stream its whole state (`SnapshotStore`: the
+  LMDB store; extension tables included, so the file system's state travels
+  with it).  `snapshot_taken(index)` is the hook a driver calls whenever a
+  snapshot at `index` exists (taken or installed): the log behind it may be
+  compacted, so anything that mirrors the log (an event log for watches)
+  may compact up to it; `snapshot_index` remembers the newest.
+
 * Watch events (`coord.kv.events`, docs/watch.md): every KV mutation a
   command makes (put, delete of an existing key, successful cas, each such op
   of a txn) appends an event in the same transaction; extension commands
   (the file system) produce none.  Retention runs after each KV command.
-  `compact_events` (called by the snapshot code, outside `apply`) raises the
-  floor; `watch` reads events from the committed state.  Apply listeners are
-  called after each committed `apply`, from the applying thread: they must
-  only hand the news over (e.g. `TrioToken.run_sync_soon`), never block.
+  The event log is not part of snapshots (its compaction is local, and
+  snapshots of one index must be the same bytes on every member): a
+  restored state starts its log at the snapshot index.  `snapshot_taken`
+  schedules the compaction of the events up to the snapshot index; `apply`
+  carries it out, at most `COMPACT_PER_APPLY` events per call, in the same
+  transaction (so in the worker thread the driver already uses, never on the
+  trio thread, and never visible half-done).  `compact_events` does it at
+  once (blocking).  Apply listeners are called after each committed
+  `apply`, from the applying thread: they must only hand the news over
+  (e.g. `TrioToken.run_sync_soon`), never block.
 
 The store calls block (LMDB commit); a trio driver runs `apply` through
 `trio.to_thread.run_sync` and never holds a view across an await.
@@ -47,7 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from coord.kv import sessions
 from coord.kv.codec import CodecError
@@ -74,6 +88,7 @@ from coord.kv.commands import (
     decode_record,
 )
 from coord.kv.events import (
+    COMPACT_PER_APPLY,
     DEFAULT_MAX_SCAN,
     EventRecorder,
     WatchBatch,
@@ -149,6 +164,29 @@ class Extension(Protocol):
         ...
 
 
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class SnapshotSource(Protocol):
+    """A pinned state, streamed once by `write` (which closes it), or `close`d unused."""
+
+    def write(self, out: ByteSink) -> LogIndex: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """A store that can stream its whole state out and replace it atomically."""
+
+    def open_snapshot(self) -> SnapshotSource: ...
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex: ...
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex: ...
+
+
 class KVStateMachine:
     def __init__(
         self,
@@ -161,8 +199,38 @@ class KVStateMachine:
         self._ext = {ext.space: ext for ext in extensions}
         if len(self._ext) != len(extensions) or any(space < 1 for space in self._ext):
             raise ValueError("extension spaces must be unique and >= 1")
+        self.snapshot_index = LogIndex(0)  # newest snapshot known to exist (0: none)
         # called with the new applied index after each committed apply (see the docstring)
         self._apply_listeners: list[Callable[[LogIndex], None]] = []
+        # events up to this index are to be compacted (by apply); up to _events_done they are
+        self._events_compact_to = LogIndex(0)
+        self._events_done = LogIndex(0)
+
+    def _snapshot_store(self) -> SnapshotStore:
+        if not isinstance(self._store, SnapshotStore):
+            raise TypeError(f"{type(self._store).__name__} cannot take snapshots")
+        return self._store
+
+    def open_snapshot(self) -> SnapshotSource:
+        """Pin the current state (one read transaction) to stream later."""
+        return self._snapshot_store().open_snapshot()
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex:
+        """Stream the whole state (one read transaction); the applied index it covers."""
+        return self._snapshot_store().write_snapshot(out)
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex:
+        """Replace the whole state by a snapshot atomically; the new applied index."""
+        applied = self._snapshot_store().restore_snapshot(inp)
+        for listener in self._apply_listeners:  # watchers re-read (and find COMPACTED)
+            listener(applied)
+        return applied
+
+    def snapshot_taken(self, index: LogIndex) -> None:
+        """Hook: a snapshot at `index` exists; the log up to it may be compacted, and
+        so may the watch events (the next applies drop them: see the docstring)."""
+        self.snapshot_index = LogIndex(max(self.snapshot_index, index))
+        self._events_compact_to = LogIndex(max(self._events_compact_to, index))
 
     @property
     def applied_index(self) -> LogIndex:
@@ -181,9 +249,17 @@ class KVStateMachine:
                 out.append(self._apply_entry(view, entry))
                 expect += 1
             view.set_applied(entries[-1].index)
+            self._compact_some_events(view)
         for listener in self._apply_listeners:  # committed: watchers may read it now
             listener(entries[-1].index)
         return out
+
+    def _compact_some_events(self, view: KVWriteView) -> None:
+        """Part of the compaction `snapshot_taken` asked for (bounded per apply)."""
+        if self._events_compact_to <= self._events_done:
+            return
+        if compact(view, self._events_compact_to, COMPACT_PER_APPLY) < COMPACT_PER_APPLY:
+            self._events_done = LogIndex(min(self._events_compact_to, view.applied_index()))
 
     def add_apply_listener(self, listener: Callable[[LogIndex], None]) -> None:
         """Call `listener(applied_index)` after every committed `apply` (from the

@@ -34,7 +34,8 @@ from coord.kv.watch import WatchService
 from coord.raft.config import RaftConfig
 from coord.raft.driver import RaftDriver
 from coord.raft.lmdb_store import LmdbRaftStorage
-from coord.raft.rpc import RpcTransport, add_raft_routes
+from coord.raft.rpc import RpcTransport, add_digest_route, add_raft_routes
+from coord.raft.snapfile import SnapshotFiles
 from coord.raft.types import NodeId
 from coord.rpc import ClientConfig, Router, RpcClient, RpcServer, ServerConfig, TcpConnector
 from coord.rpc.transport import parse_tcp_address
@@ -129,7 +130,10 @@ async def serve_kv_member(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     storage, kv_store = _open_stores(config, plugins)
+    snapshots: SnapshotFiles | None = None
     try:
+        if config.raft.snapshot_every > 0:
+            snapshots = SnapshotFiles(config.data_dir / "snap")
         fsm = KVStateMachine(kv_store, config.kv, [e for p in plugins for e in p.extensions])
         client_cfg = ClientConfig(node_id=config.node_id, secret=config.secret, role="meta")
         async with RpcClient(client_cfg, TcpConnector()) as peers_rpc:
@@ -142,9 +146,11 @@ async def serve_kv_member(
                 fsm,
                 transport,
                 rng=random.Random(),
+                snapshots=snapshots,
             )
             router = Router()
             add_raft_routes(router, driver, {"address": config.address})
+            add_digest_route(router, fsm)
             KvService(driver, fsm, config.members).routes(router)
             watches = WatchService(fsm)
             watches.attach()
@@ -171,3 +177,5 @@ async def serve_kv_member(
     finally:
         storage.close()
         kv_store.close()
+        if snapshots is not None:
+            snapshots.close()

@@ -13,9 +13,11 @@ Durability contract (what the driver and the log compaction rely on):
 * It is guaranteed to survive an OS crash or power loss only once
   `checkpoint()` has returned; until then the store may come back at any
   earlier committed state (never a torn one).  That is safe because the
-  Raft log still holds every entry after the store's durable applied index,
-  as long as the log is never compacted beyond `checkpoint()`'s result: on
-  restart the driver re-applies from `applied_index() + 1`.
+  Raft log still holds every entry after the store's durable applied index:
+  on restart the driver re-applies from `applied_index() + 1`.  The log is
+  compacted only behind a durable snapshot file, and a store that came back
+  behind the compaction point is restored from that snapshot first
+  (`coord.raft.snapdriver`).
 
 Extensions (other state machines on the same log, e.g. the file system)
 keep their state in named *tables* of the same store, so they commit in the
@@ -269,8 +271,7 @@ class _MemoryView:
             (name, tuple((k, items[k]) for k in keys)) for name, (items, keys) in d.tables.items()
         )
         return StateDump(
-            d.applied, d.log_time, tuple(d.kvs[k] for k in d.keys), sessions, tables,
-            tuple(d.events), d.events_floor,
+            d.applied, d.log_time, tuple(d.kvs[k] for k in d.keys), sessions, tables
         )
 
     def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:

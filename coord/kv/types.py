@@ -85,9 +85,8 @@ class StateDump:
     sessions: tuple[tuple[ClientId, SessionRecord, tuple[tuple[SeqNo, bytes], ...]], ...]
     # extension tables by name (sorted), each as its items in key order
     tables: tuple[tuple[str, tuple[tuple[bytes, bytes], ...]], ...] = ()
-    # the event log above its floor, in (index, sub) order, and the floor
-    events: tuple[WatchEvent, ...] = ()
-    events_floor: LogIndex = LogIndex(0)  # noqa: RUF009 - NewType call is the int 0
+    # Not the watch event log: like a snapshot, the dump is the replicated state,
+    # and the log's low end is compacted on each member's own schedule.
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from coord.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
@@ -26,6 +28,7 @@ from coord.raft.messages import (
     RequestVote,
     RequestVoteResponse,
 )
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
 
@@ -42,6 +45,8 @@ _TAGS: dict[type, int] = {
     HeartbeatResponse: 6,
     ReadIndexRequest: 7,
     ReadIndexResponse: 8,
+    InstallSnapshot: 9,
+    InstallSnapshotResponse: 10,
 }
 
 
@@ -94,6 +99,12 @@ def _encode_one(m: Message) -> list[Any]:
             return [*head, bytes(m.ctx)]
         case ReadIndexResponse():
             return [*head, bytes(m.ctx), m.index]
+        case InstallSnapshot():
+            meta = m.meta
+            return [*head, [meta.index, meta.term, list(meta.voters), list(meta.learners),
+                            meta.size, meta.digest], m.offset, m.data]
+        case InstallSnapshotResponse():
+            return [*head, m.index, m.offset, m.done]
 
 
 def _ids(raw: list[Any]) -> tuple[NodeId, NodeId, Term]:
@@ -145,6 +156,30 @@ def _d_read_resp(r: list[Any]) -> Message:
     return ReadIndexResponse(s, d, t, ReadCtx(_bytes(r[4])), LogIndex(_int(r[5])))
 
 
+def _node_ids(v: Any) -> tuple[NodeId, ...]:
+    if type(v) is not list:
+        raise CodecError("a configuration is a list of node ids")
+    return tuple(NodeId(_int(x)) for x in v)
+
+
+def _meta(v: Any) -> SnapshotMeta:
+    if type(v) is not list or len(v) != 6:
+        raise CodecError("a snapshot meta is [index, term, voters, learners, size, digest]")
+    index, term, voters, learners, size, digest = v
+    return SnapshotMeta(LogIndex(_int(index)), Term(_int(term)), _node_ids(voters),
+                        _node_ids(learners), _int(size), _int(digest))
+
+
+def _d_snap(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return InstallSnapshot(s, d, t, _meta(r[4]), _int(r[5]), _bytes(r[6]))
+
+
+def _d_snap_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return InstallSnapshotResponse(s, d, t, LogIndex(_int(r[4])), _int(r[5]), _bool(r[6]))
+
+
 # tag -> (number of array items, decoder)
 _DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
     1: (7, _d_vote),
@@ -155,6 +190,8 @@ _DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
     6: (5, _d_hb_resp),
     7: (5, _d_read),
     8: (6, _d_read_resp),
+    9: (7, _d_snap),
+    10: (7, _d_snap_resp),
 }
 
 

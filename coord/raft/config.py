@@ -4,7 +4,8 @@ Invariants enforced by `validate()`:
 * 0 < heartbeat_interval < election_timeout_min <= election_timeout_max, so a live
   leader's heartbeats reach followers several times per election timeout;
 * the byte and count limits are positive, so replication always makes progress
-  (one entry larger than `max_append_bytes` is still sent alone).
+  (one entry larger than `max_append_bytes` is still sent alone);
+* snapshot_every >= 0 (0 disables snapshots), keep_tail >= 0.
 
 Times are plain numbers in the same unit as the `now` the driver passes to the
 core (seconds for real drivers, ticks in the simulator).
@@ -32,6 +33,13 @@ class RaftConfig:
     max_apply_bytes: int = 4 << 20  # committed payload handed out per Ready
     check_quorum: bool = True  # leader steps down without a recent majority (§6.2)
     pre_vote: bool = True  # pre-vote phase before a real election (thesis §9.6)
+    # Snapshots (used by drivers; the core only uses the chunk size): a snapshot is
+    # taken every `snapshot_every` applied entries (0: never), and the log is then
+    # compacted up to snapshot index - `keep_tail`, so a follower a little behind
+    # still catches up from the log instead of a whole snapshot.
+    snapshot_every: int = 10000
+    keep_tail: int = 1000
+    snapshot_chunk_bytes: int = 1 << 20  # bytes per InstallSnapshot message
 
     def validate(self) -> RaftConfig:
         """Return self if consistent, else raise ConfigError naming the broken relation."""
@@ -52,6 +60,7 @@ class RaftConfig:
             "max_inflight_bytes",
             "max_uncommitted_bytes",
             "max_apply_bytes",
+            "snapshot_chunk_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -59,5 +68,10 @@ class RaftConfig:
             raise ConfigError(
                 f"max_inflight_bytes ({self.max_inflight_bytes}) < "
                 f"max_append_bytes ({self.max_append_bytes}): one full append could never fly"
+            )
+        if self.snapshot_every < 0 or self.keep_tail < 0:
+            raise ConfigError(
+                f"snapshot_every ({self.snapshot_every}) and keep_tail ({self.keep_tail}) "
+                "must be >= 0"
             )
         return self

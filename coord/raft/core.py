@@ -17,6 +17,17 @@ Safety invariants this module maintains (fig. 2 and §5):
 * every message is emitted after the state it depends on is in the same or
   an earlier Ready, so persist-before-send in the driver is sufficient.
 
+Snapshots (§7): the driver tells the core about each snapshot it takes
+(`snapshot_taken`) and raises the compaction floor (`compact`) before it
+truncates the store, so the core never reads what is being removed.  A
+follower whose next entry is below the leader's floor gets the leader's
+newest snapshot in `snapshot_chunk_bytes` chunks (InstallSnapshot); it
+accepts only the chunk at the offset it expects (its partial file's length,
+`partial` at construction) and answers with the offset it wants, so a
+transfer resumes after losses, reconnects and restarts on either side.  The
+last chunk is acknowledged only once the driver installed the snapshot
+(`snapshot_installed`), so a "done" promises the state is in place.
+
 Liveness extensions: pre-vote (thesis §9.6), check-quorum (§6.2), leader
 stickiness (§4.2.3: ignore vote requests while a leader was heard from within
 the minimum election timeout), fast log backtracking, batching, pipelining
@@ -38,6 +49,8 @@ from coord.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
@@ -60,6 +73,7 @@ from coord.raft.ready import (
     Role,
     SoftState,
 )
+from coord.raft.snapshot import SnapshotChunk, SnapshotMeta, SnapshotReader
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
 # Legal role changes (§5.2 and thesis §9.6); anything else is a bug in the core.
@@ -98,6 +112,9 @@ class RaftNode:
         rng: random.Random,
         now: float,
         applied: LogIndex = _NO_INDEX,
+        snapshot: SnapshotMeta | None = None,
+        snapshots: SnapshotReader | None = None,
+        partial: tuple[SnapshotMeta, int] | None = None,
     ) -> None:
         self.id = node_id
         self.config = config.validate()
@@ -119,6 +136,11 @@ class RaftNode:
         self.uncommitted: deque[tuple[LogIndex, int]] = deque()  # LEADER: own uncommitted sizes
         self.uncommitted_bytes = 0
         self.reads = ReadIndexTracker()
+        self.snapshot = snapshot  # the newest complete snapshot this member holds
+        self.snapshots = snapshots  # reads its bytes (leader: InstallSnapshot)
+        self.receiving = partial  # FOLLOWER: (snapshot, bytes durably received)
+        self.installing: tuple[SnapshotMeta, NodeId] | None = None  # complete, being installed
+        self._snapshot_writes: list[SnapshotChunk] = []
         self._outbox: list[Message] = []
         self._failed_reads: list[ReadCtx] = []
         self._needs_flush = False  # LEADER: appends/read rounds may be due at ready()
@@ -185,12 +207,48 @@ class RaftNode:
             return ReadQueued(ctx)
         return NotLeader(None)
 
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
+        """The driver durably stored a snapshot of this member's state (the newest)."""
+        if self.snapshot is None or meta.index > self.snapshot.index:
+            self.snapshot = meta
+
+    def compact(self, index: LogIndex) -> Term:
+        """Stop reading entries <= index (<= applied); returns term(index) for the store's
+        `truncate_prefix`, which the driver calls after this."""
+        return self.log.compact_to(index)
+
+    def snapshot_installed(self, meta: SnapshotMeta) -> None:
+        """The driver verified the received snapshot and, if meta.index > the applied
+        index, replaced the state machine's state with it.  Call this *before* the
+        store's `truncate_prefix(meta.index, meta.term)`: the core decides from its
+        log as it stands whether the entries after the snapshot are kept, by the
+        store's rule (§7), and from here on it never reads below the new floor.
+        The "done" goes out in the next Ready, after that truncation."""
+        if self.installing is None or self.installing[0] != meta:
+            return
+        leader = self.installing[1]
+        self.installing = self.receiving = None
+        if meta.index > self.log.applied:  # the driver replaced the state in exactly this case
+            self.log.restore(meta.index, meta.term)
+            # Membership (Raft part 2) restores meta.voters / meta.learners here.
+        self.snapshot_taken(meta)
+        self._send(InstallSnapshotResponse(self.id, leader, self.term, meta.index, meta.size, True))
+
+    def snapshot_corrupt(self, meta: SnapshotMeta) -> None:
+        """The assembled snapshot failed its digest: forget it and ask for it from byte 0."""
+        if self.installing is None or self.installing[0] != meta:
+            return
+        leader = self.installing[1]
+        self.installing = self.receiving = None
+        self._send(InstallSnapshotResponse(self.id, leader, self.term, meta.index, 0, False))
+
     # ------------------------------------------------------------------ outputs
     def has_ready(self) -> bool:
         if self._outstanding is not None:
             return False
         return bool(
             self._outbox
+            or self._snapshot_writes
             or self._needs_flush
             or self.log.unstable
             or self.log.committed > self.log.applied
@@ -235,8 +293,9 @@ class RaftNode:
             read_states=tuple(self.reads.take_ready(applied)),
             failed_reads=tuple(self._failed_reads),
             soft_state=self.soft_state(),
+            snapshot_chunks=tuple(self._snapshot_writes),
         )
-        self._outbox, self._failed_reads = [], []
+        self._outbox, self._failed_reads, self._snapshot_writes = [], [], []
         self._outstanding = rd
         return rd
 
@@ -287,14 +346,14 @@ class RaftNode:
                 return True  # a pre-vote never changes our term
         elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the term we are about to campaign in
-        leader = msg.src if isinstance(msg, AppendEntries | Heartbeat) else None
+        leader = msg.src if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot) else None
         self._become_follower(now, msg.term, leader, "higher term")
         return True
 
     def _answer_stale(self, msg: Message) -> None:
         """Tell a node stuck in an older term about ours, so a deposed leader steps
         down and a pre-candidate gives up; other stale messages are dropped."""
-        if isinstance(msg, AppendEntries | Heartbeat):
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
             self._send(AppendEntriesResponse(self.id, msg.src, self.term, success=False))
         elif isinstance(msg, RequestVote):
             self._send(RequestVoteResponse(self.id, msg.src, self.term, False, msg.pre_vote))
@@ -412,9 +471,12 @@ class RaftNode:
             self._send(HeartbeatResponse(self.id, m.src, self.term, m.read_round))
         elif isinstance(m, ReadIndexResponse):
             self.reads.waiting_apply.append(ReadState(m.ctx, m.index))
+        elif isinstance(m, InstallSnapshot):
+            self._heard_from_leader(m.src, now)
+            self._handle_snapshot(m)
 
     def _step_candidate(self, m: Message, now: float) -> None:
-        if isinstance(m, AppendEntries | Heartbeat):
+        if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
             # §5.2: a leader of our term exists; recognise it and process the message.
             self._become_follower(now, self.term, m.src, "leader of this term found")
             self._step_follower(m, now)
@@ -435,6 +497,8 @@ class RaftNode:
         pr.recent_active = True
         if isinstance(m, AppendEntriesResponse):
             self._handle_append_response(m, pr)
+        elif isinstance(m, InstallSnapshotResponse):
+            self._handle_snapshot_response(m, pr)
         elif isinstance(m, HeartbeatResponse) and m.read_round > pr.read_round:
             pr.read_round = m.read_round
             self._confirm_reads()
@@ -530,6 +594,10 @@ class RaftNode:
 
     def _send_appends(self, peer: NodeId, pr: Progress, last: LogIndex) -> None:
         cfg = self.config
+        if pr.state is ProgressState.SNAPSHOT:
+            if not pr.probe_sent:
+                self._send_snapshot(peer, pr)
+            return
         if pr.state is ProgressState.PROBE:
             if not pr.probe_sent and pr.match < last:
                 self._send_append(peer, pr, last)
@@ -543,10 +611,10 @@ class RaftNode:
 
     def _send_append(self, peer: NodeId, pr: Progress, last: LogIndex) -> None:
         prev = LogIndex(pr.next - 1)
-        try:
-            prev_term = self.log.term(prev)
-        except LogUnavailable as exc:  # compacted: needs InstallSnapshot (Raft part 2)
-            raise NotImplementedError(f"follower {peer} needs a snapshot at {prev}") from exc
+        if prev < self.log.first_index() - 1:  # compacted away: only a snapshot helps (§7)
+            self._send_snapshot(peer, pr)
+            return
+        prev_term = self.log.term(prev)
         hi = LogIndex(min(last + 1, pr.next + self.config.max_append_entries))
         entries = tuple(self.log.entries(pr.next, hi, self.config.max_append_bytes))
         nbytes = sum(entry_size(e) for e in entries)
@@ -555,6 +623,57 @@ class RaftNode:
         )
         pr.sent(entries[-1].index if entries else prev, nbytes)
         pr.commit_sent = self.log.committed
+
+    # ------------------------------------------------------------------ snapshots
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        """Send the chunk the follower asked for; switch to our newest snapshot when the
+        one being streamed is gone (a new snapshot id restarts at byte 0)."""
+        meta = self.snapshot
+        if meta is None or self.snapshots is None:
+            raise LogUnavailable(f"follower {peer} needs entry {pr.next}: compacted, no snapshot")
+        if pr.state is not ProgressState.SNAPSHOT or pr.snapshot is None:
+            pr.become_snapshot(meta)
+        assert pr.snapshot is not None
+        size = self.config.snapshot_chunk_bytes
+        data = self.snapshots.read(pr.snapshot, pr.snap_offset, size)
+        if data is None and pr.snapshot != meta:
+            pr.become_snapshot(meta)
+            data = self.snapshots.read(meta, 0, size)
+        if data is None:
+            return  # our own snapshot is unreadable right now: retried next heartbeat
+        self._send(InstallSnapshot(self.id, peer, self.term, pr.snapshot, pr.snap_offset, data))
+        pr.probe_sent = True
+
+    def _handle_snapshot_response(self, m: InstallSnapshotResponse, pr: Progress) -> None:
+        if m.done:
+            if m.index > pr.match or pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_done(m.index)
+        elif pr.snapshot is not None and m.index == pr.snapshot.index:
+            pr.snapshot_progress(m.offset)  # pr.snapshot is set only in SNAPSHOT
+        self._needs_flush = True
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        """Follower: take the chunk at the offset we expect, answer with the next one."""
+        meta = m.meta
+        if meta.index <= self.log.committed:  # we hold all it covers already
+            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, 0, True))
+            return
+        if self.installing is not None:
+            return  # the complete snapshot is being installed; its "done" follows
+        have = self.receiving[1] if self.receiving and self.receiving[0] == meta else 0
+        end = m.offset + len(m.data)
+        if m.offset != have or end > meta.size or (m.offset == end < meta.size):
+            # Not the bytes we need next (lost, duplicated or a new snapshot mid-way):
+            # say where we are; a new snapshot restarts from 0.
+            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, have, False))
+            return
+        self.receiving = (meta, end)
+        last = end == meta.size
+        self._snapshot_writes.append(SnapshotChunk(meta, m.offset, m.data, last))
+        if last:
+            self.installing = (meta, m.src)
+        else:
+            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, end, False))
 
     # ------------------------------------------------------------------ heartbeats, reads
     def _heartbeat_round(self) -> None:

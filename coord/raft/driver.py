@@ -21,6 +21,11 @@ Invariants:
   duplicates.
 * Outgoing messages go through one bounded queue per peer; a full queue or a
   dead peer drops messages, which Raft tolerates (it retransmits on its own).
+* Snapshots (when given a `SnapshotFiles`; `coord.raft.snapdriver`): chunks
+  received are written and fsynced in the persist step; a completed one is
+  installed after `advance` (Ready step 6) before the next Ready; at every
+  multiple of `snapshot_every` the apply batch is split, the state pinned
+  there (a read transaction) and streamed to a snapshot in a background task.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
 from coord.raft.messages import Message, ReadCtx, RequestVoteResponse
 from coord.raft.ready import NotLeader, Overloaded, Proposed, ReadQueued, Ready, Role
+from coord.raft.snapdriver import SnapshotKeeper, SnapshotStateMachine
+from coord.raft.snapfile import SnapshotFiles
+from coord.raft.snapshot import SnapshotChunk, SnapshotMeta
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
 
@@ -111,6 +119,10 @@ class DriverStatus:
     last_index: int
     peers: tuple[NodeId, ...]
     match: Mapping[NodeId, int]  # leader only: replicated index per follower
+    first_index: int = 1  # first entry still in the log (compaction point + 1)
+    snapshot_index: int = 0  # newest snapshot this member holds (0: none)
+    snapshots_taken: int = 0  # since start
+    snapshots_installed: int = 0  # received from a leader, since start
 
 
 class RaftDriver(Generic[A]):
@@ -127,12 +139,19 @@ class RaftDriver(Generic[A]):
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = trio.current_time,
+        snapshots: SnapshotFiles | None = None,
     ) -> None:
         self.id = node_id
         self._storage = storage
         self._fsm = fsm
         self._transport = transport
         self._clock = clock
+        self._keeper: SnapshotKeeper | None = None
+        if snapshots is not None:
+            if not isinstance(fsm, SnapshotStateMachine):
+                raise TypeError(f"{type(fsm).__name__} cannot take snapshots")
+            self._keeper = SnapshotKeeper(snapshots, storage, fsm, config)
+            self._keeper.recover()  # before reading the applied index: it may move
         hs = storage.load()
         applied = fsm.applied_index
         # An applied entry was committed, whatever commit index we last persisted.
@@ -141,6 +160,8 @@ class RaftDriver(Generic[A]):
             node_id, peers, config, log=storage, hard_state=hs,
             rng=rng if rng is not None else random.Random(),
             now=clock(), applied=applied,
+            snapshot=snapshots.latest() if snapshots else None, snapshots=snapshots,
+            partial=snapshots.partial() if snapshots else None,
         )
         self._peers = tuple(p for p in peers if p != node_id)
         self._wake = trio.Event()
@@ -152,6 +173,8 @@ class RaftDriver(Generic[A]):
         self._leader_changed = trio.Event()
         self._last_leader: NodeId | None = None
         self.dropped_messages = 0
+        self._completed: tuple[SnapshotMeta, bool] | None = None  # received, to install
+        self._nursery: trio.Nursery | None = None  # for background snapshot takes
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -161,6 +184,7 @@ class RaftDriver(Generic[A]):
                 send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
                 self._outboxes[peer] = send
                 nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+            self._nursery = nursery
             task_status.started()
             await self._loop()
 
@@ -174,6 +198,8 @@ class RaftDriver(Generic[A]):
                 rd = self.core.ready()
                 await self._handle(rd)
                 self.core.advance(rd)
+                if self._completed is not None:
+                    await self._install(*self._completed)
                 self.core.tick(self._clock())
 
     def _sleep_until(self) -> float:
@@ -187,6 +213,8 @@ class RaftDriver(Generic[A]):
             await trio.to_thread.run_sync(
                 self._storage.persist, rd.hard_state, rd.entries, rd.truncate_from
             )
+        if rd.snapshot_chunks:
+            self._completed = await trio.to_thread.run_sync(self._write_chunks, rd.snapshot_chunks)
         # 2. send, only now that what the messages promise is durable.
         for msg in rd.messages:
             if isinstance(msg, RequestVoteResponse) and msg.granted and not msg.pre_vote:
@@ -195,7 +223,7 @@ class RaftDriver(Generic[A]):
             self._enqueue(msg)
         # 3. apply.
         if rd.committed_entries:
-            results = await trio.to_thread.run_sync(self._fsm.apply, rd.committed_entries)
+            results = await self._apply(rd.committed_entries)
             self._settle(rd.committed_entries, results)
         # 4. reads: their index is <= what is applied now.
         for rs in rd.read_states:
@@ -203,6 +231,56 @@ class RaftDriver(Generic[A]):
         for ctx in rd.failed_reads:
             self._finish_read(ctx, None)
         self._note_leader(rd)
+
+    # ------------------------------------------------------------------ snapshots
+    def _write_chunks(self, chunks: Sequence[SnapshotChunk]) -> tuple[SnapshotMeta, bool] | None:
+        """Worker thread: write received chunks; the completed snapshot and its check."""
+        assert self._keeper is not None, "the core sends chunks only to a member with snapshots"
+        done = None
+        for chunk in chunks:
+            if chunk.offset == 0:
+                log.info("node %d: receiving snapshot %d (%d bytes)", self.id, chunk.meta.index,
+                         chunk.meta.size)
+            ok = self._keeper.files.write_chunk(chunk)
+            if chunk.last:
+                done = (chunk.meta, ok)
+        return done
+
+    async def _install(self, meta: SnapshotMeta, ok: bool) -> None:
+        assert self._keeper is not None
+        self._completed = None
+        if await self._keeper.install(self.core, meta, ok):
+            self._applied = meta.index
+            # Proposals at or below it were committed or lost: we cannot tell which,
+            # and retrying is safe (the state machine drops duplicates).
+            for index in [i for i in self._proposals if i <= meta.index]:
+                waiter = self._proposals.pop(index)
+                waiter.lost = True
+                waiter.done.set()
+
+    async def _apply(self, entries: Sequence[Entry]) -> list[A]:
+        """Apply; at a snapshot boundary, pin the state exactly there in between."""
+        keeper, nursery = self._keeper, self._nursery
+        cut = keeper.boundary(entries) if keeper is not None and nursery else None
+        if cut is None or keeper is None or nursery is None:
+            return list(await trio.to_thread.run_sync(self._fsm.apply, entries))
+        k = cut - entries[0].index + 1
+        results = list(await trio.to_thread.run_sync(self._fsm.apply, entries[:k]))
+        source = await trio.to_thread.run_sync(keeper.open_source)
+        keeper.taking = True
+
+        async def take() -> None:
+            try:
+                await keeper.take(self.core, source)
+            except Exception:  # a failed snapshot is retried later; the log simply grows
+                log.exception("node %d: taking a snapshot failed", self.id)
+            finally:
+                keeper.taking = False
+
+        nursery.start_soon(take, name="raft-snapshot")
+        if entries[k:]:
+            results += await trio.to_thread.run_sync(self._fsm.apply, entries[k:])
+        return results
 
     def _note_leader(self, rd: Ready) -> None:
         leader = rd.soft_state.leader
@@ -347,6 +425,10 @@ class RaftDriver(Generic[A]):
             node_id=self.id, role=soft.role.value, term=int(soft.term), leader=soft.leader,
             commit_index=int(self.core.commit_index), applied_index=int(self._applied),
             last_index=int(self._storage.last_index()), peers=self._peers, match=match,
+            first_index=int(self.core.log.first_index()),
+            snapshot_index=int(self.core.snapshot.index) if self.core.snapshot else 0,
+            snapshots_taken=self._keeper.taken if self._keeper else 0,
+            snapshots_installed=self._keeper.installed if self._keeper else 0,
         )
 
 
@@ -357,4 +439,6 @@ def status_dict(st: DriverStatus) -> dict[str, Any]:
         "commit_index": st.commit_index, "applied_index": st.applied_index,
         "last_index": st.last_index, "peers": list(st.peers),
         "lag": {str(p): st.last_index - m for p, m in st.match.items()},
+        "first_index": st.first_index, "snapshot_index": st.snapshot_index,
+        "snapshots_taken": st.snapshots_taken, "snapshots_installed": st.snapshots_installed,
     }

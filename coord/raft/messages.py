@@ -5,8 +5,12 @@ compares terms before anything else (fig. 2, "Rules for all servers").  A
 message never carries mutable state, so the driver may encode, duplicate,
 delay or drop it freely: the protocol tolerates all of these.
 
-Seams for Raft part 2 (not implemented): InstallSnapshot, TimeoutNow and a
-`transfer` flag on RequestVote that bypasses leader stickiness.
+InstallSnapshot carries one chunk of the leader's newest snapshot; the
+follower answers with the offset it wants next, so a transfer resumes where
+it stopped after drops, a reconnect or a leader restart (docs/raft.md).
+
+Seams for Raft part 2 (not implemented here): TimeoutNow and a `transfer`
+flag on RequestVote that bypasses leader stickiness.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NewType
 
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, LogIndex, NodeId, Term
 
 _NO_INDEX = LogIndex(0)
@@ -122,6 +127,31 @@ class ReadIndexResponse:
     index: LogIndex
 
 
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """§7 InstallSnapshot RPC: bytes [offset, offset + len(data)) of snapshot `meta`."""
+
+    src: NodeId
+    dst: NodeId
+    term: Term
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    """The follower wants snapshot `index` from byte `offset` on; with `done` it has
+    installed it (or already held everything up to `index`): its log matches to `index`."""
+
+    src: NodeId
+    dst: NodeId
+    term: Term
+    index: LogIndex
+    offset: int
+    done: bool
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -131,4 +161,6 @@ Message = (
     | HeartbeatResponse
     | ReadIndexRequest
     | ReadIndexResponse
+    | InstallSnapshot
+    | InstallSnapshotResponse
 )

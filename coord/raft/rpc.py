@@ -4,7 +4,8 @@ Peers exchange Raft messages as one-way `raft.batch` notifications (a
 message batch per frame; replies are ordinary Raft messages going the other
 way), so a slow or dead peer never blocks the sender.  `raft.status` answers
 what `ddfs raft status` shows; `clock.probe` lets it estimate each member's
-clock offset.
+clock offset; `raft.digest` hashes the member's whole state (the bytes a
+snapshot of it would hold) so tests and tools can check replicas agree.
 
 Invariant: a malformed batch from an authenticated peer is logged and
 dropped; it never reaches the core and never ends the connection.
@@ -18,10 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+import xxhash
+
 from coord.clock.rpc import add_clock_routes
 from coord.raft.codec import CodecError, decode_batch, encode_batch
 from coord.raft.driver import RaftDriver, status_dict
 from coord.raft.messages import Message
+from coord.raft.snapdriver import SnapshotStateMachine
 from coord.raft.types import NodeId
 from coord.rpc import (
     CallContext,
@@ -52,6 +57,41 @@ class StatusReply:
 @dataclass(frozen=True, slots=True)
 class RaftStatus(Request[StatusReply]):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class DigestReply:
+    applied: int  # the applied index the digest covers
+    digest: int  # xxh3_64 of the state's snapshot bytes
+    size: int
+
+
+@request("raft.digest", semantics=Semantics.AT_LEAST_ONCE)
+@dataclass(frozen=True, slots=True)
+class RaftDigest(Request[DigestReply]):
+    pass
+
+
+class _Hasher:
+    def __init__(self) -> None:
+        self.hash = xxhash.xxh3_64()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def add_digest_route(router: Router, fsm: SnapshotStateMachine) -> None:
+    """Register `raft.digest`: a hash of the whole state at its applied index."""
+
+    async def on_digest(req: RaftDigest, ctx: CallContext) -> DigestReply:
+        sink = _Hasher()
+        applied = await trio.to_thread.run_sync(fsm.write_snapshot, sink)
+        return DigestReply(int(applied), sink.hash.intdigest(), sink.size)
+
+    router.add(RaftDigest, on_digest)
 
 
 class RpcTransport:

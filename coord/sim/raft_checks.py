@@ -16,7 +16,10 @@ Each check is O(1) or O(new entries) per step so that they can run after
 * durability: the highest committed entry is in the fsynced (crash-proof)
   log of a majority, so no committed entry can be lost by crashes;
 * linearizable reads: a ReadState's index covers every write acknowledged to
-  a client before the read was issued, and the node has applied it.
+  a client before the read was issued, and the node has applied it;
+* snapshots: an installed snapshot holds exactly the committed entries up to
+  its index; entries compacted away from a log are covered by that node's
+  snapshot, so they count as held (commit agreement and durability skip them).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class RaftChecker:
             c -= 1  # committed by a later leader while this one was being elected
         if c == 0:
             return
+        if c < core.log.first_index() - 1:
+            return  # inside its snapshot, which `installed`/`applied` checked entry by entry
         want = self.committed[c][0]
         have = core.log.term(LogIndex(c)) if c <= core.log.last_index() else None
         if have != want:
@@ -77,7 +82,12 @@ class RaftChecker:
 
     def _record_commits(self, nid: NodeId, core: RaftNode, commit: int) -> None:
         start = self.node_commit.get(nid, 0) + 1
+        floor = core.log.first_index() - 1
         for i in range(start, commit + 1):
+            if i < floor:
+                if i > self.commit_index:
+                    raise SafetyViolation(f"node {nid} holds a snapshot beyond any commit ({i})")
+                continue  # compacted: its snapshot was checked entry by entry
             term = core.log.term(LogIndex(i))
             if i <= self.commit_index:
                 if self.committed[i][0] != term:
@@ -119,6 +129,11 @@ class RaftChecker:
         if data is None:
             self.committed[i] = (term, entry.data)
 
+    def installed(self, nid: NodeId, state: list[Entry]) -> None:
+        """A snapshot's content is exactly the committed entries 1 .. its index."""
+        for entry in state:
+            self.applied(nid, entry)
+
     def durable_majority(self, durable_logs: Iterable[MemLog]) -> None:
         """The newest committed entry survives any crash: a majority fsynced it."""
         c = self.commit_index
@@ -126,7 +141,10 @@ class RaftChecker:
             return
         want = self.committed[c][0]
         holders = sum(
-            1 for log in durable_logs if c <= log.last_index() and log.term(LogIndex(c)) == want
+            1
+            for log in durable_logs
+            if c < log.first_index() - 1  # compacted: in the node's durable snapshot
+            or (c <= log.last_index() and log.term(LogIndex(c)) == want)
         )
         if holders < self.quorum:
             raise SafetyViolation(

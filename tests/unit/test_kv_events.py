@@ -4,6 +4,7 @@ resumption, retention, compaction and COMPACTED, restart, replica agreement."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from coord.kv.commands import (
 from coord.kv.events import WatchBatch, WatchCompacted, decode_events, encode_events
 from coord.kv.lmdb_state import LmdbKVStore
 from coord.kv.machine import ApplyContext, KVStateMachine
-from coord.kv.store import KVReadView, KVWriteView, MemoryKVStore
+from coord.kv.store import KVReadView, KVStore, KVWriteView, MemoryKVStore
 from coord.kv.types import ClientId, EventKind, KVConfig, WatchEvent
 from coord.raft.types import LogIndex
 from tests.unit.test_kv_support import CONFIG, MAP_SIZE, Driver, Log, StoreHarness, kv_harness
@@ -160,7 +161,16 @@ def test_a_watcher_ahead_of_this_member_gets_nothing_and_keeps_its_index(
     assert (got.events, got.next_index) == ((), ahead)
 
 
-def test_compaction_drops_events_and_older_indexes_get_compacted(driver: Driver) -> None:
+def event_log(store: KVStore) -> tuple[LogIndex, list[WatchEvent]]:
+    """The floor and every stored event."""
+    with store.reader() as view:
+        return view.events_floor(), view.events(LogIndex(0), None, 0)
+
+
+def test_compaction_drops_events_and_older_indexes_get_compacted(
+    kv_harness: StoreHarness,
+) -> None:
+    driver = Driver(kv_harness.store)
     c = Client(driver)
     idx = [c.do(Put(b"k%d" % n, b"v")) for n in range(5)]
     floor = driver.machine.compact_events(idx[2], batch=1)  # several rounds of one event
@@ -169,8 +179,8 @@ def test_compaction_drops_events_and_older_indexes_get_compacted(driver: Driver)
         assert driver.machine.watch(b"", LogIndex(start), 10) == WatchCompacted(idx[2])
     assert [e.index for e in batch(driver.machine, b"", idx[2] + 1).events] == idx[3:]
     assert driver.machine.compact_events(idx[0]) == idx[2]  # the floor never goes back
-    dump = driver.machine.dump()
-    assert dump.events_floor == idx[2] and [e.index for e in dump.events] == idx[3:]
+    floor, events = event_log(kv_harness.store)
+    assert floor == idx[2] and [e.index for e in events] == idx[3:]
 
 
 def test_compaction_stops_at_the_applied_index(driver: Driver) -> None:
@@ -187,10 +197,10 @@ def test_retention_keeps_the_newest_events(kv_harness: StoreHarness) -> None:
     c = Client(d)
     idx = [c.do(Put(b"k%d" % n, b"v")) for n in range(7)]
     i_txn = c.do(Txn((), then=(Put(b"t1", b"a"), Put(b"t2", b"b"))))
-    dump = d.machine.dump()
-    assert [(e.index, e.sub) for e in dump.events] == [
+    floor, events = event_log(kv_harness.store)
+    assert [(e.index, e.sub) for e in events] == [
         (idx[5], 0), (idx[6], 0), (i_txn, 0), (i_txn, 1)]
-    assert dump.events_floor == idx[4]
+    assert floor == idx[4]
     assert d.machine.watch(b"", LogIndex(1), 10) == WatchCompacted(idx[4])
     assert len(batch(d.machine, b"", idx[4] + 1).events) == 4
 
@@ -198,7 +208,8 @@ def test_retention_keeps_the_newest_events(kv_harness: StoreHarness) -> None:
 def test_replicas_agree_on_the_log_whatever_their_batches(tmp_path: Path) -> None:
     config = replace(CONFIG, event_retention=5)
     log = Log()
-    one = KVStateMachine(MemoryKVStore(), config)
+    twin = MemoryKVStore()
+    one = KVStateMachine(twin, config)
     one.apply([log.register()])
     cid = ClientId(1)
     entries = [log.request(cid, n + 1, Txn((), then=(Put(b"a%d" % n, b"x"), Delete(b"a0"))),
@@ -211,6 +222,8 @@ def test_replicas_agree_on_the_log_whatever_their_batches(tmp_path: Path) -> Non
         other.apply(entries[:4])
         other.apply(entries[4:])
         assert other.dump() == one.dump()
+        assert event_log(store) == event_log(twin)
+        assert len(event_log(twin)[1]) == 5
 
 
 def test_the_log_survives_a_restart(kv_harness: StoreHarness) -> None:
@@ -219,10 +232,9 @@ def test_the_log_survives_a_restart(kv_harness: StoreHarness) -> None:
     c.do(Put(b"a", b"1"))
     c.do(Put(b"b", b"2"))
     d.machine.compact_events(LogIndex(c.do(Put(b"c", b"3")) - 1))
-    before = d.machine.dump()
-    again = KVStateMachine(kv_harness.restart(), CONFIG)
-    assert again.dump() == before
-    assert again.dump().events_floor > 0
+    before = event_log(kv_harness.store)
+    assert before[0] > 0 and len(before[1]) == 1
+    assert event_log(kv_harness.restart()) == before
 
 
 class _TableExt:
@@ -290,9 +302,9 @@ def test_a_store_older_than_the_event_log_starts_compacted(tmp_path: Path) -> No
     store.close()
     env = lmdb.open(str(path), max_dbs=32, map_size=MAP_SIZE)
     try:  # what a store written before the event log existed looks like
-        meta, events = env.open_db(b"meta"), env.open_db(b"events")  # no txn open yet
+        meta, events = env.open_db(b"events_meta"), env.open_db(b"events")  # no txn open yet
         with env.begin(write=True) as txn:
-            txn.delete(b"events_floor", db=meta)
+            txn.drop(meta, delete=False)
             txn.drop(events, delete=False)
     finally:
         env.close()
@@ -323,3 +335,60 @@ def test_entries_without_changes_move_next_index_past_them(driver: Driver) -> No
     driver.run(driver.log.keep_alive(c.cid, acked=c.seq))
     got = batch(driver.machine, b"", start)
     assert got.events == () and got.next_index == driver.machine.applied_index + 1
+
+
+# --- snapshots: the event log is local, compacted behind them ---------------------------------
+
+
+def _lmdb_driver(path: Path, **config: int) -> tuple[LmdbKVStore, Driver]:
+    store = LmdbKVStore(path, map_size=MAP_SIZE)
+    return store, Driver(store, replace(CONFIG, **config))
+
+
+def test_snapshots_leave_the_event_log_out_and_a_restore_starts_it_at_their_index(
+    tmp_path: Path,
+) -> None:
+    src, d = _lmdb_driver(tmp_path / "a")
+    c = Client(d)
+    idx = [c.do(Put(b"k%d" % n, b"v")) for n in range(4)]
+    out = io.BytesIO()
+    assert d.machine.write_snapshot(out) == idx[-1]
+    d.machine.compact_events(idx[1])  # compaction is local: the snapshot bytes do not change
+    again = io.BytesIO()
+    d.machine.write_snapshot(again)
+    assert again.getvalue() == out.getvalue()
+    dst, other = _lmdb_driver(tmp_path / "b")
+    Client(other).do(Put(b"old", b"x"))  # an older state with events of its own
+    heard: list[LogIndex] = []
+    other.machine.add_apply_listener(heard.append)  # waiting watchers must re-read
+    assert other.machine.restore_snapshot(io.BytesIO(out.getvalue())) == idx[-1]
+    assert heard == [idx[-1]]
+    assert event_log(dst) == (idx[-1], [])
+    assert other.machine.watch(b"", LogIndex(1), 10) == WatchCompacted(idx[-1])
+    # the restored state carries on with the source's log, and records new events
+    entry = d.log.request(c.cid, c.seq + 1, Put(b"new", b"y"), acked=c.seq)
+    other.machine.apply([entry])
+    assert [e.index for e in batch(other.machine, b"", idx[-1] + 1).events] == [entry.index]
+    src.close()
+    dst.close()
+
+
+def test_snapshot_taken_makes_the_next_applies_compact_behind_it(
+    kv_harness: StoreHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("coord.kv.machine.COMPACT_PER_APPLY", 2)  # several applies' work
+    d = Driver(kv_harness.store)
+    c = Client(d)
+    idx = [c.do(Put(b"k%d" % n, b"v")) for n in range(6)]
+    d.machine.snapshot_taken(idx[4])
+    floor, events = event_log(kv_harness.store)
+    assert (floor, len(events)) == (0, 6)  # nothing happens until the next apply
+    later = c.do(Put(b"x", b"1"))  # first apply: the floor moves, two events go
+    floor, events = event_log(kv_harness.store)
+    assert floor == idx[4] and len(events) == 5
+    assert d.machine.watch(b"", idx[4], 10) == WatchCompacted(idx[4])
+    c.do(Put(b"y", b"2"))
+    c.do(Put(b"z", b"3"))
+    floor, events = event_log(kv_harness.store)
+    assert floor == idx[4] and [e.index for e in events] == [idx[5], later, later + 1,
+                                                             later + 2]

@@ -16,6 +16,8 @@ from coord.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
@@ -23,6 +25,7 @@ from coord.raft.messages import (
     RequestVote,
     RequestVoteResponse,
 )
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
 ids = st.integers(0, 2**63).map(NodeId)
@@ -40,6 +43,13 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(HeartbeatResponse, ids, ids, terms, st.integers(0, 2**40)),
     st.builds(ReadIndexRequest, ids, ids, terms, st.binary(max_size=16).map(ReadCtx)),
     st.builds(ReadIndexResponse, ids, ids, terms, st.binary(max_size=16).map(ReadCtx), indexes),
+    st.builds(InstallSnapshot, ids, ids, terms,
+              st.builds(SnapshotMeta, indexes, terms, st.lists(ids, max_size=5).map(tuple),
+                        st.lists(ids, max_size=2).map(tuple), st.integers(0, 2**40),
+                        st.integers(0, 2**64 - 1)),
+              st.integers(0, 2**40), st.binary(max_size=64)),
+    st.builds(InstallSnapshotResponse, ids, ids, terms, indexes, st.integers(0, 2**40),
+              st.booleans()),
 )
 
 

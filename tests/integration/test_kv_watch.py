@@ -164,3 +164,47 @@ def _watch_from_now(cluster: MetaCluster, last_index: int) -> None:
     index, op, key, value = out.split()
     assert int(index.split(".")[0]) > last_index and (op, key) == ("PUT", "c/now")
     assert value.isdigit()
+
+
+def _snapshot_config(tmp_path: Path) -> tuple[str, ...]:
+    conf = tmp_path / "raft.toml"
+    conf.write_text("[raft]\nsnapshot_every = 40\nkeep_tail = 10\n")
+    return ("--config", str(conf))
+
+
+async def _snapshot_indexes(cluster: MetaCluster, rpc: RpcClient, at_least: int) -> dict[int, int]:
+    with trio.fail_after(30):
+        while True:
+            st = await cluster.statuses(rpc)
+            got = {i: int(str(s["snapshot_index"])) for i, s in st.items()}
+            if len(got) == len(cluster.ids) and min(got.values()) >= at_least:
+                return got
+            await trio.sleep(0.1)
+
+
+async def test_events_are_compacted_behind_snapshots_and_restored_members_start_there(
+    tmp_path: Path,
+) -> None:
+    with meta_cluster(tmp_path, 3, extra_args=_snapshot_config(tmp_path)) as cluster:
+        async with cluster.client() as rpc:
+            leader = await cluster.wait_leader(rpc)
+            late = next(i for i in cluster.ids if i != leader)
+            cluster.members[late].kill()  # it will catch up by InstallSnapshot
+            kv = KvClient(rpc, [cluster.addresses[leader]], timeout=30)
+            await kv.open()
+            revs = [int((await kv.put(b"s/%03d" % n, b"v")).revision) for n in range(100)]
+            cluster.start(late)
+            await _snapshot_indexes(cluster, rpc, 80)
+            revs.append(int((await kv.put(b"s/last", b"v")).revision))  # applies compact
+            snaps = await _snapshot_indexes(cluster, rpc, 80)
+            for i in cluster.ids:
+                only_i = KvClient(rpc, [cluster.addresses[i]], timeout=30)
+                with pytest.raises(EventsCompacted) as info:
+                    await _collect(only_i.watch(b"s/", 1, wait_s=1.0), 1)
+                floor = info.value.floor
+                assert floor % 40 == 0 and 80 <= floor <= snaps[i], (i, floor, snaps)
+                rest = [r for r in revs if r > floor]
+                got = await _collect(only_i.watch(b"s/", floor + 1, wait_s=1.0), len(rest))
+                assert [ev.index for ev in got] == rest, f"member {i}"
+            # the late member's state (and so its event log) came from a snapshot
+            assert "installed (state replaced: True)" in cluster.members[late].log_text()

@@ -8,6 +8,10 @@
 * With a small retention bound, a watch from an index behind the floor gets
   COMPACTED with the floor (client: EventsCompacted; `ddfs kv watch`: the
   message and exit status 2), and `ddfs kv watch` prints the events after it.
+* With snapshots every 40 entries, every member's log is compacted behind
+  its snapshot: a watch from 1 gets COMPACTED with a snapshot index, a watch
+  from there on gets every later write; a member that was down and caught
+  up by InstallSnapshot starts its log at the snapshot it installed.
 """
 
 from __future__ import annotations

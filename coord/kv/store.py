@@ -26,8 +26,10 @@ ordered map of bytes to bytes (byte order of keys, like LMDB); the store is
 told the table names when it is opened, and `table(name)` of an unknown name
 is a programming error (KeyError).
 
-The event log (docs/watch.md) is part of the state: `append_event` writes
-an event in the same transaction as the mutation it records.  Events are
+The event log (docs/watch.md) is kept in the store: `append_event` writes
+an event in the same transaction as the mutation it records.  It is not
+part of `dump()` (nor of LMDB snapshots): its low end is compacted on each
+member's own schedule.  Events are
 appended in (index, sub) order and removed only from the old end
 (`drop_events`), which raises the *floor*: every event of an entry at or
 below the floor may be gone, every event of an entry above it is present.
@@ -114,7 +116,7 @@ class KVReadView(Protocol):
         ...
 
     def dump(self) -> StateDump:
-        """Everything, in canonical order."""
+        """Everything but the event log, in canonical order."""
         ...
 
 

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-ttl", type=float, default=None,
                         help="seconds of log time after which an idle client session "
                              "expires (default 60; every member must use the same value)")
+    parser.add_argument("--event-retention", type=int, default=None,
+                        help="watch events kept, the newest (default 100000; 0: all until "
+                             "compacted; every member must use the same value)")
     parser.add_argument("--election-timeout", type=float, default=None,
                         help="minimum election timeout in seconds (default 1.0)")
     parser.add_argument("--lease-reads", action="store_true",
@@ -104,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         kv_conf["session_ttl_ms"] = int(args.session_ttl * 1000)
     if args.lease_reads:
         raft_conf["lease_reads"] = True
+    if args.event_retention is not None:
+        kv_conf["event_retention"] = args.event_retention
     if args.election_timeout is not None:
         raft_conf["election_timeout_min"] = args.election_timeout
         raft_conf["election_timeout_max"] = 2 * args.election_timeout

@@ -39,6 +39,7 @@ from coord.kv.lmdb_state import LmdbKVStore
 from coord.kv.machine import Applied, Extension, KVStateMachine
 from coord.kv.service import KvService
 from coord.kv.types import KVConfig
+from coord.kv.watch import WatchService
 from coord.raft.config import RaftConfig
 from coord.raft.driver import RaftDriver
 from coord.raft.lmdb_store import LmdbRaftStorage
@@ -192,6 +193,9 @@ async def serve_kv_member(
             add_raft_routes(router, driver, {"address": config.address})
             add_digest_route(router, fsm)
             KvService(driver, fsm, addresses).routes(router)
+            watches = WatchService(fsm)
+            watches.attach()
+            watches.routes(router)
             for plugin in plugins:
                 plugin.attach(driver, fsm, router, addresses, peers_rpc)
             server = RpcServer(
@@ -210,6 +214,7 @@ async def serve_kv_member(
                 try:
                     await trio.sleep_forever()
                 finally:
+                    watches.close()  # long polls answer now instead of holding the drain
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await server.shutdown()
                     nursery.cancel_scope.cancel()

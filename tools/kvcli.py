@@ -8,6 +8,12 @@
     ddfs kv txn --if 'value(k1) = v1' --if 'version(k2) > 0' \
                 --then 'put k1 v2' --then 'del k3' --else 'get k1'
                                  prints SUCCEEDED or FAILED (exit 1), then the ops' results
+    ddfs kv watch PREFIX [--from INDEX] [--count N] [--json]
+                                 prints one line per change of a key under PREFIX, in log
+                                 order: "INDEX.SUB PUT KEY VALUE" or "INDEX.SUB DELETE KEY"
+                                 (or a JSON object); from INDEX (default: from now), until
+                                 N changes were printed (default: until interrupted).
+                                 Events already compacted: "COMPACTED ..." and exit 2.
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--then", dest="then", action="append", default=[], metavar="OP",
                    help="'put KEY VALUE', 'del KEY', 'get KEY' or 'range START [END]'")
     p.add_argument("--else", dest="otherwise", action="append", default=[], metavar="OP")
+    p = sub.add_parser("watch", help="print each change under PREFIX as it happens (docs/watch.md)")
+    p.add_argument("prefix", help="key prefix ('' for every key)")
+    p.add_argument("--from", dest="from_index", type=int, default=0, metavar="INDEX",
+                   help="first log index to report (default 0: from now)")
+    p.add_argument("--count", type=int, default=0, metavar="N",
+                   help="stop after N changes (default 0: run until interrupted)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
             kv = KvClient(rpc, endpoints, timeout=args.timeout)
             if args.op in ("get", "range"):
                 return await _read(kv, args)
+            if args.op == "watch":
+                return await _watch(kv, args)
             await kv.open()
             return await _write(kv, args)
 
@@ -86,6 +101,36 @@ async def _read(kv: object, args: argparse.Namespace) -> int:
         sys.stdout.write(f"{item.key.decode(errors='replace')}\n"
                          f"{item.value.decode(errors='replace')}\n")
     return 0
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode(errors="backslashreplace")
+
+
+async def _watch(kv: object, args: argparse.Namespace) -> int:
+    import json
+
+    from coord.kv.remote import KvClient
+    from tools.cli import UserError
+
+    assert isinstance(kv, KvClient)
+    if args.from_index < 0 or args.count < 0:
+        raise UserError("--from and --count must be >= 0")
+    shown = 0
+    async for ev in kv.watch(args.prefix.encode(), args.from_index):
+        op = ev.kind.name
+        if args.json:
+            line = json.dumps({"index": ev.index, "sub": ev.sub, "op": op.lower(),
+                               "key": _text(ev.key),
+                               "value": None if ev.value is None else _text(ev.value)})
+        else:
+            value = "" if ev.value is None else f" {_text(ev.value)}"
+            line = f"{ev.index}.{ev.sub} {op} {_text(ev.key)}{value}"
+        print(line, flush=True)  # a line as soon as the change is known (pipes, tail)
+        shown += 1
+        if shown == args.count:
+            return 0
+    return 0  # not reached: the stream ends only by --count, an error or a signal
 
 
 async def _write(kv: object, args: argparse.Namespace) -> int:

@@ -7,7 +7,15 @@ or `ddfs meta --config meta.toml` with the same keys (id, members as a table
 of id -> address, data, secret_file, and optional [raft] timings, [fs] settings
 (replicas, lease_ms) and [liveness] (failure detector: docs/fs-meta.md)), or
 `ddfs meta --config cluster.toml --id N` with the one-file cluster format
-(tools/clusterconf.py, docs/operations.md).  SIGTERM
+(tools/clusterconf.py, docs/operations.md).
+
+A new member joins a running cluster with
+
+    ddfs meta --id 4 --listen 127.0.0.1:7004 --join 127.0.0.1:7001,127.0.0.1:7002 \
+              --data /var/lib/ddfs/meta4 --secret-file /etc/ddfs/secret
+
+it starts empty, asks the cluster to add it as a learner and catches up;
+`ddfs raft promote 4` then makes it a voter (docs/raft.md).  SIGTERM
 and SIGINT stop it gracefully.
 """
 
@@ -31,11 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", "--peers", dest="members",
                         help="ID=HOST:PORT,... for every member, this one included")
     parser.add_argument("--data", type=Path, help="data folder (Raft log and state)")
+    parser.add_argument("--join", metavar="ENDPOINTS",
+                        help="join a running cluster through these members (host:port,...): "
+                             "start empty and ask to be added as a learner")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="this member's address (with --join, instead of --members)")
     parser.add_argument("--session-ttl", type=float, default=None,
                         help="seconds of log time after which an idle client session "
                              "expires (default 60; every member must use the same value)")
+    parser.add_argument("--event-retention", type=int, default=None,
+                        help="watch events kept, the newest (default 100000; 0: all until "
+                             "compacted; every member must use the same value)")
     parser.add_argument("--election-timeout", type=float, default=None,
                         help="minimum election timeout in seconds (default 1.0)")
+    parser.add_argument("--lease-reads", action="store_true",
+                        help="serve linearizable reads under the leader lease (no round trip); "
+                             "safe only if clocks drift less than [raft] clock_drift_bound "
+                             "per election timeout (docs/raft.md)")
     add_secret_argument(parser)
 
 
@@ -55,6 +75,12 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
             conf["members"] = ",".join(f"{k}={v}" for k, v in conf["members"].items())
         if "secret_file" in conf and args.secret_file is None:
             args.secret_file = Path(conf["secret_file"])
+    if args.join is not None:
+        if args.listen is None:
+            raise UserError("--join needs --listen HOST:PORT (this member's address)")
+        if args.id is None:
+            raise UserError("--join needs --id")
+        conf["members"] = f"{args.id}={args.listen}"
     for key in ("id", "members", "data"):
         value = getattr(args, key)
         if value is not None:
@@ -72,13 +98,17 @@ def run(args: argparse.Namespace) -> int:
     from coord.raft.config import RaftConfig
     from coord.raft.types import NodeId
     from tools.cli import UserError
-    from tools.common import parse_members, read_secret
+    from tools.common import parse_endpoints, parse_members, read_secret
 
     conf = _load(args)
     raft_conf = dict(conf.get("raft", {}))
     kv_conf = dict(conf.get("kv", {}))
     if args.session_ttl is not None:
         kv_conf["session_ttl_ms"] = int(args.session_ttl * 1000)
+    if args.lease_reads:
+        raft_conf["lease_reads"] = True
+    if args.event_retention is not None:
+        kv_conf["event_retention"] = args.event_retention
     if args.election_timeout is not None:
         raft_conf["election_timeout_min"] = args.election_timeout
         raft_conf["election_timeout_max"] = 2 * args.election_timeout
@@ -88,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             data_dir=Path(conf["data"]), secret=read_secret(args), raft=RaftConfig(**raft_conf),
             kv=KVConfig(**kv_conf),
             plugin_settings={k: dict(conf.get(k, {})) for k in ("fs", "liveness")},
+            join=args.join is not None,
+            join_endpoints=tuple(parse_endpoints(args.join)) if args.join is not None else (),
         ).validate()
         from fs.meta.server import fs_plugin
 

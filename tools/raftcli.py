@@ -1,4 +1,6 @@
-"""`ddfs raft status`: term, role, leader, commit/applied index, lag per follower."""
+"""`ddfs raft status`: voters and learners, then term, role, leader,
+commit/applied index, the snapshot index and first log index (compaction),
+lag per follower for each member."""
 
 from __future__ import annotations
 
@@ -48,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0 if all("error" not in r for r in rows) else 1
+    voting = next((r for r in rows if "voters" in r), None)
+    if voting is not None:
+        print(f"voters: {voting['voters']}  learners: {voting['learners']}")
     print(f"{'id':>3} {'address':<21} {'role':<13} {'term':>5} {'leader':>6} "
-          f"{'commit':>8} {'applied':>8} {'skew ms':>14}  lag")
+          f"{'commit':>8} {'applied':>8} {'snapshot':>8} {'first':>8} {'skew ms':>14}  lag")
     for r in rows:
         if "error" in r:
             print(f"{'?':>3} {r['address']!s:<21} unreachable: {r['error']}")
@@ -57,5 +62,6 @@ def run(args: argparse.Namespace) -> int:
         lag = ", ".join(f"{p}:{n}" for p, n in dict(r["lag"]).items())  # type: ignore[call-overload]
         print(f"{r['id']!s:>3} {r['address']!s:<21} {r['role']!s:<13} {r['term']!s:>5} "
               f"{r['leader']!s:>6} {r['commit_index']!s:>8} {r['applied_index']!s:>8} "
+              f"{r.get('snapshot_index', 0)!s:>8} {r.get('first_index', 1)!s:>8} "
               f"{_skew(r):>14}  {lag}")
     return 0 if all("error" not in r for r in rows) else 1

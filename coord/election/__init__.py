@@ -12,6 +12,7 @@ API (both cores have the same shape; `ElectionCore` is the Protocol)::
     node.tick(now)             -> list[Effect]   # call at (or after) node.next_deadline()
     node.suspect(peer, now)    -> list[Effect]   # failure detector: peer now suspected
     node.recover(peer, now)    -> list[Effect]   # failure detector: peer trusted again
+    node.claim(peer, now)      -> list[Effect]   # peer's heartbeat says "I am the coordinator"
     RingNode.send_failed(msg, to, now)           # the transport could not deliver to `to`
 
     node.leader          NodeId | None   # this node's view of the coordinator
@@ -26,8 +27,12 @@ A driver executes effects in order: `Send` -> deliver `msg` to node `to`
 suspected).  A driver must call `start_election` once when a node starts
 (that is how a recovered higher id takes over), feed its failure detector's
 Suspect/Recover transitions to `suspect`/`recover`, and call `tick` when
-`next_deadline()` passes.  Cores never read a clock or do I/O; `now` is in
-the unit of `ElectionConfig`'s timeouts.
+`next_deadline()` passes.  To repair a lost COORDINATOR, a driver marks the
+heartbeats of a node whose `leader` is itself (`Heartbeat.coordinator`) and
+feeds a marked heartbeat to the receiver's `claim`; without that, a node
+that missed the announcement keeps its old leader while that one lives.
+Cores never read a clock or do I/O; `now` is in the unit of
+`ElectionConfig`'s timeouts.
 
 Guarantee (checked by tests/sim/test_election_sim.py): once faults stop and
 every live node's failure detector is accurate, all live nodes agree on the
@@ -85,6 +90,8 @@ class ElectionCore(Protocol):
     def suspect(self, peer: NodeId, now: float) -> Sequence[Effect]: ...
 
     def recover(self, peer: NodeId, now: float) -> Sequence[Effect]: ...
+
+    def claim(self, peer: NodeId, now: float) -> Sequence[Effect]: ...
 
 
 __all__ = [

@@ -33,6 +33,19 @@ docs/election.md for the argument):
   another election after `coordinator_timeout`, until that node answers or
   is suspected.
 
+Repairing a lost COORDINATOR (`claim`): a node waiting for a COORDINATOR
+times out and asks again, but one that is not waiting (it follows an older
+leader that is still alive) would keep that leader for ever.  So the sitting
+coordinator keeps re-announcing itself: its driver marks every heartbeat it
+sends with "I am the coordinator", and the receiving driver calls `claim`.
+A claim is judged as a COORDINATOR would be, except that what is only
+right for a fresh announcement is left out: a claim of our own leader
+changes nothing (it must not cut short an election we hold to ask a
+recovered higher node), a claim of a suspected or lower node is ignored
+(the detector's recovery, or the higher leader's own claims, repair those),
+and ignored claims are not remembered as deferred announcements (claims
+repeat, so the next one after the reason goes away does the job).
+
 Invariants:
 * `leader` is None or >= this node's id, and never a node we suspect.
 * `phase` is not IDLE only with a timer pending; in IDLE a pending timer is
@@ -133,6 +146,14 @@ class BullyNode:
                 return self._on_ok(msg, now)
             case BullyCoordinator():
                 return self._on_coordinator(msg, now)
+
+    def claim(self, peer: NodeId, now: float) -> list[BullyEffect]:
+        """`peer` says it is the coordinator (the re-announcement on its heartbeats)."""
+        if peer <= self.id or peer == self._leader or peer in self._suspected:
+            return []
+        if self._leader is not None and self._leader > peer:
+            return []  # it missed the higher leader we trust, whose own claims tell it
+        return self._adopt(peer, now)  # its COORDINATOR to us was lost (or is still coming)
 
     def tick(self, now: float) -> list[BullyEffect]:
         """Time passed; fire the pending timeout if it is due."""

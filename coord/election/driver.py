@@ -14,7 +14,12 @@ It feeds the core its events and runs the effects it returns, in order:
 Heartbeats (`Heartbeat` notifications every `heartbeat_every` seconds to
 every peer) feed the detector; they are failure-detector traffic, so they
 are neither traced nor counted as protocol messages.  The detector watches
-a peer from the first time it is heard from.
+a peer from the first time it is heard from.  A node whose core names
+itself leader marks its heartbeats (`coordinator=True`): that is the
+sitting coordinator's periodic re-announcement, and a receiver feeds it to
+`core.claim`, so a node that lost the COORDINATOR learns the leader within
+a heartbeat or two at no message cost (`DriverTiming.reannounce=False`
+turns the marking off: the chapter's algorithms without the repair).
 
 Invariants:
 * The core is only touched from synchronous code between two awaits (each
@@ -71,6 +76,9 @@ class DriverTiming:
     heartbeat_every: float = 0.2  # seconds between heartbeats to each peer
     check_every: float = 0.05  # how often the detector's opinion is polled
     send_timeout: float = 1.0  # a send taking longer counts as failed
+    # Mark our heartbeats "I am the coordinator" while our core says so (the
+    # repair of a lost COORDINATOR; False only to show what it repairs).
+    reannounce: bool = True
 
     def validate(self) -> DriverTiming:
         if min(self.heartbeat_every, self.check_every, self.send_timeout) <= 0:
@@ -154,9 +162,15 @@ class ElectionDriver:
         self._detector.heartbeat(peer_id(msg.sender), now)
         self._execute(self._step(msg, now))
 
-    def heard(self, peer: NodeId) -> None:
-        """A heartbeat from `peer` arrived."""
-        self._detector.heartbeat(peer_id(peer), trio.current_time())
+    def heard(self, peer: NodeId, coordinator: bool = False) -> None:
+        """A heartbeat from `peer` arrived (`coordinator`: it names itself leader)."""
+        now = trio.current_time()
+        self._detector.heartbeat(peer_id(peer), now)
+        if coordinator:
+            effects = self.core.claim(peer, now)
+            if effects:  # the claim repaired our view: say why the leader changed
+                self.note(f"coordinator claim from {peer}")
+            self._execute(effects)
 
     def note(self, text: str) -> None:
         self.tracer.note(self.name, text, self.clock.tick())
@@ -194,8 +208,10 @@ class ElectionDriver:
                     self._execute(self.core.recover(peer, now))
 
     async def _heartbeats(self, peer: NodeId) -> None:
-        beat = Heartbeat(self.id)
         while True:
+            # Read the view at every beat: the claim must stop once we follow another.
+            claim = self.timing.reannounce and self.core.leader == self.id
+            beat = Heartbeat(self.id, coordinator=claim)
             with trio.move_on_after(self.timing.send_timeout):
                 try:
                     await self._transport.send(peer, beat)

@@ -7,10 +7,14 @@ cluster of drivers runs in one trio run, e.g. under `autojump_clock`.
 Invariants: a send to a node that is not registered or is marked down
 raises `ConnectionRefusedError` (as a refused TCP connection would), so
 the Ring driver's skip path is exercised; delivery happens in the sender's
-task, in send order per (sender, receiver).
+task, in send order per (sender, receiver).  A protocol message for which
+`lose(src, dst, msg)` is true vanishes without an error (as one does when
+its receiver crashes mid-send): a test's way of losing a chosen message.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from coord.election.driver import ElectionDriver
 from coord.election.messages import ElectionMessage, Heartbeat
@@ -21,6 +25,8 @@ class MemoryElectionNet:
     def __init__(self) -> None:
         self.drivers: dict[NodeId, ElectionDriver] = {}
         self.down: set[NodeId] = set()  # registered but unreachable (crashed, cut off)
+        # Protocol messages to lose silently (heartbeats are never lost here).
+        self.lose: Callable[[NodeId, NodeId, ElectionMessage], bool] | None = None
 
     def register(self, driver: ElectionDriver) -> None:
         self.drivers[driver.id] = driver
@@ -43,6 +49,8 @@ class MemoryTransport:
         if target is None or to in net.down:
             raise ConnectionRefusedError(f"{to} is down")
         if isinstance(msg, Heartbeat):
-            target.heard(msg.sender)
+            target.heard(msg.sender, msg.coordinator)
+            return
+        if net.lose is not None and net.lose(self._src, to, msg):
             return
         await target.deliver(msg, target.clock.observe(msg.stamp))

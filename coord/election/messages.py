@@ -102,7 +102,12 @@ def label(msg: ElectionMessage) -> str:
 class Heartbeat(Notification):
     """Failure-detector traffic between election nodes: not a protocol message.
 
-    Drivers neither trace nor count it with the protocol's messages.
+    Drivers neither trace nor count it with the protocol's messages.  It
+    also carries the sitting coordinator's re-announcement: `coordinator`
+    is true when the sender names itself leader, and the receiver hands that
+    claim to its core (`claim`), which repairs a lost COORDINATOR without a
+    message of its own.
     """
 
     sender: NodeId
+    coordinator: bool = False  # the sender's core names the sender as leader

@@ -160,7 +160,7 @@ class NodeService:
         await self._driver().deliver(msg, ctx.lamport)
 
     def _on_heartbeat(self, msg: Heartbeat, ctx: CallContext) -> None:
-        self._driver().heard(msg.sender)
+        self._driver().heard(msg.sender, msg.coordinator)
 
     def _status(self, req: ElectionStatus, ctx: CallContext) -> StatusReply:
         d = self._driver()

@@ -32,6 +32,19 @@ election we adopted skipped
 `ring_timeout` if we never suspected it (someone else's false suspicion, a
 refused send), we hold another election so that it hears.
 
+Repairing a lost COORDINATOR (`claim`): a node that is not waiting for an
+announcement (it follows an older leader that is still alive) would keep
+that leader for ever if the one that reached everyone else missed it.  So
+the sitting coordinator keeps re-announcing itself on the heartbeats its
+driver already sends to every node (not round the ring: the repair costs no
+message), and the receiving driver calls `claim`.  A claim is judged by the
+rules above, except that a claim of our own leader changes nothing, a claim
+of a suspected or lower node is ignored (the detector's recovery, or the
+higher leader's own claims, repair those) and an ignored claim is not kept
+as a deferred announcement (the next claim does the job).  A claim carries
+no member list, so adopting one keeps the members of the election we held
+before: a node missing from those still gets its recheck election.
+
 Invariants:
 * `leader` is None or >= this node's id, and never a node we suspect.
 * `phase` is not IDLE only with a timer pending; in IDLE a pending timer is
@@ -156,6 +169,18 @@ class RingNode:
             self._deadline = None
             return self.start_election(now) if self._missing() else []
         return self.start_election(now)  # our message or the announcement was lost
+
+    def claim(self, peer: NodeId, now: float) -> list[RingEffect]:
+        """`peer` says it is the coordinator (the re-announcement on its heartbeats)."""
+        if peer <= self.id or peer == self._leader or peer in self._suspected:
+            return []
+        if self._leader is not None and self._leader > peer:
+            return []  # it missed the higher leader we trust, whose own claims tell it
+        # Its announcement missed us (lost, or a circle that skipped us):
+        # adopt it as _consider() would, ending any election of ours.
+        self._phase, self._deadline = RingPhase.IDLE, None
+        self._deferred = None
+        return self._set_leader(peer, now) + self._settle(now)
 
     def suspect(self, peer: NodeId, now: float) -> list[RingEffect]:
         if peer == self.id:

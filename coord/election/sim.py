@@ -11,7 +11,19 @@ the failure detectors' lags, and the fault plan.  Faults:
   to it wait and are delivered when it resumes; the others suspect it;
 * false suspicion: one node's detector suspects a live peer for a while;
 * delay spike: for a while every message takes up to `spike` ticks (more
-  than the cores' timeouts, so answers arrive after their senders gave up).
+  than the cores' timeouts, so answers arrive after their senders gave up);
+* message loss (`NetConfig.drop`: off in `SimParams()`, 5 % in `LOSSY`):
+  every message, protocol or claim, is lost with that probability for the
+  whole run, the checked stretch after the last fault included.
+
+The sitting coordinator's re-announcement rides on the heartbeats a real
+driver sends (`Heartbeat.coordinator`).  The detector is modelled by its
+outcome, so plain heartbeats are not simulated, but the marked ones are:
+every `claim_every` ticks each node whose core names itself leader sends a
+claim to every other node over the same lossy, delaying network, and the
+receiver's core gets `claim`.  Claims are counted apart (`claims`), never
+in `messages`: on the wire they are heartbeats the detector sends anyway.
+`claim_every=None` switches the repair off (the planted weakness).
 
 The failure detector is modelled by its outcome: after a node goes down (or
 comes back), each observer changes its opinion after its own random lag in
@@ -32,25 +44,34 @@ time is an integer tick; nothing here reads a clock or does I/O.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from coord.clock.lamport import LamportClock
 from coord.election.bully import BullyNode
-from coord.election.messages import ElectionMessage, RingCoordinator, RingElection, label
+from coord.election.messages import (
+    ElectionMessage,
+    Heartbeat,
+    RingCoordinator,
+    RingElection,
+    label,
+)
 from coord.election.ring import RingNode
 from coord.election.types import ElectionConfig, LeaderChanged, NodeId, Send
 from coord.sim.network import NetConfig, SimNetwork
 from coord.trace import TraceRecorder
 
 Core = BullyNode | RingNode
+Wire = ElectionMessage | Heartbeat  # a protocol message, or a heartbeat carrying a claim
 CoreFactory = Callable[[NodeId, list[NodeId], ElectionConfig, int], Core]
 
 #: Timeouts in ticks; a message normally takes 1..3 ticks.
 SIM_CONFIG = ElectionConfig(ok_timeout=10, coordinator_timeout=30, ring_timeout=40)
 NORMAL_NET = NetConfig(min_delay=1, max_delay=3)
+LOSSY_NET = NetConfig(min_delay=1, max_delay=3, drop=0.05)
 
 
 def bully_factory(me: NodeId, ids: list[NodeId], cfg: ElectionConfig, first: int) -> Core:
@@ -80,8 +101,19 @@ class SimParams:
     bound: int = 170
     tail: int = 60  # ticks checked after the bound (agreement must hold throughout)
     config: ElectionConfig = SIM_CONFIG
-    net: NetConfig = NORMAL_NET  # delays outside delay spikes
+    net: NetConfig = NORMAL_NET  # delays (outside delay spikes) and loss
+    # A self-named leader's heartbeat claim, every this many ticks (a real
+    # driver's heartbeat_every is 0.2 s against an ok_timeout of 0.5 s: 4
+    # ticks; 10 is slower, so the bound is not won by chatter).  None: off.
+    claim_every: int | None = 10
 
+
+#: The lossy sweep: the same faults, and 5 % of all messages (and claims) lost
+#: for the whole run.  Loss never stops, so every election attempt may fail
+#: and no bound is certain: a Ring election (2n hops) fails with
+#: probability 1 - 0.95^10 = 0.4.  The budget is the reliable one plus two
+#: more lost Ring attempts (2 x ring_timeout); docs/election.md has the figures.
+LOSSY = SimParams(net=LOSSY_NET, bound=250)
 
 FaultKind = Literal["crash", "restart", "pause", "suspect", "spike"]
 TimerKind = Literal["detect", "fault", "resume", "unsuspect", "calm", "failed"]
@@ -107,11 +139,13 @@ class SimReport:
     last_fault: int
     settled_at: int | None  # first tick from which all live nodes agreed till the end
     violations: list[str]
-    messages: int
+    messages: int  # protocol messages sent
     leader_changes: int
     live: list[NodeId]
     leaders: dict[NodeId, NodeId | None]
     trace: TraceRecorder | None = None
+    claims: int = 0  # heartbeat claims sent (not protocol messages)
+    dropped: int = 0  # messages and claims lost by the network's drop probability
 
     def convergence(self) -> int | None:
         """Ticks from the last fault to lasting agreement (None: never agreed)."""
@@ -138,17 +172,17 @@ class ElectionSim:
         self.rng = random.Random(seed)
         self.factory = factory or FACTORIES[algo]
         self.ids = [NodeId(i) for i in range(1, self.p.nodes + 1)]
-        self.net: SimNetwork[NodeId, tuple[int, ElectionMessage]] = SimNetwork(
-            self.rng, self.p.net)
+        self.net: SimNetwork[NodeId, tuple[int, Wire]] = SimNetwork(self.rng, self.p.net)
         self.now = 0
         self.cores: dict[NodeId, Core] = {}  # the live (possibly paused) nodes
-        self.paused: dict[NodeId, list[tuple[int, ElectionMessage]]] = {}  # held inboxes
+        self.paused: dict[NodeId, list[tuple[int, Wire]]] = {}  # held inboxes
         self.incarnation: dict[NodeId, int] = dict.fromkeys(self.ids, 0)
         self.opinion: dict[NodeId, set[NodeId]] = {i: set() for i in self.ids}
         self.false: dict[NodeId, set[NodeId]] = {i: set() for i in self.ids}  # forced
         self.timers: list[_Timed] = []
         self._seq = 0
-        self.messages = 0
+        self.messages = 0  # protocol messages sent (claims are not among them)
+        self.claims = 0  # heartbeat claims sent by self-named leaders
         self.leader_changes = 0
         self.clocks = {i: LamportClock() for i in self.ids}
         self.recorder = TraceRecorder() if trace else None
@@ -184,6 +218,18 @@ class ElectionSim:
             self._at(self.now + 1, "failed", src, dst, msg)
         self.net.send(self.now, src, dst, (stamp, msg))
 
+    def _claim(self) -> None:
+        """Every node that names itself leader re-announces itself on its heartbeats."""
+        for node, core in self.cores.items():
+            if node in self.paused or core.leader != node:
+                continue
+            beat = Heartbeat(node, coordinator=True)
+            for dst in self.ids:
+                if dst != node:
+                    self.claims += 1
+                    # Heartbeats carry no Lamport stamp; 0 leaves the receiver's clock be.
+                    self.net.send(self.now, node, dst, (0, beat))
+
     def _note(self, node: NodeId, text: str) -> None:
         if self.recorder is not None:
             self.recorder.note(str(node), text, self.clocks[node].tick())
@@ -206,12 +252,18 @@ class ElectionSim:
         """`node` holds an election now (as if it had just found the leader gone)."""
         self._apply(node, list(self.cores[node].start_election(self.now)))
 
-    def deliver(self, dst: NodeId, stamp: int, msg: ElectionMessage) -> None:
+    def deliver(self, dst: NodeId, stamp: int, msg: Wire) -> None:
         core = self.cores.get(dst)
         if core is None:
             return  # lost with the crashed node
         if dst in self.paused:
             self.paused[dst].append((stamp, msg))
+            return
+        if isinstance(msg, Heartbeat):
+            effects: list[object] = list(core.claim(msg.sender, self.now))
+            if effects:
+                self._note(dst, f"coordinator claim from {msg.sender}")
+            self._apply(dst, effects)
             return
         t = self.clocks[dst].observe(stamp)
         if self.recorder is not None:
@@ -268,7 +320,7 @@ class ElectionSim:
             self._at(self.now, "detect", n, f.peer)
             self._at(f.end(), "unsuspect", n, f.peer)
         elif f.kind == "spike":
-            self.net.config = NetConfig(min_delay=self.p.net.min_delay, max_delay=self.p.spike)
+            self.net.config = replace(self.p.net, max_delay=self.p.spike)
             self._at(f.end(), "calm", n)
 
     def resume(self, node: NodeId) -> None:
@@ -310,6 +362,8 @@ class ElectionSim:
             self._fire(heapq.heappop(self.timers))
         for _src, dst, (stamp, msg) in self.net.due(self.now):
             self.deliver(dst, stamp, msg)
+        if self.p.claim_every is not None and self.now % self.p.claim_every == 0:
+            self._claim()
         for node, core in list(self.cores.items()):
             deadline = core.next_deadline()
             if node not in self.paused and deadline is not None and deadline <= self.now:
@@ -363,11 +417,31 @@ class ElectionSim:
             if starters is None or n in starters:
                 self.elect(n)
 
+    def _next_tick(self, limit: int) -> int:
+        """The next tick (at most `limit`) at which anything can happen.
+
+        The ticks skipped would change nothing and draw no random number
+        (no timer, delivery, core deadline or claim is due), so skipping
+        them gives exactly the run that stepping every tick gives.
+        """
+        if self.net.in_flight():
+            return self.now + 1  # SimNetwork does not say when its next message is due
+        nxt = limit
+        if self.timers:
+            nxt = min(nxt, self.timers[0].at)
+        for node, core in self.cores.items():
+            deadline = core.next_deadline()
+            if deadline is not None and node not in self.paused:
+                nxt = min(nxt, math.ceil(deadline))
+        if self.p.claim_every is not None:
+            nxt = min(nxt, (self.now // self.p.claim_every + 1) * self.p.claim_every)
+        return max(nxt, self.now + 1)
+
     def advance(self, until: int) -> None:
         """Run every tick up to and including `until`."""
         while self.now <= until:
             self.step_tick()
-            self.now += 1
+            self.now = self._next_tick(until + 1)
 
     def run(self, faults: list[Fault] | None = None,
             starters: list[NodeId] | None = None) -> SimReport:
@@ -377,18 +451,24 @@ class ElectionSim:
         horizon = last + self.p.bound + self.p.tail
         settled: int | None = None
         violations: list[str] = []
+        deadline = last + self.p.bound  # agreement is required from here on
         while self.now <= horizon:
             self.step_tick()
+            # The views hold still until the next tick with something to do;
+            # stop at `last` and `deadline` too, where the checking changes.
+            marks = [t for t in (last, deadline) if t > self.now]
+            nxt = self._next_tick(min(marks, default=horizon + 1))
             if self.now >= last:
                 ok = self.agreed()
                 settled = (settled if settled is not None else self.now) if ok else None
-                if not ok and self.now >= last + self.p.bound:
+                if not ok and nxt - 1 >= deadline:
                     violations.append(self._describe())
-            self.now += 1
+            self.now = nxt
         live = sorted(self.cores)
         return SimReport(self.algo, self.seed, plan, last, settled, violations[:3],
                          self.messages, self.leader_changes, live,
-                         {n: self.cores[n].leader for n in live}, self.recorder)
+                         {n: self.cores[n].leader for n in live}, self.recorder,
+                         self.claims, self.net.stats.dropped)
 
     def _describe(self) -> str:
         views = {n: self.cores[n].leader for n in sorted(self.cores)}

@@ -7,10 +7,15 @@ Layout (named DBs in one env, separate from the Raft log's env):
 * ``idle``     u64 last_activity ++ u64 client id -> b"" (sessions by age, for expiry)
 * ``replies``  u64 client id ++ u64 seq -> encoded reply
 * ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
+* ``events``   u64 index ++ u32 sub -> msgpack [kind, key, value or nil] (the watch log)
+* ``events_meta`` ``floor`` (u64), ``count`` (u64: records in ``events``)
 * one named DB per extension table (e.g. ``fs_inodes``), declared when the
   store is opened, committed in the same transactions as the above
 
 All integers in keys are big-endian so LMDB's byte order is numeric order.
+A store created before the event log existed gets its event floor = its
+applied index when first opened: the events of those entries were never
+recorded, and a watcher asking for them gets COMPACTED instead of a silent gap.
 
 Durability: the env is opened with `sync=True, metasync=False`.  A commit
 fdatasyncs the data pages but writes the meta page without waiting, so LMDB
@@ -25,6 +30,18 @@ loss when the file system reorders writes.
 
 No transaction outlives a `with` block; a trio driver runs `apply` (and so
 `writer()`) in `trio.to_thread.run_sync`.
+
+Snapshots (Raft compaction): `write_snapshot` streams every named database
+from ONE read transaction (LMDB's MVCC: applies go on meanwhile and the
+snapshot is exactly the state at the applied index it reports), in a
+canonical order (databases by name, keys in LMDB order), so equal states give
+equal bytes on every member.  `restore_snapshot` replaces the contents of
+every database in ONE write transaction: a reader sees the old state or the
+new one, and a crash leaves one of the two.  The event log (``events``,
+``events_meta``) is not in snapshots: each member compacts it on its own
+schedule, so it would make snapshots of one index differ between members.
+A restore empties it and sets its floor to the snapshot's applied index, in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -33,12 +50,22 @@ import struct
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import lmdb
 import msgpack
 
 from coord.kv.store import MAX_TABLE_KEY, KVReadView, KVWriteView
-from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
+from coord.kv.types import (
+    ClientId,
+    EventKind,
+    KeyValue,
+    LogTime,
+    SeqNo,
+    SessionRecord,
+    StateDump,
+    WatchEvent,
+)
 from coord.raft.types import LogIndex
 
 FORMAT_VERSION = 1
@@ -47,7 +74,9 @@ MAX_DBS = 32  # the five KV databases plus extension tables
 
 _U64 = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
+_EVENT_KEY = struct.Struct(">QI")  # (index, sub)
 _FORMAT, _APPLIED, _LOG_TIME = b"format", b"applied", b"log_time"
+_EVENTS_FLOOR, _EVENTS_COUNT = b"floor", b"count"  # keys in events_meta
 
 
 class KVStoreError(Exception):
@@ -70,12 +99,25 @@ def _kv_from(key: bytes, raw: bytes) -> KeyValue:
     return KeyValue(key, value, version, LogIndex(create), LogIndex(mod))
 
 
+def _event_from(key: bytes, raw: bytes) -> WatchEvent:
+    index, sub = _EVENT_KEY.unpack(key)
+    kind, k, value = msgpack.unpackb(raw, raw=False)
+    return WatchEvent(LogIndex(index), sub, EventKind(kind), k, value)
+
+
 def _session_from(raw: bytes) -> SessionRecord:
     last, acked, outstanding = msgpack.unpackb(raw)
     return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
 
 
-_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta"})
+_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta", "events", "events_meta"})
+_SNAPSHOT_MAGIC = "ddfs-kv-snapshot"
+_SNAPSHOT_VERSION = 1
+_SNAPSHOT_BLOCK = 1 << 16  # bytes buffered before each write to the sink
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
 
 
 class _Dbs:
@@ -87,10 +129,18 @@ class _Dbs:
         self.idle = env.open_db(b"idle")
         self.replies = env.open_db(b"replies")
         self.meta = env.open_db(b"meta")
+        self.events = env.open_db(b"events")
+        self.events_meta = env.open_db(b"events_meta")
         names = sorted(set(tables))
         if _KV_DBS & set(names) or len(names) + len(_KV_DBS) > MAX_DBS:
             raise KVStoreError(f"bad extension tables {names}")
         self.tables = {name: env.open_db(name.encode()) for name in names}
+
+    def all(self) -> list[tuple[str, lmdb._Database]]:
+        """Every database of the state, by name: the snapshot's canonical order."""
+        fixed = {"kv": self.kv, "sessions": self.sessions, "idle": self.idle,
+                 "replies": self.replies, "meta": self.meta}
+        return sorted([*fixed.items(), *self.tables.items()])
 
 
 class _LmdbTable:
@@ -132,6 +182,9 @@ class _LmdbView:
     def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
         self._t = txn
         self._db = dbs
+        # events_meta's count as of this transaction (None: not read yet); every
+        # change goes through _set_event_count, so the copy never goes stale
+        self._event_count: int | None = None
 
     # reads
 
@@ -173,6 +226,35 @@ class _LmdbView:
     def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None:
         raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.replies)
         return None if raw is None else bytes(raw)
+
+    def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:
+        out: list[WatchEvent] = []
+        cursor = self._t.cursor(db=self._db.events)
+        found = cursor.set_range(_EVENT_KEY.pack(start, 0))
+        stop = None if end is None else _EVENT_KEY.pack(end, 0)
+        while found and (limit == 0 or len(out) < limit):
+            key = bytes(cursor.key())
+            if stop is not None and key >= stop:
+                break
+            out.append(_event_from(key, bytes(cursor.value())))
+            found = cursor.next()
+        return out
+
+    def _events_u64(self, key: bytes) -> int:
+        raw = self._t.get(key, db=self._db.events_meta)
+        return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+    def events_floor(self) -> LogIndex:
+        return LogIndex(self._events_u64(_EVENTS_FLOOR))
+
+    def event_count(self) -> int:
+        if self._event_count is None:
+            self._event_count = self._events_u64(_EVENTS_COUNT)
+        return self._event_count
+
+    def _set_event_count(self, count: int) -> None:
+        self._t.put(_EVENTS_COUNT, _U64.pack(count), db=self._db.events_meta)
+        self._event_count = count
 
     def _replies_of(self, client_id: ClientId) -> Iterator[tuple[SeqNo, bytes]]:
         cursor = self._t.cursor(db=self._db.replies)
@@ -256,6 +338,76 @@ class _LmdbView:
             found = bool(cursor.key())
         return removed
 
+    def append_event(self, event: WatchEvent) -> None:
+        raw = msgpack.packb((int(event.kind), event.key, event.value), use_bin_type=True)
+        # append=True: LMDB refuses (False) a key not above the last one, and skips
+        # the tree search, since events only ever arrive in order.
+        if not self._t.put(_EVENT_KEY.pack(event.index, event.sub), raw, db=self._db.events,
+                           append=True):
+            raise ValueError(f"event ({event.index}, {event.sub}) out of order")
+        self._set_event_count(self.event_count() + 1)
+
+    def drop_events(self, upto: LogIndex, limit: int) -> int:
+        cursor = self._t.cursor(db=self._db.events)
+        removed, last = 0, 0
+        found = cursor.first()
+        while found and removed < limit:
+            index, _ = _EVENT_KEY.unpack(cursor.key())
+            if index > upto:
+                break
+            cursor.delete()  # moves to the next record, or off the end (empty key)
+            removed, last = removed + 1, index
+            found = bool(cursor.key())
+        if removed:
+            self._set_event_count(self.event_count() - removed)
+            self.raise_events_floor(LogIndex(last))
+        return removed
+
+    def raise_events_floor(self, index: LogIndex) -> None:
+        if index > self.events_floor():
+            self._t.put(_EVENTS_FLOOR, _U64.pack(index), db=self._db.events_meta)
+
+    def restart_events(self, floor: LogIndex) -> None:
+        """Empty the event log and set its floor (a restored snapshot's log starts there)."""
+        self._t.drop(self._db.events, delete=False)
+        self._t.put(_EVENTS_FLOOR, _U64.pack(floor), db=self._db.events_meta)
+        self._set_event_count(0)
+
+
+class LmdbSnapshotSource:
+    """A pinned state (one read transaction) to stream once, on any one thread at a time
+    (py-lmdb uses MDB_NOTLS: a read transaction may move between threads)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
+        self._txn: lmdb.Transaction | None = txn
+        self._dbs = dbs
+
+    def write(self, out: ByteSink) -> LogIndex:
+        """Stream the pinned state to `out` (canonical order); its applied index.  Closes."""
+        txn = self._txn
+        if txn is None:
+            raise KVStoreError("snapshot source already used")
+        try:
+            packer = msgpack.Packer(use_bin_type=True)
+            dbs = self._dbs.all()
+            applied = _LmdbView(txn, self._dbs).applied_index()
+            buf = bytearray(packer.pack([_SNAPSHOT_MAGIC, _SNAPSHOT_VERSION, [n for n, _ in dbs]]))
+            for number, (_, db) in enumerate(dbs):
+                for key, value in txn.cursor(db=db).iternext():
+                    buf += packer.pack((number, key, value))
+                    if len(buf) >= _SNAPSHOT_BLOCK:
+                        out.write(bytes(buf))
+                        buf.clear()
+            out.write(bytes(buf))
+            return applied
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
 
 class LmdbKVStore:
     """KVStore on LMDB; see the module docstring for the layout and durability."""
@@ -285,6 +437,9 @@ class LmdbKVStore:
                 txn.put(_FORMAT, msgpack.packb(FORMAT_VERSION))
             elif msgpack.unpackb(raw) != FORMAT_VERSION:
                 raise KVStoreError(f"KV store format {msgpack.unpackb(raw)} != {FORMAT_VERSION}")
+            if txn.get(_EVENTS_FLOOR, db=self._dbs.events_meta) is None:  # new, or older
+                floor = txn.get(_APPLIED) or _U64.pack(0)
+                txn.put(_EVENTS_FLOOR, floor, db=self._dbs.events_meta)
 
     def _e(self) -> lmdb.Environment:
         if self._env is None:
@@ -310,6 +465,42 @@ class LmdbKVStore:
 
     def writer(self) -> AbstractContextManager[KVWriteView]:
         return self._txn(write=True)
+
+    def open_snapshot(self) -> LmdbSnapshotSource:
+        """Pin the current state (a read transaction) for a later `write`: opening is
+        cheap, so a driver opens it right after an apply and streams it elsewhere."""
+        return LmdbSnapshotSource(self._e().begin(), self._dbs)
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex:
+        """Stream the whole state to `out` from one read transaction; its applied index."""
+        return self.open_snapshot().write(out)
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex:
+        """Replace the whole state by a snapshot (one transaction); the new applied index."""
+        env = self._e()
+        unpacker = msgpack.Unpacker(inp, raw=False, use_list=False, max_buffer_size=1 << 30)
+        head = next(unpacker, None)
+        if not (isinstance(head, tuple) and len(head) == 3 and head[0] == _SNAPSHOT_MAGIC):
+            raise KVStoreError("not a KV snapshot")
+        mine = dict(self._dbs.all())
+        if head[1] != _SNAPSHOT_VERSION or set(head[2]) != set(mine):
+            raise KVStoreError(f"snapshot version {head[1]} with databases {head[2]} does not "
+                               f"fit this store ({sorted(mine)})")
+        dbs = [mine[name] for name in head[2]]
+        try:
+            with env.begin(write=True) as txn:
+                for db in dbs:
+                    txn.drop(db, delete=False)
+                for number, key, value in unpacker:
+                    # Keys arrive in LMDB order within each database: append skips the search.
+                    txn.put(key, value, db=dbs[number], append=True)
+                view = _LmdbView(txn, self._dbs)
+                applied = view.applied_index()
+                view.restart_events(applied)  # not in snapshots: see the module docstring
+        except lmdb.MapFullError as exc:
+            raise KVStoreFullError(f"KV store full (map size {env.info()['map_size']})") from exc
+        env.sync(True)
+        return applied
 
     def checkpoint(self) -> LogIndex:
         env = self._e()

@@ -30,6 +30,29 @@ Invariants:
   transaction.  An extension payload that does not decode is BAD_COMMAND, as
   is a space with no extension.
 
+* Snapshots (Raft compaction): `write_snapshot` / `restore_snapshot` pass
+  through to a store that can stream its whole state (`SnapshotStore`: the
+  LMDB store; extension tables included, so the file system's state travels
+  with it).  `snapshot_taken(index)` is the hook a driver calls whenever a
+  snapshot at `index` exists (taken or installed): the log behind it may be
+  compacted, so anything that mirrors the log (an event log for watches)
+  may compact up to it; `snapshot_index` remembers the newest.
+
+* Watch events (`coord.kv.events`, docs/watch.md): every KV mutation a
+  command makes (put, delete of an existing key, successful cas, each such op
+  of a txn) appends an event in the same transaction; extension commands
+  (the file system) produce none.  Retention runs after each KV command.
+  The event log is not part of snapshots (its compaction is local, and
+  snapshots of one index must be the same bytes on every member): a
+  restored state starts its log at the snapshot index.  `snapshot_taken`
+  schedules the compaction of the events up to the snapshot index; `apply`
+  carries it out, at most `COMPACT_PER_APPLY` events per call, in the same
+  transaction (so in the worker thread the driver already uses, never on the
+  trio thread, and never visible half-done).  `compact_events` does it at
+  once (blocking).  Apply listeners are called after each committed
+  `apply`, from the applying thread: they must only hand the news over
+  (e.g. `TrioToken.run_sync_soon`), never block.
+
 The store calls block (LMDB commit); a trio driver runs `apply` through
 `trio.to_thread.run_sync` and never holds a view across an await.
 """
@@ -38,7 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from coord.kv import sessions
 from coord.kv.codec import CodecError
@@ -63,6 +86,16 @@ from coord.kv.commands import (
     Txn,
     TxnOp,
     decode_record,
+)
+from coord.kv.events import (
+    COMPACT_PER_APPLY,
+    DEFAULT_MAX_SCAN,
+    EventRecorder,
+    WatchBatch,
+    WatchCompacted,
+    compact,
+    retain,
+    select_events,
 )
 from coord.kv.results import (
     CasResult,
@@ -131,6 +164,29 @@ class Extension(Protocol):
         ...
 
 
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class SnapshotSource(Protocol):
+    """A pinned state, streamed once by `write` (which closes it), or `close`d unused."""
+
+    def write(self, out: ByteSink) -> LogIndex: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """A store that can stream its whole state out and replace it atomically."""
+
+    def open_snapshot(self) -> SnapshotSource: ...
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex: ...
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex: ...
+
+
 class KVStateMachine:
     def __init__(
         self,
@@ -143,6 +199,38 @@ class KVStateMachine:
         self._ext = {ext.space: ext for ext in extensions}
         if len(self._ext) != len(extensions) or any(space < 1 for space in self._ext):
             raise ValueError("extension spaces must be unique and >= 1")
+        self.snapshot_index = LogIndex(0)  # newest snapshot known to exist (0: none)
+        # called with the new applied index after each committed apply (see the docstring)
+        self._apply_listeners: list[Callable[[LogIndex], None]] = []
+        # events up to this index are to be compacted (by apply); up to _events_done they are
+        self._events_compact_to = LogIndex(0)
+        self._events_done = LogIndex(0)
+
+    def _snapshot_store(self) -> SnapshotStore:
+        if not isinstance(self._store, SnapshotStore):
+            raise TypeError(f"{type(self._store).__name__} cannot take snapshots")
+        return self._store
+
+    def open_snapshot(self) -> SnapshotSource:
+        """Pin the current state (one read transaction) to stream later."""
+        return self._snapshot_store().open_snapshot()
+
+    def write_snapshot(self, out: ByteSink) -> LogIndex:
+        """Stream the whole state (one read transaction); the applied index it covers."""
+        return self._snapshot_store().write_snapshot(out)
+
+    def restore_snapshot(self, inp: BinaryIO) -> LogIndex:
+        """Replace the whole state by a snapshot atomically; the new applied index."""
+        applied = self._snapshot_store().restore_snapshot(inp)
+        for listener in self._apply_listeners:  # watchers re-read (and find COMPACTED)
+            listener(applied)
+        return applied
+
+    def snapshot_taken(self, index: LogIndex) -> None:
+        """Hook: a snapshot at `index` exists; the log up to it may be compacted, and
+        so may the watch events (the next applies drop them: see the docstring)."""
+        self.snapshot_index = LogIndex(max(self.snapshot_index, index))
+        self._events_compact_to = LogIndex(max(self._events_compact_to, index))
 
     @property
     def applied_index(self) -> LogIndex:
@@ -173,9 +261,51 @@ class KVStateMachine:
                 out.append(self._apply_entry(view, entry))
                 expect += 1
             view.set_applied(entries[-1].index)
+            self._compact_some_events(view)
             if announce is not None:
-                announce(out)
+                announce(out)  # before the commit: see the docstring
+        for listener in self._apply_listeners:  # committed: watchers may read it now
+            listener(entries[-1].index)
         return out
+
+    def _compact_some_events(self, view: KVWriteView) -> None:
+        """Part of the compaction `snapshot_taken` asked for (bounded per apply)."""
+        if self._events_compact_to <= self._events_done:
+            return
+        if compact(view, self._events_compact_to, COMPACT_PER_APPLY) < COMPACT_PER_APPLY:
+            self._events_done = LogIndex(min(self._events_compact_to, view.applied_index()))
+
+    def add_apply_listener(self, listener: Callable[[LogIndex], None]) -> None:
+        """Call `listener(applied_index)` after every committed `apply` (from the
+        applying thread; it must not block)."""
+        self._apply_listeners.append(listener)
+
+    def watch(
+        self,
+        prefix: bytes,
+        from_index: LogIndex,
+        max_events: int,
+        max_scan: int = DEFAULT_MAX_SCAN,
+    ) -> WatchBatch | WatchCompacted:
+        """The committed events of keys under `prefix` from `from_index` on
+        (`coord.kv.events.select_events`)."""
+        with self._store.reader() as view:
+            return select_events(view, prefix, from_index, max_events, max_scan)
+
+    def compact_events(self, upto_index: LogIndex, batch: int = 10_000) -> LogIndex:
+        """Drop the events of entries up to `upto_index` (capped at the applied
+        index); a watch from at or below it gets COMPACTED.  Returns the floor.
+        Blocks (one write transaction per `batch` events, so applies interleave):
+        a trio caller runs it in `trio.to_thread.run_sync`."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        with self._store.writer() as view:
+            dropped = compact(view, upto_index, batch)
+            floor = view.events_floor()
+        while dropped == batch:  # each round removes `batch` events: bounded by the log
+            with self._store.writer() as view:
+                dropped = view.drop_events(floor, batch)
+        return floor
 
     def read(self, query: Query) -> GetResult | RangeResult:
         """Answer a query from the committed state (no log entry)."""
@@ -253,7 +383,10 @@ class KVStateMachine:
     def _execute(self, view: KVWriteView, command: Command, ctx: ApplyContext) -> Result:
         if isinstance(command, ExtCommand):
             return self._extension(view, command, ctx)
-        return _execute(view, ctx.index, command)
+        events = EventRecorder(view, ctx.index)
+        result = _execute(view, events, ctx.index, command)
+        retain(view, ctx.index, self._config.event_retention, events.count)
+        return result
 
     def _extension(self, view: KVWriteView, command: ExtCommand, ctx: ApplyContext) -> Result:
         ext = self._ext.get(command.space)
@@ -277,23 +410,29 @@ def _query(view: KVReadView, query: Query) -> GetResult | RangeResult:
             return RangeResult(tuple(kvs), more)
 
 
-def _put(view: KVWriteView, index: LogIndex, key: bytes, value: bytes) -> KeyValue:
+def _put(
+    view: KVWriteView, events: EventRecorder, index: LogIndex, key: bytes, value: bytes
+) -> KeyValue:
     prev = view.get(key)
     if prev is None:
         kv = KeyValue(key, value, 1, index, index)
     else:
         kv = KeyValue(key, value, prev.version + 1, prev.create_revision, index)
     view.put(kv)
+    events.put(key, value)
     return kv
 
 
-def _op(view: KVWriteView, index: LogIndex, op: TxnOp) -> OpResult:
+def _op(view: KVWriteView, events: EventRecorder, index: LogIndex, op: TxnOp) -> OpResult:
     match op:
         case Put(key, value):
-            kv = _put(view, index, key, value)
+            kv = _put(view, events, index, key, value)
             return PutResult(kv.mod_revision, kv.version)
         case Delete(key):
-            return DeleteResult(view.delete(key))
+            deleted = view.delete(key)
+            if deleted:  # deleting a missing key changes nothing: no event
+                events.deleted(key)
+            return DeleteResult(deleted)
         case Get() | Range():
             return _query(view, op)
 
@@ -323,11 +462,11 @@ def _holds(view: KVReadView, cmp: Compare) -> bool:
 
 
 def _execute(
-    view: KVWriteView, index: LogIndex, command: Put | Delete | Cas | Txn
+    view: KVWriteView, events: EventRecorder, index: LogIndex, command: Put | Delete | Cas | Txn
 ) -> Result:
     match command:
         case Put() | Delete():
-            return _op(view, index, command)
+            return _op(view, events, index, command)
         case Cas(key, expected, new):
             current = view.get(key)
             matches = (
@@ -337,8 +476,8 @@ def _execute(
             )
             if not matches:
                 return CasResult(False, current)
-            return CasResult(True, _put(view, index, key, new))
+            return CasResult(True, _put(view, events, index, key, new))
         case Txn(compares, then, otherwise):
             succeeded = all(_holds(view, c) for c in compares)
             ops = then if succeeded else otherwise
-            return TxnResult(succeeded, tuple(_op(view, index, op) for op in ops))
+            return TxnResult(succeeded, tuple(_op(view, events, index, op) for op in ops))

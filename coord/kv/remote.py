@@ -8,20 +8,30 @@ same value to whichever member it tries next; the state machine executes a
 reply of SESSION_EXPIRED means the command was not executed (and never will
 be): the client raises, it does not silently re-register and re-run.
 
+Watches (`KvClient.watch`, docs/watch.md) need no session: they are reads
+of the event log that any member serves; the iterator keeps the next index
+to ask for and carries it to another member after a failure, so it yields
+every event once, in log order.
+
 Invariants: every public call finishes (result or error) within its
-timeout; retries and backoff live here and nowhere else on the client side.
+timeout (a watch iteration: one long poll plus that timeout); retries and
+backoff live here and nowhere else on the client side.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Protocol, TypeVar
 
 import trio
 
 from coord.kv.client import ClientSession
+from coord.kv.codec import CodecError
 from coord.kv.commands import (
     Body,
     Cas,
@@ -36,6 +46,7 @@ from coord.kv.commands import (
     encode_body,
     encode_query,
 )
+from coord.kv.events import decode_events
 from coord.kv.results import (
     CasResult,
     DeleteResult,
@@ -51,7 +62,8 @@ from coord.kv.results import (
     decode_result,
 )
 from coord.kv.service import OK, KvRead, KvReply, KvSubmit
-from coord.kv.types import KeyValue
+from coord.kv.types import KeyValue, WatchEvent
+from coord.kv.watch import KvWatch, WatchReply
 from coord.rpc import RemoteError, RpcClient, RpcError, is_transient
 
 T = TypeVar("T")
@@ -69,6 +81,17 @@ class KvTimeout(KvError):
 
 class SessionExpired(KvError):
     """The session expired: the command was not executed."""
+
+
+class EventsCompacted(KvError):
+    """COMPACTED: the events a watch asked for are gone (compacted behind a snapshot
+    or past the retention bound).  Watch from `floor + 1` or later."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__(
+            f"COMPACTED: the events up to index {floor} are gone (watch from {floor + 1})"
+        )
+        self.floor = floor
 
 
 class Routed(Protocol):
@@ -207,6 +230,18 @@ class KvClient:
     async def range(self, start: bytes, end: bytes | None, limit: int = 0) -> RangeResult:
         return _expect(await self._query(Range(start, end, limit)), RangeResult)
 
+    def watch(
+        self, prefix: bytes, from_index: int = 0, *, wait_s: float = 5.0, max_events: int = 256
+    ) -> Watch:
+        """Every change of a key under `prefix` from log index `from_index` on, in
+        order, once each: `async for ev in kv.watch(b"app/", 1)` (see `Watch`).
+        `from_index` 0 means from now: after the applied index of the first member
+        that answers (a lagging follower's "now" is a little in the past)."""
+        # its own router: a long poll needs a longer budget than other calls
+        router = LeaderRouter(self._router.endpoints, timeout=self._router.timeout + wait_s)
+        return Watch(self._rpc, router, prefix, from_index, wait_s + self._attempt,
+                     KvWatch(prefix, from_index, max_events, wait_s))
+
     # ------------------------------------------------------------------ machinery
     async def _command(self, command: Command) -> Result:
         if self._session is None:
@@ -232,6 +267,67 @@ class KvClient:
 
     async def _retrying(self, attempt: _Attempt) -> KvReply:
         return await self._router.call(attempt)
+
+
+class Watch:
+    """An async iterator over the events of one prefix (`KvClient.watch`).
+
+    Runs until the caller stops (a plain iterator, not a generator: nothing to
+    close); follows failures to other members, as any member serves watches.
+    `__anext__` raises EventsCompacted, or KvTimeout when no member answers.
+    To resume later, watch again from `next_index` once the batch in hand is
+    consumed (`pending` == 0); a caller that stops in the middle of an entry
+    resumes from that entry's index and skips the (index, sub) pairs it has.
+    """
+
+    def __init__(self, rpc: RpcClient, router: LeaderRouter, prefix: bytes, from_index: int,
+                 attempt_timeout: float, request: KvWatch) -> None:
+        if from_index < 0:
+            raise ValueError("from_index must be >= 0")
+        self._rpc = rpc
+        self._router = router
+        self._attempt = attempt_timeout
+        self._request = request  # the next poll; from_index is where the stream stands
+        self._batch: collections.deque[WatchEvent] = collections.deque()
+
+    @property
+    def next_index(self) -> int:
+        """The index the next poll asks for (0 until the first reply when from now)."""
+        return self._request.from_index
+
+    @property
+    def pending(self) -> int:
+        """Events received but not yet handed out."""
+        return len(self._batch)
+
+    @property
+    def member(self) -> str | None:
+        """The address of the member the last poll was answered by."""
+        return self._router.leader
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._batch:  # each round is one long poll; the caller bounds the wait
+            await self._poll()
+        return self._batch.popleft()
+
+    async def _poll(self) -> None:
+        req = self._request
+        reply = await self._router.call(functools.partial(self._poll_at, req))
+        if reply.compacted:
+            raise EventsCompacted(reply.compacted)
+        try:
+            events = decode_events(reply.events)
+        except CodecError as exc:
+            raise KvError(f"bad watch reply: {exc}") from None
+        self._batch.extend(events)
+        # never back (a lagging member): no event twice
+        self._request = replace(req, from_index=max(req.from_index, reply.next_index))
+
+    async def _poll_at(self, req: KvWatch, address: str) -> WatchReply:
+        return await self._rpc.call(address, req, timeout=self._attempt)
 
 
 def _retry_elsewhere(exc: RpcError) -> bool:

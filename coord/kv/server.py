@@ -8,6 +8,13 @@ machines on the same log), RPC routes and a background task.
 system (`fs.meta.server`); the file system lives in fs/, so it is imported
 lazily here to keep coord/ free of file-system imports at module level.
 
+Membership: a member started with `join=True` starts with an empty log and
+no configuration (it never campaigns); it asks the cluster at
+`join_endpoints` to add it as a learner and then learns everything,
+configuration and addresses included, from the leader's log.  Whenever the
+configuration changes, the transport and the services' address book (used
+for leader hints) learn the addresses it carries.
+
 Lifecycle: `serve_member` opens the stores, starts the RPC server and the
 driver, reports readiness through `task_status.started(address)` and runs
 until cancelled; on the way out it stops accepting, cancels the driver and
@@ -18,6 +25,8 @@ that awaited it can be cancelled).
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,13 +39,26 @@ from coord.kv.lmdb_state import LmdbKVStore
 from coord.kv.machine import Applied, Extension, KVStateMachine
 from coord.kv.service import KvService
 from coord.kv.types import KVConfig
+from coord.kv.watch import WatchService
 from coord.raft.config import RaftConfig
 from coord.raft.driver import RaftDriver
-from coord.raft.rpc import RpcTransport, add_raft_routes
+from coord.raft.membership import ChangeKind, Membership
+from coord.raft.rpc import RaftChange, RpcTransport, add_digest_route, add_raft_routes
+from coord.raft.snapfile import SnapshotFiles
 from coord.raft.types import NodeId
 from coord.raft.wal_store import WalRaftStorage
-from coord.rpc import ClientConfig, Router, RpcClient, RpcServer, ServerConfig, TcpConnector
+from coord.rpc import (
+    ClientConfig,
+    Router,
+    RpcClient,
+    RpcError,
+    RpcServer,
+    ServerConfig,
+    TcpConnector,
+)
 from coord.rpc.transport import parse_tcp_address
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +72,18 @@ class MemberConfig:
     # Settings of the plugins (file system: "fs", "liveness"), as read from the
     # config file; each plugin validates its own table.
     plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Joining an existing cluster: `members` is just {node_id: own address}; the node
+    # starts empty and asks these endpoints to add it as a learner.
+    join: bool = False
+    join_endpoints: tuple[str, ...] = ()
 
     def validate(self) -> MemberConfig:
         if self.node_id not in self.members:
             raise ValueError(f"node {self.node_id} is not among the members {sorted(self.members)}")
-        if len(self.members) % 2 == 0:
+        if self.join:
+            if not self.join_endpoints:
+                raise ValueError("joining needs the endpoints of the existing cluster")
+        elif len(self.members) % 2 == 0:
             raise ValueError(f"{len(self.members)} members: use an odd number (3 or 5)")
         for address in self.members.values():
             parse_tcp_address(address)
@@ -130,11 +159,18 @@ async def serve_kv_member(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     storage, kv_store = _open_stores(config, plugins)
+    snapshots: SnapshotFiles | None = None
     try:
+        if config.raft.snapshot_every > 0:
+            snapshots = SnapshotFiles(config.data_dir / "snap")
         fsm = KVStateMachine(kv_store, config.kv, [e for p in plugins for e in p.extensions])
         client_cfg = ClientConfig(node_id=config.node_id, secret=config.secret, role="meta")
         async with RpcClient(client_cfg, TcpConnector()) as peers_rpc:
             transport = RpcTransport(peers_rpc, config.members)
+            bootstrap = (
+                Membership.of(()) if config.join
+                else Membership.of(config.members, (), config.members)
+            )
             driver: RaftDriver[Applied] = RaftDriver(
                 config.node_id,
                 list(config.members),
@@ -143,12 +179,27 @@ async def serve_kv_member(
                 fsm,
                 transport,
                 rng=random.Random(),
+                membership=bootstrap,
+                snapshots=snapshots,
             )
+            addresses = dict(config.members)  # live address book: leader hints
+            addresses.update(driver.core.membership.address_book())
+            transport.learn(driver.core.membership)
+
+            def learn(m: Membership) -> None:
+                transport.learn(m)
+                addresses.update(m.address_book())
+
+            driver.on_membership.append(learn)
             router = Router()
             add_raft_routes(router, driver, {"address": config.address})
-            KvService(driver, fsm, config.members).routes(router)
+            add_digest_route(router, fsm)
+            KvService(driver, fsm, addresses).routes(router)
+            watches = WatchService(fsm)
+            watches.attach()
+            watches.routes(router)
             for plugin in plugins:
-                plugin.attach(driver, fsm, router, config.members, peers_rpc)
+                plugin.attach(driver, fsm, router, addresses, peers_rpc)
             server = RpcServer(
                 ServerConfig(node_id=config.node_id, secret=config.secret, role="meta"), router
             )
@@ -158,13 +209,49 @@ async def serve_kv_member(
                 await nursery.start(driver.run)
                 for plugin in plugins:
                     await nursery.start(plugin.run)
+                if config.join and not driver.core.membership.members:
+                    nursery.start_soon(_ask_to_join, config, peers_rpc, transport,
+                                       name="raft-join")
                 task_status.started(config.address)
                 try:
                     await trio.sleep_forever()
                 finally:
+                    watches.close()  # long polls answer now instead of holding the drain
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await server.shutdown()
                     nursery.cancel_scope.cancel()
     finally:
         storage.close()
         kv_store.close()
+        if snapshots is not None:
+            snapshots.close()
+
+
+async def _ask_to_join(config: MemberConfig, rpc: RpcClient, transport: RpcTransport) -> None:
+    """Ask the cluster to add this node as a learner, following leader hints,
+    until it is a member (retrying: the cluster may be electing or busy).  The
+    reply's address book lets us answer the leader before our log reaches the
+    configuration entry that names it."""
+    change = RaftChange(ChangeKind.ADD_LEARNER.value, int(config.node_id), config.address)
+    hint: str | None = None
+    for attempt in range(600):  # ~5 minutes at most
+        address = hint or config.join_endpoints[attempt % len(config.join_endpoints)]
+        hint = None
+        try:
+            reply = await rpc.call(address, change, timeout=15.0)
+        except RpcError as exc:
+            log.info("join via %s: %s", address, exc)
+        else:
+            if reply.members:
+                book = {NodeId(int(k)): v for k, v in json.loads(reply.members).items()}
+                transport.learn(Membership.of((), (), book))
+            if reply.status == "OK" or "already a member" in reply.message:
+                log.warning("node %d: joined the cluster as a learner (%s)",
+                            config.node_id, reply.message)
+                return
+            if reply.status == "NOT_LEADER" and reply.leader:
+                hint = reply.leader
+                continue
+            log.info("join via %s: %s %s", address, reply.status, reply.message)
+        await trio.sleep(0.5)
+    log.error("node %d: could not join the cluster at %s", config.node_id, config.join_endpoints)

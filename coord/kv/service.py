@@ -66,7 +66,7 @@ class KvService:
     ) -> None:
         self._driver = driver
         self._fsm = fsm
-        self._addresses = dict(client_addresses)
+        self._addresses = client_addresses  # live: the member updates it on changes
 
     def routes(self, router: Router) -> None:
         router.add(KvSubmit, self.submit)

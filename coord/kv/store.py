@@ -13,9 +13,11 @@ Durability contract (what the driver and the log compaction rely on):
 * It is guaranteed to survive an OS crash or power loss only once
   `checkpoint()` has returned; until then the store may come back at any
   earlier committed state (never a torn one).  That is safe because the
-  Raft log still holds every entry after the store's durable applied index,
-  as long as the log is never compacted beyond `checkpoint()`'s result: on
-  restart the driver re-applies from `applied_index() + 1`.
+  Raft log still holds every entry after the store's durable applied index:
+  on restart the driver re-applies from `applied_index() + 1`.  The log is
+  compacted only behind a durable snapshot file, and a store that came back
+  behind the compaction point is restored from that snapshot first
+  (`coord.raft.snapdriver`).
 
 Extensions (other state machines on the same log, e.g. the file system)
 keep their state in named *tables* of the same store, so they commit in the
@@ -23,6 +25,14 @@ same transaction as the KV state and the applied index.  A table is an
 ordered map of bytes to bytes (byte order of keys, like LMDB); the store is
 told the table names when it is opened, and `table(name)` of an unknown name
 is a programming error (KeyError).
+
+The event log (docs/watch.md) is kept in the store: `append_event` writes
+an event in the same transaction as the mutation it records.  It is not
+part of `dump()` (nor of LMDB snapshots): its low end is compacted on each
+member's own schedule.  Events are
+appended in (index, sub) order and removed only from the old end
+(`drop_events`), which raises the *floor*: every event of an entry at or
+below the floor may be gone, every event of an entry above it is present.
 
 Views are valid only inside their `with` block; none may be kept or used
 across an `await` (the LMDB views are live transactions).
@@ -36,7 +46,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
-from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord, StateDump
+from coord.kv.types import (
+    ClientId,
+    KeyValue,
+    LogTime,
+    SeqNo,
+    SessionRecord,
+    StateDump,
+    WatchEvent,
+)
 from coord.raft.types import LogIndex
 
 #: Table keys follow LMDB's limit, like KV keys.
@@ -84,8 +102,21 @@ class KVReadView(Protocol):
 
     def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None: ...
 
+    def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:
+        """Stored events with start <= index < end (end None: no bound) in (index, sub)
+        order, at most `limit` of them (0: no limit)."""
+        ...
+
+    def events_floor(self) -> LogIndex:
+        """Events of entries at or below this index may be gone; none above it are."""
+        ...
+
+    def event_count(self) -> int:
+        """How many events are stored."""
+        ...
+
     def dump(self) -> StateDump:
-        """Everything, in canonical order."""
+        """Everything but the event log, in canonical order."""
         ...
 
 
@@ -122,6 +153,19 @@ class KVWriteView(KVReadView, Protocol):
         """Drop the client's cached replies with seq <= upto; return how many."""
         ...
 
+    def append_event(self, event: WatchEvent) -> None:
+        """Store an event; it must come after every stored one in (index, sub) order."""
+        ...
+
+    def drop_events(self, upto: LogIndex, limit: int) -> int:
+        """Remove the oldest events, at most `limit` (>= 1) and none with index > upto;
+        the floor rises to the index of the last one removed.  Returns how many."""
+        ...
+
+    def raise_events_floor(self, index: LogIndex) -> None:
+        """Set the floor to max(floor, index) (the events below are dropped separately)."""
+        ...
+
 
 class KVStore(Protocol):
     def applied_index(self) -> LogIndex:
@@ -148,7 +192,10 @@ class KVStore(Protocol):
 class _Data:
     """The twin's whole state.  Values are immutable, so a shallow copy is a snapshot."""
 
-    __slots__ = ("applied", "idle", "keys", "kvs", "log_time", "replies", "sessions", "tables")
+    __slots__ = (
+        "applied", "events", "events_floor", "idle", "keys", "kvs", "log_time", "replies",
+        "sessions", "tables",
+    )
 
     def __init__(self, tables: Iterable[str] = ()) -> None:
         self.applied = LogIndex(0)
@@ -162,6 +209,8 @@ class _Data:
         self.tables: dict[str, tuple[dict[bytes, bytes], list[bytes]]] = {
             name: ({}, []) for name in sorted(tables)
         }
+        self.events: list[WatchEvent] = []  # in (index, sub) order
+        self.events_floor = LogIndex(0)
 
     def copy(self) -> _Data:
         clone = _Data()
@@ -170,6 +219,7 @@ class _Data:
         clone.kvs, clone.keys = dict(self.kvs), list(self.keys)
         clone.sessions, clone.idle = dict(self.sessions), list(self.idle)
         clone.replies = {cid: dict(r) for cid, r in self.replies.items()}
+        clone.events, clone.events_floor = list(self.events), self.events_floor
         return clone
 
 
@@ -225,6 +275,18 @@ class _MemoryView:
         return StateDump(
             d.applied, d.log_time, tuple(d.kvs[k] for k in d.keys), sessions, tables
         )
+
+    def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:
+        evs = self._d.events
+        lo = bisect.bisect_left(evs, start, key=_event_index)
+        hi = len(evs) if end is None else max(lo, bisect.bisect_left(evs, end, key=_event_index))
+        return evs[lo : hi if limit == 0 else min(hi, lo + limit)]
+
+    def events_floor(self) -> LogIndex:
+        return self._d.events_floor
+
+    def event_count(self) -> int:
+        return len(self._d.events)
 
     # writes: each primitive sets one slot and records how to restore it
 
@@ -307,6 +369,36 @@ class _MemoryView:
             undo.append(functools.partial(self._set_reply_raw, client_id, seq, reply))
             self._set_reply_raw(client_id, seq, None)
         return len(doomed)
+
+    def append_event(self, event: WatchEvent) -> None:
+        evs = self._d.events
+        if evs and (evs[-1].index, evs[-1].sub) >= (event.index, event.sub):
+            raise ValueError(f"event ({event.index}, {event.sub}) out of order")
+        self._writable().append(lambda: evs.__delitem__(-1))  # undo runs newest first
+        evs.append(event)
+
+    def drop_events(self, upto: LogIndex, limit: int) -> int:
+        undo, d = self._writable(), self._d
+        n = min(limit, bisect.bisect_right(d.events, upto, key=_event_index))
+        if n > 0:
+            doomed, old_floor = d.events[:n], d.events_floor
+            undo.append(lambda: self._restore_events(doomed, old_floor))
+            del d.events[:n]
+            d.events_floor = LogIndex(max(old_floor, doomed[-1].index))
+        return n
+
+    def _restore_events(self, doomed: list[WatchEvent], floor: LogIndex) -> None:
+        self._d.events[:0] = doomed
+        self._d.events_floor = floor
+
+    def raise_events_floor(self, index: LogIndex) -> None:
+        old = self._d.events_floor
+        self._writable().append(lambda: setattr(self._d, "events_floor", old))
+        self._d.events_floor = LogIndex(max(old, index))
+
+
+def _event_index(event: WatchEvent) -> LogIndex:
+    return event.index
 
 
 class _MemoryTable:

@@ -10,10 +10,15 @@ Invariants:
   it is the only notion of time the state machine has.
 * A session's `outstanding` equals the number of replies cached for it; all
   cached replies have seq > `acked`.
+* A `WatchEvent` is identified by (index, sub): the Raft index of the entry
+  whose KV mutation it records and its position among that entry's events
+  (0, 1, ... in execution order).  The event log holds, for every index above
+  its floor, exactly the events that entry produced (docs/watch.md).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import NewType
 
@@ -43,6 +48,24 @@ class KeyValue:
     mod_revision: LogIndex  # index of the latest put
 
 
+class EventKind(enum.IntEnum):
+    """What a watch event records; the numbers are persisted, never renumber."""
+
+    PUT = 1
+    DELETE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change of one key, as the event log stores it and watchers receive it."""
+
+    index: LogIndex  # the log entry that made the change (= the put's mod_revision)
+    sub: int  # 0, 1, ... among the events of that entry (a txn yields several)
+    kind: EventKind
+    key: bytes
+    value: bytes | None  # the new value of a PUT; None (a tombstone) for a DELETE
+
+
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A client session (thesis §6.3); its cached replies are stored beside it."""
@@ -62,6 +85,8 @@ class StateDump:
     sessions: tuple[tuple[ClientId, SessionRecord, tuple[tuple[SeqNo, bytes], ...]], ...]
     # extension tables by name (sorted), each as its items in key order
     tables: tuple[tuple[str, tuple[tuple[bytes, bytes], ...]], ...] = ()
+    # Not the watch event log: like a snapshot, the dump is the replicated state,
+    # and the log's low end is compacted on each member's own schedule.
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +97,8 @@ class KVConfig:
     session_ttl_ms: int = 60_000  # a session expires this long after its last entry
     max_outstanding: int = 1_024  # cached replies per session before new seqs are refused
     expire_batch: int = 16  # idle sessions removed per applied entry (bounds apply cost)
+    # Watch events kept (the newest ones); 0 keeps every event until compact_events.
+    event_retention: int = 100_000
 
     def validate(self) -> KVConfig:
         if self.session_ttl_ms <= 0:
@@ -80,4 +107,6 @@ class KVConfig:
             raise ValueError("max_outstanding must be at least 1")
         if self.expire_batch < 1:
             raise ValueError("expire_batch must be at least 1 or sessions are never collected")
+        if self.event_retention < 0:
+            raise ValueError("event_retention must be >= 0 (0: keep every event)")
         return self

@@ -164,6 +164,8 @@ class MutexService:
         sender = NodeId(getattr(msg, "sender", 0))
         self._detector.heartbeat(PeerId(str(sender)), trio.current_time())
         if isinstance(msg, Heartbeat):
+            if msg.coordinator and self.election is not None:
+                self._elect(self.election.claim(ElectionId(sender), trio.current_time()))
             return
         if is_bully(msg) and self.election is not None:
             self.tracer.receive(self.name, node_name(sender), message_label(msg), lamport,
@@ -203,8 +205,9 @@ class MutexService:
 
     async def _heartbeats(self) -> None:
         while True:
+            claim = self.election is not None and self.election.leader == ElectionId(self.me)
             for peer in self.peers:
-                self._enqueue(peer, Heartbeat(self.me))
+                self._enqueue(peer, Heartbeat(self.me, coordinator=claim))
                 self.heartbeats += 1
             await trio.sleep(self._heartbeat)
 

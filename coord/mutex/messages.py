@@ -134,10 +134,13 @@ class RingEpoch(Notification):
 @notification("mutex.heartbeat")
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Notification):
-    """Feeds the failure detector; not a protocol message (never traced or counted)."""
+    """Feeds the failure detector; not a protocol message (never traced or counted).
+    `coordinator`: the sender's election core names itself leader - the
+    re-announcement that repairs a lost COORDINATOR (docs/election.md)."""
 
     sender: NodeId
     stamp: int = 0
+    coordinator: bool = False
 
 
 MutexMessage = (CRequest | CGrant | CRelease | CQuery | CState | RaRequest | RaReply

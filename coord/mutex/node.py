@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,8 +172,7 @@ class NodeControl:
     async def _resource(self, address: str, req: ResEnter | ResExit) -> bool:
         try:
             reply = await self.rpc.call(address, req, timeout=2.0)
-        except (RpcError, struct.error) as exc:
-            # struct.error: coord/rpc's negative budget when a connect overran (reported).
+        except RpcError as exc:
             log.warning("resource unreachable: %s", exc)
             return False
         return reply.ok
@@ -240,7 +238,7 @@ async def _wait_for_peers(rpc: RpcClient, config: NodeConfig) -> None:
                 try:
                     await rpc.call(address, Status(), timeout=0.5)
                     break
-                except (RpcError, struct.error):  # struct.error: see _resource
+                except RpcError:
                     await trio.sleep(0.05)
 
 

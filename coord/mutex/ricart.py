@@ -74,7 +74,6 @@ class RicartAgrawala:
         self._anchor = 0.0  # when it was broadcast
         self._replies: set[NodeId] = set()  # peers that answered this request
         self._deferred: dict[NodeId, int] = {}  # peer -> the ts we owe a reply to
-        self._replied_at: dict[NodeId, float] = {}  # peer -> our latest reply to it
         self._latest: dict[NodeId, int] = {}  # peer -> the ts of its latest request seen
         self._heard: dict[NodeId, float] = {}  # peer -> when we received its latest request
         self._last_event: float | None = None  # the latest `now` seen (pause detection)
@@ -95,7 +94,11 @@ class RicartAgrawala:
             return self._grant.expires_at
         if not self.wanting:
             return math.inf
-        late = [self._replied_at.get(p, -math.inf) + self.config.lease + self.config.epsilon
+        # When a suspected peer may be left out (see `_missing`); the latest of its
+        # conditions, for each such peer.
+        wait = self.config.lease + self.config.epsilon
+        own = self._anchor + 2 * self.config.max_delay
+        late = [max(self._heard.get(p, -math.inf) + wait, self._awake_since + wait, own)
                 for p in self._suspected if p not in self._replies]
         return min([t for t in late if t > now], default=math.inf)
 
@@ -168,7 +171,6 @@ class RicartAgrawala:
         return self.wanting and (self._ts, self.me) < (msg.ts, msg.sender)
 
     def _reply(self, to: NodeId, their_ts: int, now: float) -> Send:
-        self._replied_at[to] = now
         return Send(to, RaReply(self.lock, self.me, self.clock.tick(), their_ts, self._highest))
 
     def _answer_deferred(self, now: float) -> list[Effect]:

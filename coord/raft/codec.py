@@ -19,13 +19,17 @@ from coord.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
 
@@ -42,6 +46,9 @@ _TAGS: dict[type, int] = {
     HeartbeatResponse: 6,
     ReadIndexRequest: 7,
     ReadIndexResponse: 8,
+    InstallSnapshot: 9,
+    InstallSnapshotResponse: 10,
+    TimeoutNow: 11,
 }
 
 
@@ -78,7 +85,8 @@ def _encode_one(m: Message) -> list[Any]:
     head = [_TAGS[type(m)], m.src, m.dst, m.term]
     match m:
         case RequestVote():
-            return [*head, m.last_log_index, m.last_log_term, m.pre_vote]
+            vote = [*head, m.last_log_index, m.last_log_term, m.pre_vote]
+            return [*vote, True] if m.transfer else vote  # old layout unless transferring
         case RequestVoteResponse():
             return [*head, m.granted, m.pre_vote]
         case AppendEntries():
@@ -94,6 +102,15 @@ def _encode_one(m: Message) -> list[Any]:
             return [*head, bytes(m.ctx)]
         case ReadIndexResponse():
             return [*head, bytes(m.ctx), m.index]
+        case InstallSnapshot():
+            meta = m.meta
+            return [*head, [meta.index, meta.term, list(meta.voters), list(meta.learners),
+                            meta.size, meta.digest, [list(a) for a in meta.addresses]],
+                    m.offset, m.data]
+        case InstallSnapshotResponse():
+            return [*head, m.index, m.offset, m.done]
+        case TimeoutNow():
+            return head
 
 
 def _ids(raw: list[Any]) -> tuple[NodeId, NodeId, Term]:
@@ -102,7 +119,8 @@ def _ids(raw: list[Any]) -> tuple[NodeId, NodeId, Term]:
 
 def _d_vote(r: list[Any]) -> Message:
     s, d, t = _ids(r)
-    return RequestVote(s, d, t, LogIndex(_int(r[4])), Term(_int(r[5])), _bool(r[6]))
+    transfer = _bool(r[7]) if len(r) > 7 else False
+    return RequestVote(s, d, t, LogIndex(_int(r[4])), Term(_int(r[5])), _bool(r[6]), transfer)
 
 
 def _d_vote_resp(r: list[Any]) -> Message:
@@ -145,16 +163,57 @@ def _d_read_resp(r: list[Any]) -> Message:
     return ReadIndexResponse(s, d, t, ReadCtx(_bytes(r[4])), LogIndex(_int(r[5])))
 
 
-# tag -> (number of array items, decoder)
-_DECODERS: dict[int, tuple[int, Callable[[list[Any]], Message]]] = {
-    1: (7, _d_vote),
-    2: (6, _d_vote_resp),
-    3: (8, _d_append),
-    4: (9, _d_append_resp),
-    5: (6, _d_hb),
-    6: (5, _d_hb_resp),
-    7: (5, _d_read),
-    8: (6, _d_read_resp),
+def _node_ids(v: Any) -> tuple[NodeId, ...]:
+    if type(v) is not list:
+        raise CodecError("a configuration is a list of node ids")
+    return tuple(NodeId(_int(x)) for x in v)
+
+
+def _addresses(v: Any) -> tuple[tuple[NodeId, str], ...]:
+    if type(v) is not list or not all(
+        type(a) is list and len(a) == 2 and type(a[1]) is str for a in v
+    ):
+        raise CodecError("an address book is a list of [id, address]")
+    return tuple((NodeId(_int(a[0])), a[1]) for a in v)
+
+
+def _meta(v: Any) -> SnapshotMeta:
+    if type(v) is not list or len(v) != 7:
+        raise CodecError(
+            "a snapshot meta is [index, term, voters, learners, size, digest, addresses]"
+        )
+    index, term, voters, learners, size, digest, addresses = v
+    return SnapshotMeta(LogIndex(_int(index)), Term(_int(term)), _node_ids(voters),
+                        _node_ids(learners), _int(size), _int(digest), _addresses(addresses))
+
+
+def _d_snap(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return InstallSnapshot(s, d, t, _meta(r[4]), _int(r[5]), _bytes(r[6]))
+
+
+def _d_snap_resp(r: list[Any]) -> Message:
+    s, d, t = _ids(r)
+    return InstallSnapshotResponse(s, d, t, LogIndex(_int(r[4])), _int(r[5]), _bool(r[6]))
+
+
+def _d_timeout_now(r: list[Any]) -> Message:
+    return TimeoutNow(*_ids(r))
+
+
+# tag -> (accepted numbers of array items, decoder)
+_DECODERS: dict[int, tuple[tuple[int, ...], Callable[[list[Any]], Message]]] = {
+    1: ((7, 8), _d_vote),
+    2: ((6,), _d_vote_resp),
+    3: ((8,), _d_append),
+    4: ((9,), _d_append_resp),
+    5: ((6,), _d_hb),
+    6: ((5,), _d_hb_resp),
+    7: ((5,), _d_read),
+    8: ((6,), _d_read_resp),
+    9: ((7,), _d_snap),
+    10: ((7,), _d_snap_resp),
+    11: ((4,), _d_timeout_now),
 }
 
 
@@ -179,8 +238,8 @@ def decode_batch(payload: bytes) -> list[Message]:
         found = _DECODERS.get(item[0])
         if found is None:
             raise CodecError(f"unknown message tag {item[0]}")
-        size, decode = found
-        if len(item) != size:
-            raise CodecError(f"message tag {item[0]} needs {size} items, got {len(item)}")
+        sizes, decode = found
+        if len(item) not in sizes:
+            raise CodecError(f"message tag {item[0]} needs {sizes} items, got {len(item)}")
         out.append(decode(item))
     return out

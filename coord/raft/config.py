@@ -3,8 +3,11 @@
 Invariants enforced by `validate()`:
 * 0 < heartbeat_interval < election_timeout_min <= election_timeout_max, so a live
   leader's heartbeats reach followers several times per election timeout;
+* lease reads (if on) last election_timeout_min - clock_drift_bound > 0 and
+  need check-quorum;
 * the byte and count limits are positive, so replication always makes progress
-  (one entry larger than `max_append_bytes` is still sent alone).
+  (one entry larger than `max_append_bytes` is still sent alone);
+* snapshot_every >= 0 (0 disables snapshots), keep_tail >= 0.
 
 Times are plain numbers in the same unit as the `now` the driver passes to the
 core (seconds for real drivers, ticks in the simulator).
@@ -32,6 +35,19 @@ class RaftConfig:
     max_apply_bytes: int = 4 << 20  # committed payload handed out per Ready
     check_quorum: bool = True  # leader steps down without a recent majority (§6.2)
     pre_vote: bool = True  # pre-vote phase before a real election (thesis §9.6)
+    # Leader-lease reads (thesis §6.4.1, coord/raft/lease.py): off by default; safe only
+    # if no two members' clocks disagree by more than clock_drift_bound over one
+    # election_timeout_min.  Needs check_quorum (a leader without a quorum steps down).
+    lease_reads: bool = False
+    clock_drift_bound: float = 0.1  # same unit as the timeouts
+    max_learner_lag: int = 1000  # a learner further behind than this is not promoted
+    # Snapshots (used by drivers; the core only uses the chunk size): a snapshot is
+    # taken every `snapshot_every` applied entries (0: never), and the log is then
+    # compacted up to snapshot index - `keep_tail`, so a follower a little behind
+    # still catches up from the log instead of a whole snapshot.
+    snapshot_every: int = 10000
+    keep_tail: int = 1000
+    snapshot_chunk_bytes: int = 1 << 20  # bytes per InstallSnapshot message
 
     def validate(self) -> RaftConfig:
         """Return self if consistent, else raise ConfigError naming the broken relation."""
@@ -45,13 +61,22 @@ class RaftConfig:
                 f"election_timeout_max ({self.election_timeout_max}) < "
                 f"election_timeout_min ({self.election_timeout_min})"
             )
+        if self.lease_reads and not (
+            self.check_quorum and 0 <= self.clock_drift_bound < self.election_timeout_min
+        ):
+            raise ConfigError(
+                "lease_reads needs check_quorum and 0 <= clock_drift_bound "
+                f"({self.clock_drift_bound}) < election_timeout_min ({self.election_timeout_min})"
+            )
         for name in (
+            "max_learner_lag",
             "max_append_entries",
             "max_append_bytes",
             "max_inflight",
             "max_inflight_bytes",
             "max_uncommitted_bytes",
             "max_apply_bytes",
+            "snapshot_chunk_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -59,5 +84,10 @@ class RaftConfig:
             raise ConfigError(
                 f"max_inflight_bytes ({self.max_inflight_bytes}) < "
                 f"max_append_bytes ({self.max_append_bytes}): one full append could never fly"
+            )
+        if self.snapshot_every < 0 or self.keep_tail < 0:
+            raise ConfigError(
+                f"snapshot_every ({self.snapshot_every}) and keep_tail ({self.keep_tail}) "
+                "must be >= 0"
             )
         return self

@@ -17,6 +17,28 @@ Safety invariants this module maintains (fig. 2 and §5):
 * every message is emitted after the state it depends on is in the same or
   an earlier Ready, so persist-before-send in the driver is sufficient.
 
+Membership (thesis §4, `coord.raft.membership`): single-server changes as
+CONFIG entries, in force once appended; learners receive the log but are
+never counted in a quorum; a node that is not a voter in its configuration
+never campaigns; a leader that removed itself does not count its own replica
+and steps down once the removal commits.  Messages from nodes outside the
+configuration are processed (a joining node learns its configuration from
+the leader's log), except vote requests: a candidate must be a voter in our
+configuration (so a removed node cannot disrupt), and quorums only count
+voters.  Leadership transfer (§3.10): while a transfer runs the leader takes
+no proposals; it sends TimeoutNow once the target is caught up and gives up
+after an election timeout.  Optional leader-lease reads: `coord.raft.lease`.
+Snapshots (§7): the driver tells the core about each snapshot it takes
+(`snapshot_taken`) and raises the compaction floor (`compact`) before it
+truncates the store, so the core never reads what is being removed.  A
+follower whose next entry is below the leader's floor gets the leader's
+newest snapshot in `snapshot_chunk_bytes` chunks (InstallSnapshot); it
+accepts only the chunk at the offset it expects (its partial file's length,
+`partial` at construction) and answers with the offset it wants, so a
+transfer resumes after losses, reconnects and restarts on either side.  The
+last chunk is acknowledged only once the driver installed the snapshot
+(`snapshot_installed`), so a "done" promises the state is in place.
+
 Liveness extensions: pre-vote (thesis §9.6), check-quorum (§6.2), leader
 stickiness (§4.2.3: ignore vote requests while a leader was heard from within
 the minimum election timeout), fast log backtracking, batching, pipelining
@@ -32,18 +54,23 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from coord.raft.config import RaftConfig
+from coord.raft.lease import LeaderLease
 from coord.raft.logview import LogUnavailable, LogView, entry_size
+from coord.raft.membership import Membership, snapshot_membership, tracker_from_log
 from coord.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 from coord.raft.progress import Progress, ProgressState
 from coord.raft.quorum import MajorityConfig, VoteResult
@@ -57,9 +84,12 @@ from coord.raft.ready import (
     ReadQueued,
     ReadResult,
     Ready,
+    Refused,
     Role,
     SoftState,
 )
+from coord.raft.reconfig import ReconfigMixin
+from coord.raft.snapshot import SnapshotChunk, SnapshotMeta, SnapshotReader
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
 # Legal role changes (§5.2 and thesis §9.6); anything else is a bug in the core.
@@ -84,8 +114,11 @@ class ReadyOutstanding(RuntimeError):
     """`ready()` was called before the previous Ready was advanced (or advance misused)."""
 
 
-class RaftNode:
-    """One Raft member.  Not thread-safe; the driver serialises all calls."""
+class RaftNode(ReconfigMixin):
+    """One Raft member.  Not thread-safe; the driver serialises all calls.
+
+    Membership changes, leadership transfer and lease reads live in
+    `coord.raft.reconfig.ReconfigMixin`."""
 
     def __init__(
         self,
@@ -98,12 +131,25 @@ class RaftNode:
         rng: random.Random,
         now: float,
         applied: LogIndex = _NO_INDEX,
+        membership: Membership | None = None,
+        snapshot: SnapshotMeta | None = None,
+        snapshots: SnapshotReader | None = None,
+        partial: tuple[SnapshotMeta, int] | None = None,
     ) -> None:
         self.id = node_id
         self.config = config.validate()
         self.rng = rng
-        self.voters = MajorityConfig(frozenset({node_id, *peers}))
-        self.peers: tuple[NodeId, ...] = tuple(sorted(self.voters.voters - {node_id}))
+        # `membership` is the bootstrap configuration (default: `peers` and self as
+        # voters); CONFIG entries in the log override it (membership.tracker_from_log).
+        base = membership if membership is not None else Membership.of({node_id, *peers})
+        if snapshot is not None:  # the log may be compacted past CONFIG entries
+            self.conf = tracker_from_log(
+                log, hard_state.commit, snapshot_membership(snapshot), snapshot.index
+            )
+        else:
+            self.conf = tracker_from_log(log, hard_state.commit, base)
+        self.voters = MajorityConfig(self.conf.current.voters)  # quorums count these only
+        self.peers = tuple(sorted(self.conf.current.members - {node_id}))  # learners too
         self.term = hard_state.term  # latest term seen (persisted)
         self.vote = hard_state.vote  # candidate voted for in `term` (persisted)
         self.log = RaftLog(log, hard_state.commit, applied)
@@ -119,6 +165,15 @@ class RaftNode:
         self.uncommitted: deque[tuple[LogIndex, int]] = deque()  # LEADER: own uncommitted sizes
         self.uncommitted_bytes = 0
         self.reads = ReadIndexTracker()
+        self.transfer_target: NodeId | None = None  # LEADER: handing over to this voter
+        self.transfer_deadline = 0.0  # LEADER: abort the transfer at this time
+        self.lease = LeaderLease(config.election_timeout_min - config.clock_drift_bound)
+        self._now = now  # the latest time seen (tick/step): never later than real time
+        self.snapshot = snapshot  # the newest complete snapshot this member holds
+        self.snapshots = snapshots  # reads its bytes (leader: InstallSnapshot)
+        self.receiving = partial  # FOLLOWER: (snapshot, bytes durably received)
+        self.installing: tuple[SnapshotMeta, NodeId] | None = None  # complete, being installed
+        self._snapshot_writes: list[SnapshotChunk] = []
         self._outbox: list[Message] = []
         self._failed_reads: list[ReadCtx] = []
         self._needs_flush = False  # LEADER: appends/read rounds may be due at ready()
@@ -133,11 +188,16 @@ class RaftNode:
             Role.LEADER: self._step_leader,
         }
         self._reset_election_timer(now)
+        if config.lease_reads:
+            # A restarted member may have acknowledged a lease just before it crashed:
+            # it grants no vote for one election timeout (see _in_lease).
+            self.last_leader_contact = now
         self._note(now, f"start term={self.term} vote={self.vote} commit={self.log.committed}")
 
     # ------------------------------------------------------------------ inputs
     def tick(self, now: float) -> None:
         """Advance timers to `now`: heartbeats and check-quorum (leader), elections (others)."""
+        self._now = max(self._now, now)
         if self.role is Role.LEADER:
             if now >= self.heartbeat_deadline:
                 self.heartbeat_deadline = now + self.config.heartbeat_interval
@@ -145,13 +205,25 @@ class RaftNode:
             if self.config.check_quorum and now >= self.quorum_deadline:
                 self.quorum_deadline = now + self.config.election_timeout_min
                 self._check_quorum(now)
+            if self.transfer_target is not None and now >= self.transfer_deadline:
+                self._note(now, f"transfer to {self.transfer_target} timed out")
+                self.transfer_target = None
         elif now >= self.election_deadline:
-            self._campaign(now, pre_vote=self.config.pre_vote)
+            # Thesis §4.2.2: a node whose removal is not committed may still be needed
+            # to elect a leader (it may hold the longest log); its own vote does not
+            # count.  Learners and nodes whose removal committed never campaign.
+            if self.id in self.voters.voters or self.id in self.conf.committed.voters:
+                self._campaign(now, pre_vote=self.config.pre_vote)
+            else:
+                self._reset_election_timer(now)
 
     def step(self, msg: Message, now: float) -> None:
         """Handle one message from a peer (duplicates, delays and reordering are fine)."""
-        if msg.dst != self.id or msg.src not in self.voters.voters or msg.src == self.id:
+        if msg.dst != self.id or msg.src == self.id:
             return
+        if isinstance(msg, RequestVote) and msg.src not in self.voters.voters:
+            return  # not a voter in our configuration (removed, or a learner): no disruption
+        self._now = max(self._now, now)
         if msg.term > self.term:
             if not self._adopt_higher_term(msg, now):
                 return
@@ -167,6 +239,8 @@ class RaftNode:
         """Append a command if leader; the caller learns its fate from the applied entry."""
         if self.role is not Role.LEADER:
             return NotLeader(self.leader)
+        if self.transfer_target is not None:
+            return Refused(f"leadership transfer to {self.transfer_target} in progress")
         entry = Entry(self.term, LogIndex(self.log.last_index() + 1), EntryKind.COMMAND, data)
         limit = self.config.max_uncommitted_bytes
         if self.uncommitted_bytes and self.uncommitted_bytes + entry_size(entry) > limit:
@@ -174,9 +248,14 @@ class RaftNode:
         self._leader_append(entry)
         return Proposed(entry.index, entry.term)
 
-    def read_index(self, ctx: ReadCtx) -> ReadResult:
-        """Start a linearizable read; its ReadState appears in a later Ready (thesis §6.4)."""
+    def read_index(self, ctx: ReadCtx, now: float | None = None) -> ReadResult:
+        """Start a linearizable read; its ReadState appears in a later Ready (thesis §6.4).
+
+        With `lease_reads` and the current time `now`, a leader holding a valid
+        lease answers from its commit index without a heartbeat round (§6.4.1)."""
         if self.role is Role.LEADER:
+            if now is not None and self._lease_read(ctx, self.id, now):
+                return ReadQueued(ctx)
             self.reads.request(PendingRead(ctx, self.id), self._committed_in_term())
             self._needs_flush = True
             return ReadQueued(ctx)
@@ -185,12 +264,52 @@ class RaftNode:
             return ReadQueued(ctx)
         return NotLeader(None)
 
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
+        """The driver durably stored a snapshot of this member's state (the newest)."""
+        if self.snapshot is None or meta.index > self.snapshot.index:
+            self.snapshot = meta
+
+    def compact(self, index: LogIndex) -> Term:
+        """Stop reading entries <= index (<= applied); returns term(index) for the store's
+        `truncate_prefix`, which the driver calls after this."""
+        return self.log.compact_to(index)
+
+    def snapshot_installed(self, meta: SnapshotMeta) -> None:
+        """The driver verified the received snapshot and, if meta.index > the applied
+        index, replaced the state machine's state with it.  Call this *before* the
+        store's `truncate_prefix(meta.index, meta.term)`: the core decides from its
+        log as it stands whether the entries after the snapshot are kept, by the
+        store's rule (§7), and from here on it never reads below the new floor.
+        The "done" goes out in the next Ready, after that truncation."""
+        if self.installing is None or self.installing[0] != meta:
+            return
+        leader = self.installing[1]
+        self.installing = self.receiving = None
+        if meta.index > self.log.applied:  # the driver replaced the state in exactly this case
+            self.log.restore(meta.index, meta.term)
+            # The snapshot's configuration, then any CONFIG entries kept after it.
+            self.conf = tracker_from_log(
+                self.log, self.log.committed, snapshot_membership(meta), meta.index
+            )
+            self._use_membership()
+        self.snapshot_taken(meta)
+        self._send(InstallSnapshotResponse(self.id, leader, self.term, meta.index, meta.size, True))
+
+    def snapshot_corrupt(self, meta: SnapshotMeta) -> None:
+        """The assembled snapshot failed its digest: forget it and ask for it from byte 0."""
+        if self.installing is None or self.installing[0] != meta:
+            return
+        leader = self.installing[1]
+        self.installing = self.receiving = None
+        self._send(InstallSnapshotResponse(self.id, leader, self.term, meta.index, 0, False))
+
     # ------------------------------------------------------------------ outputs
     def has_ready(self) -> bool:
         if self._outstanding is not None:
             return False
         return bool(
             self._outbox
+            or self._snapshot_writes
             or self._needs_flush
             or self.log.unstable
             or self.log.committed > self.log.applied
@@ -205,6 +324,7 @@ class RaftNode:
         """Collect every pending effect; the driver handles it, then calls advance()."""
         if self._outstanding is not None:
             raise ReadyOutstanding("advance() the previous Ready first")
+        self.conf.commit_to(self.log.committed)
         if self._needs_flush and self.role is Role.LEADER:
             self._flush()
         self._needs_flush = False
@@ -235,8 +355,9 @@ class RaftNode:
             read_states=tuple(self.reads.take_ready(applied)),
             failed_reads=tuple(self._failed_reads),
             soft_state=self.soft_state(),
+            snapshot_chunks=tuple(self._snapshot_writes),
         )
-        self._outbox, self._failed_reads = [], []
+        self._outbox, self._failed_reads, self._snapshot_writes = [], [], []
         self._outstanding = rd
         return rd
 
@@ -281,20 +402,20 @@ class RaftNode:
     def _adopt_higher_term(self, msg: Message, now: float) -> bool:
         """Fig. 2 "all servers": a higher term makes us a follower; False = drop msg."""
         if isinstance(msg, RequestVote):
-            if self._in_lease(now):
+            if self._in_lease(now) and not msg.transfer:
                 return False  # leader stickiness: a live leader exists, ignore the disruption
             if msg.pre_vote:
                 return True  # a pre-vote never changes our term
         elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the term we are about to campaign in
-        leader = msg.src if isinstance(msg, AppendEntries | Heartbeat) else None
+        leader = msg.src if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot) else None
         self._become_follower(now, msg.term, leader, "higher term")
         return True
 
     def _answer_stale(self, msg: Message) -> None:
         """Tell a node stuck in an older term about ours, so a deposed leader steps
         down and a pre-candidate gives up; other stale messages are dropped."""
-        if isinstance(msg, AppendEntries | Heartbeat):
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
             self._send(AppendEntriesResponse(self.id, msg.src, self.term, success=False))
         elif isinstance(msg, RequestVote):
             self._send(RequestVoteResponse(self.id, msg.src, self.term, False, msg.pre_vote))
@@ -303,9 +424,8 @@ class RaftNode:
         if self.role is Role.LEADER:
             return True
         return (
-            self.leader is not None
-            and now - self.last_leader_contact < self.config.election_timeout_min
-        )
+            self.leader is not None or self.config.lease_reads
+        ) and now - self.last_leader_contact < self.config.election_timeout_min
 
     def _set_role(self, now: float, role: Role, why: str) -> None:
         if role not in _TRANSITIONS[self.role]:
@@ -331,6 +451,8 @@ class RaftNode:
         self.uncommitted.clear()
         self.uncommitted_bytes = 0
         self._needs_flush = False
+        self.transfer_target = None
+        self.lease.reset()
         self._failed_reads.extend(r.ctx for r in self.reads.abandon() if r.origin == self.id)
 
     def _reset_election_timer(self, now: float) -> None:
@@ -341,7 +463,7 @@ class RaftNode:
         self._history.append(f"t={now:g} {what}")
 
     # ------------------------------------------------------------------ elections
-    def _campaign(self, now: float, pre_vote: bool) -> None:
+    def _campaign(self, now: float, pre_vote: bool, transfer: bool = False) -> None:
         """Election timeout elapsed (§5.2), or a pre-vote round was won (§9.6)."""
         if pre_vote:
             self._set_role(now, Role.PRE_CANDIDATE, "election timeout")
@@ -354,8 +476,8 @@ class RaftNode:
         self.votes = {self.id: True}
         self._reset_election_timer(now)
         last_index, last_term = self.log.last_index(), self.log.last_term()
-        for peer in self.peers:
-            self._send(RequestVote(self.id, peer, term, last_index, last_term, pre_vote))
+        for peer in sorted(self.voters.voters - {self.id}):
+            self._send(RequestVote(self.id, peer, term, last_index, last_term, pre_vote, transfer))
         self._tally(now)
 
     def _handle_vote_request(self, m: RequestVote, now: float) -> None:
@@ -395,6 +517,7 @@ class RaftNode:
         self.votes = {}
         last = self.log.last_index()
         self.progress = {p: Progress(last) for p in self.peers}
+        self.lease.reset()
         self.heartbeat_deadline = now + self.config.heartbeat_interval
         self.quorum_deadline = now + self.config.election_timeout_min
         # §5.4.2 / §8: a no-op of our term lets us commit (and serve reads) soon.
@@ -412,9 +535,17 @@ class RaftNode:
             self._send(HeartbeatResponse(self.id, m.src, self.term, m.read_round))
         elif isinstance(m, ReadIndexResponse):
             self.reads.waiting_apply.append(ReadState(m.ctx, m.index))
+        elif isinstance(m, TimeoutNow) and self.id in self.voters.voters:
+            # §3.10: our leader hands over; campaign now, skipping pre-vote, and let
+            # the voters ignore stickiness (they still check our log is up to date).
+            self._note(now, f"TimeoutNow from {m.src}")
+            self._campaign(now, pre_vote=False, transfer=True)
+        elif isinstance(m, InstallSnapshot):
+            self._heard_from_leader(m.src, now)
+            self._handle_snapshot(m)
 
     def _step_candidate(self, m: Message, now: float) -> None:
-        if isinstance(m, AppendEntries | Heartbeat):
+        if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
             # §5.2: a leader of our term exists; recognise it and process the message.
             self._become_follower(now, self.term, m.src, "leader of this term found")
             self._step_follower(m, now)
@@ -426,6 +557,8 @@ class RaftNode:
 
     def _step_leader(self, m: Message, now: float) -> None:
         if isinstance(m, ReadIndexRequest):
+            if self._lease_read(m.ctx, m.src, now):
+                return
             self.reads.request(PendingRead(m.ctx, m.src), self._committed_in_term())
             self._needs_flush = True
             return
@@ -435,9 +568,13 @@ class RaftNode:
         pr.recent_active = True
         if isinstance(m, AppendEntriesResponse):
             self._handle_append_response(m, pr)
+        elif isinstance(m, InstallSnapshotResponse):
+            self._handle_snapshot_response(m, pr)
         elif isinstance(m, HeartbeatResponse) and m.read_round > pr.read_round:
             pr.read_round = m.read_round
             self._confirm_reads()
+            if self.config.lease_reads:
+                self.lease.acked(self.voters.quorum_value(self._read_acks()))
 
     def _heard_from_leader(self, leader: NodeId, now: float) -> None:
         self.leader = leader
@@ -460,6 +597,7 @@ class RaftNode:
             prev, prev_term, entries = committed, self.log.term(committed), entries[skip:]
         match = self.log.maybe_append(prev, prev_term, entries)
         if match is not None:
+            self._config_appended(entries)
             self.log.commit_to(LogIndex(min(m.leader_commit, match)))
             self._send(reply(self.id, m.src, self.term, True, match_index=match))
             return
@@ -481,6 +619,8 @@ class RaftNode:
         if m.success:
             if pr.acked(m.match_index):
                 self._maybe_commit()
+                if m.src == self.transfer_target:
+                    self._maybe_timeout_now(m.src)
         else:
             retry = self.log.find_conflict_by_term(m.hint_index, m.hint_term) + 1
             pr.rejected(m.reject_index, LogIndex(retry))
@@ -514,6 +654,11 @@ class RaftNode:
         if not had_term_commit and self._committed_in_term():
             self.reads.term_committed()
         self._needs_flush = True
+        if self.conf.has_pending and self.conf.pending[0][0] <= index:
+            self.conf.commit_to(index)
+            self._use_membership()  # stop replicating to nodes whose removal committed
+        if self.id not in self.conf.committed.voters:
+            self._step_down_removed()
 
     def _committed_in_term(self) -> bool:
         return self.role is Role.LEADER and self.log.committed >= self.term_start
@@ -530,6 +675,10 @@ class RaftNode:
 
     def _send_appends(self, peer: NodeId, pr: Progress, last: LogIndex) -> None:
         cfg = self.config
+        if pr.state is ProgressState.SNAPSHOT:
+            if not pr.probe_sent:
+                self._send_snapshot(peer, pr)
+            return
         if pr.state is ProgressState.PROBE:
             if not pr.probe_sent and pr.match < last:
                 self._send_append(peer, pr, last)
@@ -543,10 +692,10 @@ class RaftNode:
 
     def _send_append(self, peer: NodeId, pr: Progress, last: LogIndex) -> None:
         prev = LogIndex(pr.next - 1)
-        try:
-            prev_term = self.log.term(prev)
-        except LogUnavailable as exc:  # compacted: needs InstallSnapshot (Raft part 2)
-            raise NotImplementedError(f"follower {peer} needs a snapshot at {prev}") from exc
+        if prev < self.log.first_index() - 1:  # compacted away: only a snapshot helps (§7)
+            self._send_snapshot(peer, pr)
+            return
+        prev_term = self.log.term(prev)
         hi = LogIndex(min(last + 1, pr.next + self.config.max_append_entries))
         entries = tuple(self.log.entries(pr.next, hi, self.config.max_append_bytes))
         nbytes = sum(entry_size(e) for e in entries)
@@ -556,6 +705,57 @@ class RaftNode:
         pr.sent(entries[-1].index if entries else prev, nbytes)
         pr.commit_sent = self.log.committed
 
+    # ------------------------------------------------------------------ snapshots
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        """Send the chunk the follower asked for; switch to our newest snapshot when the
+        one being streamed is gone (a new snapshot id restarts at byte 0)."""
+        meta = self.snapshot
+        if meta is None or self.snapshots is None:
+            raise LogUnavailable(f"follower {peer} needs entry {pr.next}: compacted, no snapshot")
+        if pr.state is not ProgressState.SNAPSHOT or pr.snapshot is None:
+            pr.become_snapshot(meta)
+        assert pr.snapshot is not None
+        size = self.config.snapshot_chunk_bytes
+        data = self.snapshots.read(pr.snapshot, pr.snap_offset, size)
+        if data is None and pr.snapshot != meta:
+            pr.become_snapshot(meta)
+            data = self.snapshots.read(meta, 0, size)
+        if data is None:
+            return  # our own snapshot is unreadable right now: retried next heartbeat
+        self._send(InstallSnapshot(self.id, peer, self.term, pr.snapshot, pr.snap_offset, data))
+        pr.probe_sent = True
+
+    def _handle_snapshot_response(self, m: InstallSnapshotResponse, pr: Progress) -> None:
+        if m.done:
+            if m.index > pr.match or pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_done(m.index)
+        elif pr.snapshot is not None and m.index == pr.snapshot.index:
+            pr.snapshot_progress(m.offset)  # pr.snapshot is set only in SNAPSHOT
+        self._needs_flush = True
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        """Follower: take the chunk at the offset we expect, answer with the next one."""
+        meta = m.meta
+        if meta.index <= self.log.committed:  # we hold all it covers already
+            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, 0, True))
+            return
+        if self.installing is not None:
+            return  # the complete snapshot is being installed; its "done" follows
+        have = self.receiving[1] if self.receiving and self.receiving[0] == meta else 0
+        end = m.offset + len(m.data)
+        if m.offset != have or end > meta.size or (m.offset == end < meta.size):
+            # Not the bytes we need next (lost, duplicated or a new snapshot mid-way):
+            # say where we are; a new snapshot restarts from 0.
+            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, have, False))
+            return
+        self.receiving = (meta, end)
+        last = end == meta.size
+        self._snapshot_writes.append(SnapshotChunk(meta, m.offset, m.data, last))
+        if last:
+            self.installing = (meta, m.src)
+        else:
+            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, end, False))
+
     # ------------------------------------------------------------------ heartbeats, reads
     def _heartbeat_round(self) -> None:
         last = self.log.last_index()
@@ -564,7 +764,16 @@ class RaftNode:
         self._broadcast_heartbeats()
         self._needs_flush = True  # a probe may be due again
 
+    def _read_acks(self) -> dict[NodeId, int]:
+        acked = {p: pr.read_round for p, pr in self.progress.items()}
+        acked[self.id] = self.reads.last_round
+        return acked
+
     def _broadcast_heartbeats(self) -> None:
+        if self.config.lease_reads and self.transfer_target is None:
+            # Every broadcast is a new round, so an ack dates the follower's contact.
+            self.reads.last_round += 1
+            self.lease.sent(self.reads.last_round, self._now)
         commit, round_id = self.log.committed, self.reads.last_round
         for peer, pr in self.progress.items():
             self._send(Heartbeat(self.id, peer, self.term, min(commit, pr.match), round_id))
@@ -573,9 +782,7 @@ class RaftNode:
         """Release every read round acknowledged by a quorum (ourselves included)."""
         if not self.reads.rounds:
             return
-        acked = {p: pr.read_round for p, pr in self.progress.items()}
-        acked[self.id] = self.reads.last_round
-        confirmed = self.voters.quorum_value(acked)
+        confirmed = self.voters.quorum_value(self._read_acks())
         for read in self.reads.confirm(confirmed):
             if read.origin == self.id:
                 self.reads.waiting_apply.append(ReadState(read.ctx, read.index))

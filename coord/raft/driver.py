@@ -41,6 +41,15 @@ Invariants:
   log, so a crash only replays it.  Reads wait for the commit.
 * Outgoing messages go through one bounded queue per peer; a full queue or a
   dead peer drops messages, which Raft tolerates (it retransmits on its own).
+* The peers are the other members of the configuration in force (the newest
+  CONFIG entry in the log): after each Ready the driver starts a sender for a
+  new member and stops the sender of a removed one, and tells its listeners
+  (`on_membership`) so the transport and the services learn new addresses.
+* Snapshots (when given a `SnapshotFiles`; `coord.raft.snapdriver`): chunks
+  received are written and fsynced in the persist step; a completed one is
+  installed after `advance` (Ready step 6) before the next Ready; at every
+  multiple of `snapshot_every` the apply batch is split, the state pinned
+  there (a read transaction) and streamed to a snapshot in a background task.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import trio
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
 from coord.raft.logview import entry_size
+from coord.raft.membership import ConfChange, Membership
 from coord.raft.messages import (
     AppendEntries,
     Heartbeat,
@@ -65,7 +75,19 @@ from coord.raft.messages import (
     RequestVoteResponse,
 )
 from coord.raft.readindex import ReadState
-from coord.raft.ready import NotLeader, Overloaded, Proposed, ReadQueued, Ready, Role
+from coord.raft.ready import (
+    NotLeader,
+    Overloaded,
+    Proposed,
+    ReadQueued,
+    Ready,
+    Refused,
+    Role,
+    TransferStarted,
+)
+from coord.raft.snapdriver import SnapshotKeeper, SnapshotStateMachine
+from coord.raft.snapfile import SnapshotFiles
+from coord.raft.snapshot import SnapshotChunk, SnapshotMeta
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
 
@@ -118,7 +140,11 @@ class ProposalLost(RaftUnavailable):
 
 
 class Busy(RaftUnavailable):
-    """The leader holds too many uncommitted bytes; retry shortly."""
+    """The leader holds too many uncommitted bytes, or a transfer runs; retry shortly."""
+
+
+class ChangeRefused(RaftUnavailable):
+    """The leader refused a membership change or a transfer; the message says why."""
 
 
 @dataclass(slots=True)
@@ -152,6 +178,12 @@ class DriverStatus:
     peers: tuple[NodeId, ...]
     match: Mapping[NodeId, int]  # leader only: replicated index per follower
     fsyncs: int = 0  # durable commits of the Raft log so far (storage adapters that count)
+    voters: tuple[NodeId, ...] = ()
+    learners: tuple[NodeId, ...] = ()
+    first_index: int = 1  # first entry still in the log (compaction point + 1)
+    snapshot_index: int = 0  # newest snapshot this member holds (0: none)
+    snapshots_taken: int = 0  # since start
+    snapshots_installed: int = 0  # received from a leader, since start
 
 
 class RaftDriver(Generic[A]):
@@ -174,12 +206,22 @@ class RaftDriver(Generic[A]):
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = trio.current_time,
+        membership: Membership | None = None,
+        snapshots: SnapshotFiles | None = None,
     ) -> None:
+        """`membership` is the bootstrap configuration (default: `peers` as voters;
+        `Membership.of(())` for a node joining an existing cluster)."""
         self.id = node_id
         self._storage = storage
         self._fsm = fsm
         self._transport = transport
         self._clock = clock
+        self._keeper: SnapshotKeeper | None = None
+        if snapshots is not None:
+            if not isinstance(fsm, SnapshotStateMachine):
+                raise TypeError(f"{type(fsm).__name__} cannot take snapshots")
+            self._keeper = SnapshotKeeper(snapshots, storage, fsm, config)
+            self._keeper.recover()  # before reading the applied index: it may move
         hs = storage.load()
         applied = fsm.applied_index
         # An applied entry was committed, whatever commit index we last persisted.
@@ -187,9 +229,13 @@ class RaftDriver(Generic[A]):
         self.core = RaftNode(
             node_id, peers, config, log=storage, hard_state=hs,
             rng=rng if rng is not None else random.Random(),
-            now=clock(), applied=applied,
+            now=clock(), applied=applied, membership=membership,
+            snapshot=snapshots.latest() if snapshots else None, snapshots=snapshots,
+            partial=snapshots.partial() if snapshots else None,
         )
-        self._peers = tuple(p for p in peers if p != node_id)
+        self._membership = self.core.membership
+        self._peers = self.core.peers
+        self.on_membership: list[Callable[[Membership], None]] = []  # called on every change
         self._wake = trio.Event()
         self._proposals: dict[LogIndex, _Waiter[A]] = {}
         self._reads: dict[ReadCtx, _ReadWaiter] = {}
@@ -203,19 +249,50 @@ class RaftDriver(Generic[A]):
         # (term, vote) as last written to storage: a Ready that changes either
         # sends nothing before its fsync.
         self._durable_term_vote = (hs.term, hs.vote)
+        self._completed: tuple[SnapshotMeta, bool] | None = None  # received, to install
+        self._nursery: trio.Nursery | None = None  # for background snapshot takes
+        # Apply jobs sent and not yet finished; `_drained` is set when it drops to 0
+        # (a snapshot install waits for that: it replaces the state underneath).
+        self._apply_pending = 0
+        self._drained = trio.Event()
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled."""
         async with trio.open_nursery() as nursery:
-            for peer in self._peers:
-                send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
-                self._outboxes[peer] = send
-                nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+            self._nursery = nursery
             self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
             nursery.start_soon(self._applier, jobs, name="raft-apply")
+            self._sync_peers()
             task_status.started()
             await self._loop()
+
+    def _sync_peers(self) -> None:
+        """One sender per other member of the configuration in force."""
+        assert self._nursery is not None
+        for peer in self._peers:
+            if peer not in self._outboxes:
+                self._open_outbox(peer)
+        for peer in [p for p in self._outboxes if p not in self._peers]:
+            self._outboxes.pop(peer).close()  # its sender drains what is queued, then ends
+
+    def _open_outbox(self, peer: NodeId) -> trio.MemorySendChannel[Message]:
+        assert self._nursery is not None
+        send, recv = trio.open_memory_channel[Message](self.PEER_QUEUE)
+        self._outboxes[peer] = send
+        self._nursery.start_soon(self._sender, peer, recv, name=f"raft-send-{peer}")
+        return send
+
+    def _note_membership(self) -> None:
+        m = self.core.membership
+        if m == self._membership:
+            return
+        log.info("node %d: configuration voters=%s learners=%s", self.id,
+                 sorted(m.voters), sorted(m.learners))
+        self._membership, self._peers = m, self.core.peers
+        for listener in self.on_membership:
+            listener(m)  # before the senders start, so they find the new addresses
+        self._sync_peers()
 
     async def _loop(self) -> None:
         while True:
@@ -227,6 +304,9 @@ class RaftDriver(Generic[A]):
                 rd = self.core.ready()
                 await self._handle(rd)
                 self.core.advance(rd)
+                if self._completed is not None:
+                    await self._drain_applier()  # the install replaces the state
+                    await self._install(*self._completed)
                 self.core.tick(self._clock())
 
     def _sleep_until(self) -> float:
@@ -244,15 +324,19 @@ class RaftDriver(Generic[A]):
             self._enqueue(msg)
         if persist:
             await self._persist(rd)
+        if rd.snapshot_chunks:
+            self._completed = await trio.to_thread.run_sync(self._write_chunks, rd.snapshot_chunks)
         # 2. send, only now that what the messages promise is durable.
         self._send_rest(rd, early)
         # 3. apply, and 4. serve reads (their index is <= what is applied once
         # the job's entries are): queued to the applier, which keeps their order.
         if rd.committed_entries or rd.read_states:
+            self._apply_pending += 1
             await self._apply_jobs.send((rd.committed_entries, rd.read_states))
         for ctx in rd.failed_reads:
             self._finish_read(ctx, None)
         self._note_leader(rd)
+        self._note_membership()
 
     async def _persist(self, rd: Ready) -> None:
         if rd.soft_state.role is not Role.LEADER and (
@@ -296,8 +380,18 @@ class RaftDriver(Generic[A]):
             for _, read_states in batch:
                 for rs in read_states:
                     self._finish_read(rs.ctx, rs.index)
+            self._apply_pending -= len(batch)
+            if not self._apply_pending:
+                self._drained.set()
 
-    async def _apply(self, entries: Sequence[Entry]) -> Sequence[A]:
+    async def _drain_applier(self) -> None:
+        """Wait until every queued apply job is done (the core's applied index is
+        then the state store's)."""
+        while self._apply_pending:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    async def _apply_batch(self, entries: Sequence[Entry]) -> Sequence[A]:
         """Apply in a worker thread.  When clients wait for some of these entries,
         they are answered as soon as the outcomes are known, before the state
         store's commit and fsync: an outcome is a function of the committed
@@ -347,6 +441,56 @@ class RaftDriver(Generic[A]):
                 log.info("node %d: vote granted to %d in term %d", self.id, msg.dst, msg.term)
             self._enqueue(msg)
 
+    # ------------------------------------------------------------------ snapshots
+    def _write_chunks(self, chunks: Sequence[SnapshotChunk]) -> tuple[SnapshotMeta, bool] | None:
+        """Worker thread: write received chunks; the completed snapshot and its check."""
+        assert self._keeper is not None, "the core sends chunks only to a member with snapshots"
+        done = None
+        for chunk in chunks:
+            if chunk.offset == 0:
+                log.info("node %d: receiving snapshot %d (%d bytes)", self.id, chunk.meta.index,
+                         chunk.meta.size)
+            ok = self._keeper.files.write_chunk(chunk)
+            if chunk.last:
+                done = (chunk.meta, ok)
+        return done
+
+    async def _install(self, meta: SnapshotMeta, ok: bool) -> None:
+        assert self._keeper is not None
+        self._completed = None
+        if await self._keeper.install(self.core, meta, ok):
+            self._applied = meta.index
+            # Proposals at or below it were committed or lost: we cannot tell which,
+            # and retrying is safe (the state machine drops duplicates).
+            for index in [i for i in self._proposals if i <= meta.index]:
+                waiter = self._proposals.pop(index)
+                waiter.lost = True
+                waiter.done.set()
+
+    async def _apply(self, entries: Sequence[Entry]) -> list[A]:
+        """Apply; at a snapshot boundary, pin the state exactly there in between."""
+        keeper, nursery = self._keeper, self._nursery
+        cut = keeper.boundary(entries) if keeper is not None and nursery else None
+        if cut is None or keeper is None or nursery is None:
+            return list(await self._apply_batch(entries))
+        k = cut - entries[0].index + 1
+        results = list(await self._apply_batch(entries[:k]))
+        source = await trio.to_thread.run_sync(keeper.open_source)
+        keeper.taking = True
+
+        async def take() -> None:
+            try:
+                await keeper.take(self.core, source)
+            except Exception:  # a failed snapshot is retried later; the log simply grows
+                log.exception("node %d: taking a snapshot failed", self.id)
+            finally:
+                keeper.taking = False
+
+        nursery.start_soon(take, name="raft-snapshot")
+        if entries[k:]:
+            results += await self._apply_batch(entries[k:])
+        return results
+
     def _note_leader(self, rd: Ready) -> None:
         leader = rd.soft_state.leader
         if leader != self._last_leader:
@@ -364,8 +508,11 @@ class RaftDriver(Generic[A]):
     # ------------------------------------------------------------------ transport
     def _enqueue(self, msg: Message) -> None:
         box = self._outboxes.get(msg.dst)
+        if box is None and self._nursery is not None:
+            # Not a member we know of (we are joining, or it was removed): answer it
+            # anyway; the transport drops it if it has no address for that node.
+            box = self._open_outbox(msg.dst)
         if box is None:
-            log.warning("node %d: message for unknown peer %d dropped", self.id, msg.dst)
             return
         try:
             box.send_nowait(msg)
@@ -379,7 +526,7 @@ class RaftDriver(Generic[A]):
             while len(batch) < 512:
                 try:
                     batch.append(recv.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):  # closed: the peer was removed
                     break
             if backoff and self._clock() < backoff:
                 self.dropped_messages += len(batch)  # peer recently unreachable
@@ -427,6 +574,8 @@ class RaftDriver(Generic[A]):
                 raise RaftUnavailable("not the leader", hint)
             case Overloaded(used, limit):
                 raise Busy(f"{used} uncommitted bytes (limit {limit})", self.id)
+            case Refused(reason):
+                raise Busy(reason, self.id)
             case Proposed(index, term):
                 waiter: _Waiter[A] = _Waiter(term, early)
                 self._proposals[index] = waiter
@@ -440,6 +589,56 @@ class RaftDriver(Generic[A]):
             raise ProposalLost(f"entry {index} was overwritten by a new leader", self.leader)
         return waiter.result
 
+    async def change_membership(self, change: ConfChange) -> LogIndex:
+        """Propose a single-server membership change; return its index once applied here.
+
+        Raises RaftUnavailable (not leader), ChangeRefused (with the reason) or
+        ProposalLost.  The caller bounds the wait with its own deadline."""
+        result = self.core.propose_conf_change(change)
+        match result:
+            case NotLeader(hint):
+                raise RaftUnavailable("not the leader", hint)
+            case Refused(reason):
+                raise ChangeRefused(reason, self.id)
+            case Overloaded():
+                raise Busy("too many uncommitted bytes", self.id)
+            case Proposed(index, term):
+                waiter: _Waiter[A] = _Waiter(term)
+                self._proposals[index] = waiter
+        self._wake.set()
+        try:
+            await waiter.done.wait()
+        finally:
+            if not waiter.done.is_set():
+                self._proposals.pop(index, None)
+        if waiter.lost:
+            raise ProposalLost(f"entry {index} was overwritten by a new leader", self.leader)
+        return index
+
+    async def transfer_leadership(self, target: NodeId | None) -> NodeId:
+        """Hand leadership to `target` (None: the most caught-up voter); return the
+        new leader once this node has seen it.  Raises RaftUnavailable (not leader),
+        ChangeRefused, or RaftUnavailable again if the transfer timed out."""
+        result = self.core.transfer_leadership(target, self._clock())
+        match result:
+            case NotLeader(hint):
+                raise RaftUnavailable("not the leader", hint)
+            case Refused(reason):
+                raise ChangeRefused(reason, self.id)
+            case TransferStarted(chosen):
+                pass
+        self._wake.set()
+        with trio.move_on_after(2 * self.core.config.election_timeout_max):
+            while True:
+                leader = self.leader
+                if leader is not None and leader != self.id:
+                    return leader
+                if self.is_leader and self.core.transfer_target is None:
+                    break  # aborted: the target did not take over within an election timeout
+                with trio.move_on_after(self.core.config.heartbeat_interval):
+                    await self._leader_changed.wait()
+        raise RaftUnavailable(f"transfer to {chosen} did not complete", self.leader)
+
     async def read_barrier(self) -> LogIndex:
         """Wait until a read of the local state machine is linearizable (ReadIndex).
 
@@ -448,7 +647,7 @@ class RaftDriver(Generic[A]):
         """
         self._read_seq += 1
         ctx = ReadCtx(self.id.to_bytes(8, "big") + self._read_seq.to_bytes(8, "big"))
-        started = self.core.read_index(ctx)
+        started = self.core.read_index(ctx, self._clock())
         if not isinstance(started, ReadQueued):
             raise RaftUnavailable("no leader to confirm a read", started.leader_hint)
         waiter = _ReadWaiter()
@@ -482,12 +681,18 @@ class RaftDriver(Generic[A]):
         match: dict[NodeId, int] = {}
         if soft.role is Role.LEADER:
             match = {p: int(pr.match) for p, pr in self.core.progress.items()}
+        m = self.core.membership
         return DriverStatus(
             node_id=self.id, role=soft.role.value, term=int(soft.term), leader=soft.leader,
             commit_index=int(self.core.commit_index), applied_index=int(self._applied),
             last_index=int(self._storage.last_index()), peers=self._peers, match=match,
             # Not part of the RaftStorage Protocol: only adapters that fsync count.
             fsyncs=int(getattr(self._storage, "fsyncs", 0)),
+            voters=tuple(sorted(m.voters)), learners=tuple(sorted(m.learners)),
+            first_index=int(self.core.log.first_index()),
+            snapshot_index=int(self.core.snapshot.index) if self.core.snapshot else 0,
+            snapshots_taken=self._keeper.taken if self._keeper else 0,
+            snapshots_installed=self._keeper.installed if self._keeper else 0,
         )
 
 
@@ -497,6 +702,9 @@ def status_dict(st: DriverStatus) -> dict[str, Any]:
         "id": st.node_id, "role": st.role, "term": st.term, "leader": st.leader,
         "commit_index": st.commit_index, "applied_index": st.applied_index,
         "last_index": st.last_index, "peers": list(st.peers),
+        "voters": list(st.voters), "learners": list(st.learners),
         "lag": {str(p): st.last_index - m for p, m in st.match.items()},
         "fsyncs": st.fsyncs,
+        "first_index": st.first_index, "snapshot_index": st.snapshot_index,
+        "snapshots_taken": st.snapshots_taken, "snapshots_installed": st.snapshots_installed,
     }

@@ -18,7 +18,7 @@ class MemLog:
     __slots__ = ("_entries", "_first", "_prev_term")
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
-        self._first = 1  # index of _entries[0]; moves only with compaction (part 2)
+        self._first = 1  # index of _entries[0]; moves only with compaction
         self._prev_term = Term(0)  # term of index _first - 1 (0 for the sentinel)
         self._entries: list[Entry] = []
         self.append(list(entries))
@@ -51,6 +51,18 @@ class MemLog:
             raise LogUnavailable(f"append at {start} would leave a gap after {self.last_index()}")
         del self._entries[start - self._first :]
         self._entries.extend(entries)
+
+    def truncate_prefix(self, upto: LogIndex, term: Term) -> None:
+        """Compaction / snapshot install (the `LogStore.truncate_prefix` rule): forget
+        entries <= upto; keep the rest only if the log holds (upto, term) (§7)."""
+        if upto < self._first:
+            return
+        keep = upto <= self.last_index() and self.term(upto) == term
+        if keep:
+            del self._entries[: upto - self._first + 1]
+        else:
+            self._entries = []
+        self._first, self._prev_term = upto + 1, term
 
     def copy(self) -> MemLog:
         """An independent copy (the simulator's durable snapshot of a node's log)."""

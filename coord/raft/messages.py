@@ -5,8 +5,13 @@ compares terms before anything else (fig. 2, "Rules for all servers").  A
 message never carries mutable state, so the driver may encode, duplicate,
 delay or drop it freely: the protocol tolerates all of these.
 
-Seams for Raft part 2 (not implemented): InstallSnapshot, TimeoutNow and a
-`transfer` flag on RequestVote that bypasses leader stickiness.
+InstallSnapshot carries one chunk of the leader's newest snapshot; the
+follower answers with the offset it wants next, so a transfer resumes where
+it stopped after drops, a reconnect or a leader restart (docs/raft.md).
+
+Leadership transfer (thesis §3.10): `TimeoutNow` tells a caught-up voter to
+campaign at once, and its RequestVote carries `transfer=True`, which lets it
+bypass leader stickiness (the old leader asked for it).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NewType
 
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, LogIndex, NodeId, Term
 
 _NO_INDEX = LogIndex(0)
@@ -34,6 +40,7 @@ class RequestVote:
     last_log_index: LogIndex
     last_log_term: Term
     pre_vote: bool = False
+    transfer: bool = False  # sent on a leader's TimeoutNow: receivers ignore stickiness
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,41 @@ class ReadIndexResponse:
     index: LogIndex
 
 
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """§7 InstallSnapshot RPC: bytes [offset, offset + len(data)) of snapshot `meta`."""
+
+    src: NodeId
+    dst: NodeId
+    term: Term
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    """The follower wants snapshot `index` from byte `offset` on; with `done` it has
+    installed it (or already held everything up to `index`): its log matches to `index`."""
+
+    src: NodeId
+    dst: NodeId
+    term: Term
+    index: LogIndex
+    offset: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """The leader hands over: the receiver (a voter as up to date as the leader)
+    starts a real election immediately, skipping pre-vote."""
+
+    src: NodeId
+    dst: NodeId
+    term: Term
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -131,4 +173,7 @@ Message = (
     | HeartbeatResponse
     | ReadIndexRequest
     | ReadIndexResponse
+    | TimeoutNow
+    | InstallSnapshot
+    | InstallSnapshotResponse
 )

@@ -1,6 +1,6 @@
 """The leader's view of one follower's log (replication flow control).
 
-States (an explicit enum; SNAPSHOT joins in Raft part 2):
+States (an explicit enum):
 
 * PROBE — the leader does not know where the follower's log matches; it sends
   at most one AppendEntries per heartbeat and moves `next` back on rejection,
@@ -8,6 +8,10 @@ States (an explicit enum; SNAPSHOT joins in Raft part 2):
 * REPLICATE — the follower is known to match up to `match`; the leader
   streams batches optimistically (`next` advances on send) with at most
   `max_inflight` messages / `max_inflight_bytes` unacknowledged (pipelining).
+* SNAPSHOT — the entries the follower needs were compacted away; the leader
+  streams `snapshot` one chunk at a time from `snap_offset` (the offset the
+  follower last asked for), resending once per quiet heartbeat interval; the
+  follower's "done" moves `match` to the snapshot index and the state to PROBE.
 
 Invariants: match < next; in REPLICATE every inflight record has
 last_index >= match + 1 and the records are in increasing order.
@@ -18,12 +22,14 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import LogIndex
 
 
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 class Progress:
@@ -37,6 +43,8 @@ class Progress:
         "probe_sent",
         "read_round",
         "recent_active",
+        "snap_offset",
+        "snapshot",
         "stalled_intervals",
         "state",
     )
@@ -53,6 +61,8 @@ class Progress:
         self.stalled_intervals = 0  # REPLICATE: heartbeat periods behind without any ack
         self.commit_sent = LogIndex(0)  # highest commit index sent in an append
         self.read_round = 0  # highest ReadIndex round the follower acknowledged this term
+        self.snapshot: SnapshotMeta | None = None  # SNAPSHOT: the snapshot being streamed
+        self.snap_offset = 0  # SNAPSHOT: the next byte to send (the follower's last request)
 
     def __repr__(self) -> str:
         return (
@@ -63,6 +73,8 @@ class Progress:
     def can_send(self, max_inflight: int, max_inflight_bytes: int) -> bool:
         if self.state is ProgressState.PROBE:
             return not self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # appends wait until the snapshot is in place
         return len(self.inflight) < max_inflight and self.inflight_bytes < max_inflight_bytes
 
     def sent(self, last_index: LogIndex, nbytes: int) -> None:
@@ -85,6 +97,8 @@ class Progress:
         self.acked_since_heartbeat = True
         if self.state is ProgressState.PROBE:
             self.become_replicate()
+        elif self.state is ProgressState.SNAPSHOT:
+            self.become_probe()  # it holds more than we thought: find out where it stands
         else:
             while self.inflight and self.inflight[0][0] <= index:
                 self.inflight_bytes -= self.inflight.popleft()[1]
@@ -96,6 +110,8 @@ class Progress:
         Rejections of appends older than what we already know are stale
         (duplicated or reordered) and ignored; returns whether state changed.
         """
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # an answer to an append sent before the snapshot started
         if self.state is ProgressState.REPLICATE:
             if reject_index <= self.match:
                 return False
@@ -112,6 +128,9 @@ class Progress:
         whole intervals while behind (its appends were probably lost)."""
         if self.state is ProgressState.PROBE:
             self.probe_sent = False
+        elif self.state is ProgressState.SNAPSHOT:
+            if not self.acked_since_heartbeat:
+                self.probe_sent = False  # the chunk or its answer was lost: resend
         elif self.match < last_index and not self.acked_since_heartbeat:
             self.stalled_intervals += 1
             if self.stalled_intervals >= 2:
@@ -122,10 +141,29 @@ class Progress:
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
+        self.snapshot = None
         self.stalled_intervals = 0
         self.next = LogIndex(self.match + 1)
         self.probe_sent = False
         self._clear_inflight()
+
+    def become_snapshot(self, meta: SnapshotMeta) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.snapshot, self.snap_offset = meta, 0
+        self.probe_sent = False  # here: a chunk is outstanding
+        self._clear_inflight()
+
+    def snapshot_progress(self, offset: int) -> None:
+        """The follower asked for the bytes from `offset` on."""
+        self.snap_offset = offset
+        self.probe_sent = False
+        self.acked_since_heartbeat = True
+
+    def snapshot_done(self, index: LogIndex) -> None:
+        """The follower installed a snapshot (or already held the log) up to `index`."""
+        self.match = LogIndex(max(self.match, index))
+        self.acked_since_heartbeat = True
+        self.become_probe()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE

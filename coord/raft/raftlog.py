@@ -10,7 +10,12 @@ reported persisted (through `advance`).  Invariants:
 * every unstable entry is handed to the driver in the next Ready, and only
   one Ready is outstanding, so an entry emitted as committed is persisted by
   the driver (persist → apply) before it is applied;
-* applied <= committed <= last_index(); committed never decreases.
+* applied <= committed <= last_index(); committed never decreases;
+* `floor` (index, term) is the compaction point as the core sees it: nothing
+  at or below it is read from the store, and it only moves up, always before
+  the store itself is compacted (`compact_to`) or replaced by an installed
+  snapshot (`restore`), so the core never reads an index the driver is
+  removing in a worker thread; floor <= applied.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from coord.raft.types import Entry, LogIndex, Term
 
 
 class RaftLog:
-    __slots__ = ("applied", "committed", "offset", "store", "unstable")
+    __slots__ = ("applied", "committed", "floor", "offset", "store", "unstable")
 
     def __init__(self, store: LogView, committed: LogIndex, applied: LogIndex) -> None:
         self.store = store
@@ -33,6 +38,8 @@ class RaftLog:
             raise ValueError(f"need applied {applied} <= committed {committed} <= last {last}")
         self.committed = committed  # highest index known committed
         self.applied = applied  # highest index handed to the state machine
+        base = LogIndex(store.first_index() - 1)
+        self.floor: tuple[LogIndex, Term] = (base, store.term(base))  # compaction point
 
     # -- reading ----------------------------------------------------------
     def last_index(self) -> LogIndex:
@@ -41,10 +48,14 @@ class RaftLog:
         return LogIndex(self.offset - 1)
 
     def first_index(self) -> LogIndex:
-        return self.store.first_index()
+        return LogIndex(self.floor[0] + 1)
 
     def term(self, index: LogIndex) -> Term:
         """Term at index; index 0 and first_index-1 are answered; beyond last raises."""
+        if index <= self.floor[0]:
+            if index == self.floor[0]:
+                return self.floor[1]
+            raise LogUnavailable(f"index {index} is compacted (floor {self.floor[0]})")
         if index >= self.offset:
             k = index - self.offset
             if k < len(self.unstable):
@@ -64,6 +75,8 @@ class RaftLog:
         """Entries [lo, hi) within max_bytes (at least one), stitched across store and unstable."""
         if lo >= hi:
             return ()
+        if lo <= self.floor[0]:
+            raise LogUnavailable(f"entries from {lo} are compacted (floor {self.floor[0]})")
         if lo >= self.offset:
             return limit_size(self.unstable[lo - self.offset : hi - self.offset], max_bytes)
         stored = self.store.entries(lo, min(hi, LogIndex(self.offset)), max_bytes)
@@ -82,7 +95,8 @@ class RaftLog:
         """Largest j <= index with term(j) <= term (terms never decrease, so bisect)."""
         lo: int = self.first_index() - 1
         hi: int = min(index, self.last_index())
-        if self.term(LogIndex(hi)) <= term:
+        if hi <= lo or self.term(LogIndex(hi)) <= term:
+            # At or below the compaction point: only a snapshot can help, any such index will do.
             return LogIndex(hi)
         # invariant: term(lo) <= term (lo is the sentinel or snapshot base), term(hi) > term
         while hi - lo > 1:
@@ -133,6 +147,33 @@ class RaftLog:
             self.committed = index
             return True
         return False
+
+    # -- snapshots --------------------------------------------------------
+    def compact_to(self, index: LogIndex) -> Term:
+        """Raise the floor to `index` (<= applied) before the store forgets it; its term."""
+        if not self.floor[0] <= index <= self.applied:
+            raise ValueError(f"compact to {index}: floor {self.floor[0]}, applied {self.applied}")
+        term = self.term(index)
+        self.floor = (index, term)
+        return term
+
+    def restore(self, index: LogIndex, term: Term) -> None:
+        """An installed snapshot replaced the state up to (index, term) (> applied).
+
+        §7: entries after it are kept if the log holds (index, term); otherwise
+        the whole log goes.  The store is made to agree by `truncate_prefix(index,
+        term)`, which keeps or drops by the same rule.
+        """
+        keep = self.match_term(index, term)
+        self.floor = (index, term)
+        self.committed = max(self.committed, index)  # committed entries past it match it
+        self.applied = index
+        if keep:
+            del self.unstable[: max(0, index - self.offset + 1)]
+            self.offset = max(self.offset, index + 1)
+        else:
+            self.unstable = []
+            self.offset = index + 1
 
     # -- driver hand-off --------------------------------------------------
     def stable_to(self, index: LogIndex, term: Term) -> None:

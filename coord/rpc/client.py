@@ -493,10 +493,15 @@ class RpcClient:
         # cache a TIMEOUT.  A retried at-least-once attempt runs anew, so the old one
         # is cut at the attempt's end rather than left running beside it.
         budget_end = deadline if at_most_once else end
+        # Connecting may have used the whole budget: the frame cannot carry a
+        # negative one, and nothing is sent that the server could not finish.
+        budget_us = int((budget_end - trio.current_time()) * 1_000_000)
+        if budget_us <= 0:
+            raise Timeout("the attempt's time ran out while connecting")
         if on_sent is not None:
             on_sent()
         frame = await conn.exchange(
-            body, int((budget_end - trio.current_time()) * 1_000_000), end,
+            body, budget_us, end,
             cancel_on_timeout=end >= deadline,
             # The server does not end an at-most-once attempt early (it has the whole
             # budget), so retransmitting needs a timer of our own.

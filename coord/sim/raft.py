@@ -10,7 +10,15 @@ The simulated driver obeys persist → send → apply → advance.  Each node's
 `fsync` (done when the Ready says `must_sync`) brings up to date; a crash
 throws away everything written since the last fsync, and the restarted node
 is built from the durable copy alone (its state machine is volatile and is
-rebuilt by re-applying committed entries).
+rebuilt from its durable snapshot, if any, and by re-applying committed entries).
+
+Snapshots: at every multiple of `snapshot_every` a node snapshots its state
+machine (`coord.sim.raft_snap`; as the real driver does, so nodes' snapshots
+of one index are identical and transfers resume across leaders), tells the
+core and compacts its log up to `keep_tail` entries behind; lagging
+followers get InstallSnapshot in small chunks, and some runs crash a
+receiver in the middle of a transfer so that it must resume from its
+partial snapshot after restarting.
 
 Invariants: every step (one delivery or one tick of one node, plus the
 Readys it produced) is followed by `RaftChecker` checks; a violation raises
@@ -20,6 +28,7 @@ events, so `RaftSim(SimParams(seed=...)).run()` reproduces it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import Counter, deque
@@ -28,13 +37,16 @@ from dataclasses import dataclass, field
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
+from coord.raft.membership import Membership
 from coord.raft.memlog import MemLog
-from coord.raft.messages import Message, ReadCtx
+from coord.raft.messages import InstallSnapshot, Message, ReadCtx
 from coord.raft.readindex import ReadState
 from coord.raft.ready import Overloaded, Proposed, Ready, Role
-from coord.raft.types import Entry, HardState, NodeId
+from coord.raft.snapshot import SnapshotMeta
+from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 from coord.sim.network import NetConfig, SimNetwork
 from coord.sim.raft_checks import RaftChecker, SafetyViolation
+from coord.sim.raft_snap import SnapFiles, decode_state, encode_state
 
 #: Timing in ticks: an election timeout spans several heartbeats and round trips.
 SIM_RAFT_CONFIG = RaftConfig(
@@ -47,6 +59,9 @@ SIM_RAFT_CONFIG = RaftConfig(
     max_inflight_bytes=16384,
     max_uncommitted_bytes=512,  # ~24 small commands: an isolated leader hits it
     max_apply_bytes=8192,
+    snapshot_every=16,  # often enough that lagging followers need InstallSnapshot
+    keep_tail=4,
+    snapshot_chunk_bytes=512,  # a snapshot spans several chunks: transfers get interrupted
 )
 
 
@@ -75,12 +90,17 @@ class SimReport:
     leaders: int = 0  # distinct terms that had a leader
     crashes: int = 0
     messages: int = 0
+    snapshots: int = 0  # snapshots taken
+    installs: int = 0  # snapshots installed from a leader
+    chunks_sent: int = 0  # InstallSnapshot messages sent
+    chunks_delivered: int = 0  # ... and stepped by their receiver
+    resumed: int = 0  # restarts with a partial snapshot to resume
 
 
 class SimDisk:
     """A node's storage: the visible state, and the durable copy that survives crashes."""
 
-    __slots__ = ("durable_hard", "durable_log", "hard", "log", "pending")
+    __slots__ = ("durable_hard", "durable_log", "hard", "log", "pending", "snaps")
 
     def __init__(self) -> None:
         self.log = MemLog()  # what the running process reads (the core's LogView)
@@ -88,6 +108,7 @@ class SimDisk:
         self.durable_log = MemLog()  # what an fsync made crash-proof
         self.durable_hard = HardState()
         self.pending: list[Sequence[Entry]] = []  # appends since the last fsync
+        self.snaps = SnapFiles()  # snapshot files: durable when written
 
     def write(self, entries: Sequence[Entry], hard: HardState | None) -> None:
         if entries:
@@ -97,10 +118,16 @@ class SimDisk:
             self.hard = hard
 
     def fsync(self) -> None:
-        for entries in self.pending:
-            self.durable_log.append(entries)
+        for batch in self.pending:
+            floor = self.durable_log.first_index()
+            self.durable_log.append([e for e in batch if e.index >= floor])  # compacted since
         self.pending.clear()
         self.durable_hard = self.hard
+
+    def compact(self, index: LogIndex, term: Term) -> None:
+        """`truncate_prefix(index, term)`: a durable operation, like the store's."""
+        self.log.truncate_prefix(index, term)
+        self.durable_log.truncate_prefix(index, term)
 
     def crash(self) -> None:
         self.log = self.durable_log.copy()
@@ -120,7 +147,8 @@ class RaftSim:
         self.p = params
         self.node_cls = node_cls
         self.rng = random.Random(params.seed)
-        self.ids = [NodeId(i) for i in range(1, params.nodes + 1)]
+        self.ids = [NodeId(i) for i in range(1, params.nodes + 1)]  # grows when nodes join
+        self.bootstrap_ids = tuple(self.ids)  # the initial voters
         net_cfg = NetConfig(
             drop=self.rng.choice([0.0, 0.01, 0.03, 0.08]),
             duplicate=self.rng.choice([0.0, 0.02, 0.05]),
@@ -133,7 +161,7 @@ class RaftSim:
         self.disks = {i: self.disk_cls() for i in self.ids}
         self.cores: dict[NodeId, RaftNode | None] = dict.fromkeys(self.ids)
         self.applied: dict[NodeId, list[Entry]] = {i: [] for i in self.ids}
-        self.checker = RaftChecker(quorum=params.nodes // 2 + 1)
+        self.checker = RaftChecker(self.ids)
         self.report = SimReport(params.seed, params.nodes)
         self.trace: deque[tuple[int, str, object]] = deque(maxlen=40)
         self.now = 0
@@ -145,6 +173,8 @@ class RaftSim:
         self.events: list[tuple[int, int, str, Action]] = []
         self._seq = 0
         self.slow_disk = self.rng.choice([0.0, 0.0, 0.1, 0.3])  # chance a Ready waits a tick
+        # Crash a receiver in the middle of a transfer (up to this many times).
+        self.interrupts = self.rng.choice([0, 1, 3])
         self.held: dict[NodeId, Ready] = {}  # Readys taken but not yet persisted (slow disk)
         self._durable_changed = False  # an fsync or crash since the durability check
         self._durable_checked = 0  # commit index at the last durability check
@@ -183,6 +213,8 @@ class RaftSim:
             # Like a real driver, drain the inbox, then handle one Ready for the batch.
             for msg in msgs:
                 self.trace.append((tick, "recv", msg))
+                if isinstance(msg, InstallSnapshot):
+                    self.report.chunks_delivered += 1
                 core.step(msg, float(tick))
                 self.checker.after_step(dst, core)
                 self._check_durable()
@@ -207,12 +239,13 @@ class RaftSim:
         for k in range(1, self.p.convergence_ticks + 1):
             self._tick(self.p.ticks + k, clients=False)
             target = max(self.acked_max, self.checker.commit_index)
-            if all(len(self.applied[i]) >= target for i in self.ids):
+            members = self.checker.membership.members  # removed nodes need not catch up
+            if all(len(self.applied[i]) >= target for i in members):
                 break
         else:
-            lag = {i: len(self.applied[i]) for i in self.ids}
+            lag = {i: len(self.applied[i]) for i in members}
             raise SafetyViolation(f"no progress after healing: applied {lag}, target {target}")
-        for nid in self.ids:
+        for nid in members:
             sm = self.applied[nid]
             for index, data in self.acked.items():
                 if sm[index - 1].data != data:
@@ -223,19 +256,36 @@ class RaftSim:
     # ------------------------------------------------------------------ the driver
     def _start(self, nid: NodeId) -> None:
         disk = self.disks[nid]
+        snap = disk.snaps.snapshot
+        state = decode_state(snap[1]) if snap is not None else []
+        hard = disk.hard
+        # The snapshot's entries were committed, whatever commit index was persisted.
+        hard = HardState(hard.term, hard.vote, max(hard.commit, LogIndex(len(state))))
+        if disk.snaps.partial is not None:
+            self.report.resumed += 1
         core = self.node_cls(
             nid,
-            self.ids,
+            self.bootstrap_ids,
             self.p.raft,
             log=disk.log,
-            hard_state=disk.hard,
+            hard_state=hard,
             rng=random.Random(self.p.seed * 1009 + nid * 7919 + self.now),
             now=float(self.now),
+            membership=self._bootstrap_membership(nid),
+            applied=LogIndex(len(state)),
+            snapshot=snap[0] if snap is not None else None,
+            snapshots=disk.snaps.reader,
+            partial=disk.snaps.received(),
         )
         self.cores[nid] = core
-        self.applied[nid] = []
-        self.checker.restarted(nid, disk.hard.commit)
+        self.applied[nid] = state
+        self.checker.restarted(nid, hard.commit)
         self.trace.append((self.now, "start", f"node {nid} {disk.hard}"))
+
+    def _bootstrap_membership(self, nid: NodeId) -> Membership | None:
+        """The configuration a node starts from before its log says otherwise
+        (None: the original members; membership sims give joiners an empty one)."""
+        return None
 
     def _process(self, nid: NodeId, core: RaftNode) -> None:
         """The driver loop for one node: persist → send → apply → advance.
@@ -258,7 +308,7 @@ class RaftSim:
     def _check_durable(self) -> None:
         if self._durable_changed or self.checker.commit_index != self._durable_checked:
             # Re-evaluated whenever an input changed (an fsync, a crash, a new commit).
-            self.checker.durable_majority(d.durable_log for d in self.disks.values())
+            self.checker.durable_majority({i: d.durable_log for i, d in self.disks.items()})
             self._durable_changed, self._durable_checked = False, self.checker.commit_index
 
     def _release_held(self) -> None:
@@ -276,14 +326,76 @@ class RaftSim:
         if rd.must_sync:
             disk.fsync()
             self._durable_changed = True
+        complete: SnapshotMeta | None = None
+        for chunk in rd.snapshot_chunks:
+            disk.snaps.write(chunk)
+            if chunk.last:
+                complete = chunk.meta
+            elif self.interrupts and self.now <= self.p.ticks and self.rng.random() < 0.2:
+                self.interrupts -= 1
+                self._at(self.now + 1, f"interrupt transfer to {nid}", self._crash_node(nid, 15))
         for m in rd.messages:
+            self.report.chunks_sent += isinstance(m, InstallSnapshot)
             self.net.send(self.now, m.src, m.dst, m)
+        pinned = None
+        every = self.p.raft.snapshot_every
         for entry in rd.committed_entries:
             self._apply(nid, entry)
+            if every and entry.index % every == 0:
+                pinned = self._snapshot_of(self.applied[nid])
         if rd.read_states:
             self._serve_reads(nid, rd.read_states)
         core.advance(rd)
         checker.after_step(nid, core)
+        if complete is not None:
+            self._install(nid, core, complete)
+        elif pinned is not None:
+            self._keep_snapshot(nid, core, *pinned)
+
+    def _snapshot_of(self, state: list[Entry]) -> tuple[SnapshotMeta, bytes]:
+        # The configuration in force at the snapshot's index: its newest CONFIG entry.
+        config = next(
+            (Membership.decode(e.data) for e in reversed(state) if e.kind is EntryKind.CONFIG),
+            Membership.of(self.bootstrap_ids),
+        )
+        meta, data = encode_state(state, sorted(config.voters))
+        meta = dataclasses.replace(
+            meta, learners=tuple(sorted(config.learners)), addresses=config.addresses
+        )
+        return meta, data
+
+    def _install(self, nid: NodeId, core: RaftNode, meta: SnapshotMeta) -> None:
+        """Step 6 of the driver order: verify, replace the state machine, compact, tell the core."""
+        disk = self.disks[nid]
+        done = disk.snaps.complete()
+        if done is None:
+            core.snapshot_corrupt(meta)
+            return
+        state = decode_state(done[1])
+        self.checker.installed(nid, state)
+        replace = meta.index > len(self.applied[nid])
+        if replace:
+            self.applied[nid] = state
+        core.snapshot_installed(meta)  # before the store changes: it decides on the old log
+        if replace:
+            disk.compact(meta.index, meta.term)
+            self._durable_changed = True
+        self.report.installs += 1
+        self.trace.append((self.now, "install", f"node {nid} snapshot at {meta.index}"))
+        self.checker.after_step(nid, core)
+
+    def _keep_snapshot(self, nid: NodeId, core: RaftNode, meta: SnapshotMeta, data: bytes) -> None:
+        """Store a snapshot taken at a boundary, tell the core, compact keeping `keep_tail`."""
+        cfg, disk = self.p.raft, self.disks[nid]
+        if disk.snaps.snapshot is not None and disk.snaps.snapshot[0].index >= meta.index:
+            return  # an install overtook it
+        disk.snaps.keep(meta, data)
+        core.snapshot_taken(meta)
+        self.report.snapshots += 1
+        floor = LogIndex(meta.index - cfg.keep_tail)
+        if floor > core.log.first_index() - 1:
+            disk.compact(floor, core.compact(floor))
+            self._durable_changed = True
 
     def _apply(self, nid: NodeId, entry: Entry) -> None:
         sm = self.applied[nid]
@@ -327,7 +439,7 @@ class RaftSim:
             if core is not None:
                 ctx = ReadCtx(b"r%d" % self._next_seq())
                 self.read_floor[ctx] = self.acked_max
-                core.read_index(ctx)
+                core.read_index(ctx, float(self.now))  # `now` matters with lease reads only
                 self._process(nid, core)
 
     def _propose(self, leader: NodeId) -> None:
@@ -381,6 +493,14 @@ class RaftSim:
             if not up:
                 return
             nid = leader if leader is not None and self.rng.random() < 0.5 else self.rng.choice(up)
+            self._crash_node(nid, duration)()
+
+        return start
+
+    def _crash_node(self, nid: NodeId, duration: int) -> Action:
+        def start() -> None:
+            if self.cores[nid] is None:
+                return
             self.cores[nid] = None
             self.held.pop(nid, None)  # a write in progress never happened
             self.disks[nid].crash()

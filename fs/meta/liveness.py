@@ -23,7 +23,10 @@ over).
 Invariants:
 
 * during the first `grace` seconds of a leadership nobody is suspected: the
-  leader has no history, and chunk servers need time to find it;
+  leader has no history, and chunk servers need time to find it; and no
+  chunk is placed nor lease granted (BUSY, the client retries) until every
+  server recorded alive has been heard or the grace period is over, so a
+  chunk allocated right after an election gets all its replicas;
 * placement and lease grants (`live`) use only servers heard by this leader
   and not suspected: a suspicion stops *helping* a server at once;
 * a server is recorded dead (`ServerState(alive=False)`) only once it is
@@ -250,11 +253,18 @@ class Liveness:
         return max(0.0, self._leader_since + self.config.grace - now)
 
     def warming_up(self, now: float) -> bool:
-        """Too early to tell live from dead: within the grace period and no server
-        heard yet (placement would wrongly say ENOSPC)."""
+        """Too early to place chunks or grant leases: within the grace period, no
+        server heard yet (placement would wrongly say ENOSPC) or some server
+        recorded alive not heard yet (placement would give a new chunk fewer
+        replicas than the cluster has, and nothing re-replicates it later).
+        Call `watch` with the recorded servers first so they are known."""
         if self._leader_since is None:
             return True
-        return not self.live(now) and self.grace_left(now) > 0
+        if self.grace_left(now) <= 0:
+            return False
+        self.poll(now)
+        return not self.live(now) or any(
+            self.status(sid) is ServerStatus.WAITING for sid in self._servers)
 
     # --- heartbeats and detection -----------------------------------------------------------
 

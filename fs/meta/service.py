@@ -140,7 +140,7 @@ class FsService:
         self._rpc = rpc  # for chunk.set_version after a drop; None: skip it
         self._driver = driver
         self._fsm = fsm
-        self._addresses = dict(client_addresses)
+        self._addresses = client_addresses  # live: the member updates it on changes
         self._fs_config = (fs_config or FsConfig()).validate()
         self.liveness = Liveness(liveness)
 
@@ -236,6 +236,8 @@ class FsService:
             return body  # a follower's proposal fails with NOT_LEADER anyway
         now = trio.current_time()
         self._lead(now)
+        if self.liveness.grace_left(now) > 0:  # only then can a recorded server be waited for
+            self.liveness.watch(self._recorded())
         if self.liveness.warming_up(now):
             self._log_liveness()
             raise _Redirect(BUSY, self._hint(self._driver.id))

@@ -4,19 +4,26 @@ The property (election safety and liveness, issue 8): from `bound` ticks
 after the last fault to the end of the run, every live node names the
 highest live id as its leader.  Each seeded run injects 3-6 faults among
 crashes (half of them the highest live node), restarts, pauses, false
-suspicions and delay spikes (messages slower than every timeout).  A
-failure names its seed: `coord.election.sim.run_election_sim(algo, seed)`
-replays it exactly (`trace=True` records a Lamport trace of it).
+suspicions and delay spikes (messages slower than every timeout).  Two
+sweeps: a reliable network, and `LOSSY`, where on top of those faults 5 %
+of all messages are lost for the whole run (the checked stretch too).  The
+lossy sweep holds only because the sitting coordinator re-announces itself
+on its heartbeats (`claim`); with that switched off it fails, and a test
+says so.  A failure names its seed:
+`coord.election.sim.run_election_sim(algo, seed, params)` replays it
+exactly (`trace=True` records a Lamport trace of it).
 """
 
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 import pytest
 
 from coord.election import BullyCoordinator, BullyEffect, BullyNode, ElectionConfig, NodeId
 from coord.election.sim import (
+    LOSSY,
     Core,
     CoreFactory,
     ElectionSim,
@@ -33,27 +40,48 @@ STEADY = SimParams(net=NetConfig(min_delay=1, max_delay=1))  # scripted: 1 tick 
 N1, N4, N5 = NodeId(1), NodeId(4), NodeId(5)
 
 
+@pytest.mark.parametrize("params", [SimParams(), LOSSY], ids=["reliable", "lossy"])
 @pytest.mark.parametrize("algo", ["bully", "ring"])
-def test_live_nodes_agree_on_highest_live_id_after_faults(algo: str, soak: bool) -> None:
+def test_live_nodes_agree_on_highest_live_id_after_faults(algo: str, params: SimParams,
+                                                          soak: bool) -> None:
     runs = RUNS * (SOAK_FACTOR if soak else 1)
     kinds: collections.Counter[str] = collections.Counter()
-    worst = 0
+    worst = dropped = 0
     for seed in range(runs):
-        report = run_election_sim(algo, seed)
+        report = run_election_sim(algo, seed, params)
         assert len(report.faults) >= 3
         assert report.violations == [], report.violations
         kinds.update(f.kind for f in report.faults)
         convergence = report.convergence()
         assert convergence is not None
         worst = max(worst, convergence)
-    assert worst <= SimParams().bound
+        dropped += report.dropped
+    assert worst <= params.bound
     # Every kind of fault was exercised many times.
     for kind in ("crash", "restart", "pause", "suspect", "spike"):
         assert kinds[kind] >= runs // 10, kinds
+    if params.net.drop:  # and messages really were lost: several per run
+        assert dropped >= 3 * runs, dropped
+
+
+def test_without_the_coordinators_reannouncement_the_lossy_sweep_fails() -> None:
+    """The planted weakness: no claims, so a lost COORDINATOR to an idle node is never repaired."""
+    no_repair = replace(LOSSY, claim_every=None)
+    failing = next((seed for seed in range(RUNS)
+                    if run_election_sim("bully", seed, no_repair).violations), None)
+    assert failing is not None, "the lossy sweep cannot tell the repair from its absence"
+    # The same seed with the claims back on agrees (the sweep above covers it too).
+    assert run_election_sim("bully", failing, LOSSY).violations == []
+    # The disagreement lasts to the end of the run: a node kept its old leader.
+    stuck = run_election_sim("bully", failing, no_repair)
+    assert stuck.settled_at is None
 
 
 class _DeafBully(BullyNode):
-    """Planted bug: ignores recoveries, so a node missed by an election never hears."""
+    """Planted bug: ignores recoveries, so a node missed by an election never hears.
+
+    The coordinator's claims repair that too, so it is caught with them off.
+    """
 
     def recover(self, peer: NodeId, now: float) -> list[BullyEffect]:
         self._suspected.discard(peer)
@@ -67,6 +95,13 @@ class _TrustingBully(BullyNode):
         return self._set_leader(msg.sender, now)
 
 
+class _GullibleBully(BullyNode):
+    """Planted bug: adopts every heartbeat claim, a lower or suspected claimer's too."""
+
+    def claim(self, peer: NodeId, now: float) -> list[BullyEffect]:
+        return [] if peer == self.id else self._set_leader(peer, now)
+
+
 def _deaf(me: NodeId, ids: list[NodeId], cfg: ElectionConfig, first: int) -> Core:
     return _DeafBully(me, ids, cfg, first_round=first)
 
@@ -75,11 +110,16 @@ def _trusting(me: NodeId, ids: list[NodeId], cfg: ElectionConfig, first: int) ->
     return _TrustingBully(me, ids, cfg, first_round=first)
 
 
-@pytest.mark.parametrize("factory", [_deaf, _trusting])
-def test_the_checker_catches_planted_bugs(factory: CoreFactory) -> None:
-    caught = [seed for seed in range(300)
-              if run_election_sim("bully", seed, factory=factory).violations]
-    assert caught, "a broken core passed 300 seeded runs: the check cannot fail"
+def _gullible(me: NodeId, ids: list[NodeId], cfg: ElectionConfig, first: int) -> Core:
+    return _GullibleBully(me, ids, cfg, first_round=first)
+
+
+@pytest.mark.parametrize(("factory", "params"), [
+    (_deaf, SimParams(claim_every=None)), (_trusting, SimParams()), (_gullible, LOSSY)])
+def test_the_checker_catches_planted_bugs(factory: CoreFactory, params: SimParams) -> None:
+    caught = next((seed for seed in range(300)
+                   if run_election_sim("bully", seed, params, factory=factory).violations), None)
+    assert caught is not None, "a broken core passed 300 seeded runs: the check cannot fail"
 
 
 @pytest.mark.parametrize(("algo", "expected"), [("bully", 28), ("ring", 14)])

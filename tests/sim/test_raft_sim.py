@@ -4,8 +4,10 @@ Each run: 3 or 5 nodes, >= 300 ticks, >= 3 faults (crashes that lose all that
 was not fsynced, symmetric/asymmetric partitions, leader isolation) on top of
 random drops, duplicates, delays and reordering; >= 50 client commands
 acknowledged; then healing and a convergence check that every acknowledged
-command is on every node.  A failure names its seed: reproduce it with
-`coord.sim.raft.run_raft_sim(seed, nodes)`.
+command is on every node.  Nodes snapshot every 16 entries and compact their
+logs, so lagging nodes catch up by InstallSnapshot, whose transfers are cut
+by drops, partitions and crashes of the receiver mid-stream.  A failure names
+its seed: reproduce it with `coord.sim.raft.run_raft_sim(seed, nodes)`.
 
 The default suite runs SEEDS_PER_CASE x CASES x 2 cluster sizes = 2,000 runs;
 `--soak` runs ten times as many.
@@ -14,12 +16,15 @@ The default suite runs SEEDS_PER_CASE x CASES x 2 cluster sizes = 2,000 runs;
 from __future__ import annotations
 
 import random
+import zlib
+from dataclasses import replace
 
 import pytest
 
 from coord.raft.core import RaftNode
 from coord.raft.messages import RequestVote
-from coord.raft.types import NodeId
+from coord.raft.snapshot import SnapshotMeta
+from coord.raft.types import Entry, NodeId
 from coord.sim.network import NetConfig, SimNetwork
 from coord.sim.raft import (
     RaftSim,
@@ -29,6 +34,7 @@ from coord.sim.raft import (
     SimReport,
     run_raft_sim,
 )
+from coord.sim.raft_snap import encode_state
 
 CASES = 20
 SEEDS_PER_CASE = 50
@@ -48,16 +54,22 @@ def check_run(report: SimReport) -> None:
 def test_raft_sim_is_safe_under_faults(case: int, nodes: int, soak: bool) -> None:
     per_case = SEEDS_PER_CASE * (SOAK_FACTOR if soak else 1)
     base = case * per_case
-    stats = {"reads": 0, "crashes": 0, "refused": 0}
+    stats = {"reads": 0, "crashes": 0, "refused": 0, "installs": 0, "resumed": 0, "lost": 0}
     for seed in range(base, base + per_case):
         report = run_raft_sim(seed, nodes)  # raises SafetyViolation naming the seed
         check_run(report)
         stats["reads"] += report.reads
         stats["crashes"] += report.crashes
         stats["refused"] += report.refused
+        stats["installs"] += report.installs
+        stats["resumed"] += report.resumed
+        stats["lost"] += report.chunks_sent - report.chunks_delivered
+        assert report.snapshots > 0, f"seed={seed} nodes={nodes}: no snapshot taken"
     # The sweep as a whole must exercise reads, crashes and the uncommitted cap too.
     assert stats["reads"] > per_case and stats["crashes"] > per_case // 2, stats
     assert stats["refused"] > 0, stats
+    # ... and snapshots: installed, resumed after a crash mid-transfer, chunks lost.
+    assert stats["installs"] > 0 and stats["resumed"] > 0 and stats["lost"] > 0, stats
 
 
 class VotesTwice(RaftNode):
@@ -83,6 +95,15 @@ class SkipsFsync(SimDisk):
 
 class SkipsFsyncSim(RaftSim):
     disk_cls = SkipsFsync
+
+
+class SnapshotDropsAnEntry(RaftSim):
+    """Planted driver bug: a snapshot that leaves out one entry of the state."""
+
+    def _snapshot_of(self, state: list[Entry]) -> tuple[SnapshotMeta, bytes]:
+        meta, _ = super()._snapshot_of(state)
+        _, data = encode_state([*state[:-2], state[-1]], self.ids)
+        return replace(meta, size=len(data), digest=zlib.crc32(data)), data
 
 
 def first_violation(
@@ -113,6 +134,12 @@ def test_planted_stale_log_vote_is_caught_as_a_leader_completeness_violation() -
 def test_planted_missing_fsync_is_caught_as_a_durability_violation() -> None:
     exc = first_violation(RaftNode, range(5), SkipsFsyncSim)
     assert exc is not None and "durability" in str(exc)
+
+
+def test_planted_incomplete_snapshot_is_caught_as_a_state_machine_safety_violation() -> None:
+    exc = first_violation(RaftNode, range(20), SnapshotDropsAnEntry)
+    assert exc is not None, "the simulator installed a snapshot that lost an entry"
+    assert "state-machine safety" in str(exc)
 
 
 def test_a_failing_seed_reproduces_exactly() -> None:

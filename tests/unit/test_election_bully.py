@@ -232,3 +232,64 @@ def test_no_recheck_once_the_higher_node_is_suspected() -> None:
     n.suspect(NodeId(5), 2.0)
     assert n.tick(4.0) == []
     assert n.leader == 4 and n.next_deadline() is None
+
+
+# ---------------------------------------------------------------- claims: the repair of a
+# lost COORDINATOR.  The sitting coordinator's heartbeats say "I am the coordinator";
+# the driver hands each such claim to `claim`.
+
+
+def test_claim_of_a_higher_node_than_our_leader_is_adopted() -> None:
+    n = node(2)
+    n.step(BullyCoordinator(NodeId(4)), 0.0)  # 5 restarted and won; its COORDINATOR to us was lost
+    assert n.claim(NodeId(5), 1.0) == [LeaderChanged(NodeId(5), NodeId(4), 1.0)]
+    assert n.phase is BullyPhase.IDLE and n.next_deadline() is None
+
+
+def test_claim_ends_the_wait_for_a_lost_coordinator() -> None:
+    n = node(3)
+    n.start_election(0.0)
+    n.step(BullyOk(NodeId(5), 1), 0.1)
+    assert n.claim(NodeId(5), 0.5) == [LeaderChanged(NodeId(5), None, 0.5)]
+    assert n.phase is BullyPhase.IDLE and n.next_deadline() is None
+
+
+def test_claim_of_our_own_leader_does_not_cut_an_election_short() -> None:
+    n = node(3)
+    n.step(BullyCoordinator(NodeId(4)), 0.0)
+    n.suspect(NodeId(5), 0.1)
+    n.recover(NodeId(5), 1.0)  # asks the recovered 5 whether it is alive
+    assert n.phase is BullyPhase.ELECTING
+    assert n.claim(NodeId(4), 1.1) == []
+    assert n.phase is BullyPhase.ELECTING and n.next_deadline() == 2.0
+
+
+def test_claim_of_a_lower_node_is_left_to_the_higher_leaders_own_claims() -> None:
+    follower = node(4)
+    follower.step(BullyCoordinator(NodeId(5)), 0.0)
+    assert follower.claim(NodeId(3), 1.0) == []  # no election per heartbeat
+    leader = node(5)
+    leader.start_election(0.0)
+    assert leader.claim(NodeId(3), 1.0) == []
+    assert follower.leader == 5 and leader.leader == 5
+
+
+def test_claim_of_a_suspected_node_is_ignored_and_not_remembered() -> None:
+    n = node(2)
+    n.step(BullyCoordinator(NodeId(4)), 0.0)
+    n.suspect(NodeId(5), 0.1)
+    assert n.claim(NodeId(5), 1.0) == []
+    # Trusted again: the recovery asks it (no deferred adoption); its next claim settles it.
+    assert n.recover(NodeId(5), 2.0) == [Send(NodeId(i), BullyElection(NodeId(2), 1))
+                                         for i in (3, 4, 5)]
+    assert n.claim(NodeId(5), 2.1) == [LeaderChanged(NodeId(5), NodeId(4), 2.1)]
+
+
+def test_claim_lower_than_a_trusted_leader_is_ignored_and_not_remembered() -> None:
+    n = node(1)
+    n.step(BullyCoordinator(NodeId(5)), 0.0)
+    assert n.claim(NodeId(4), 1.0) == []
+    assert n.leader == 5
+    out = n.suspect(NodeId(5), 2.0)  # an election, not the ignored claim
+    assert out[0] == LeaderChanged(None, NodeId(5), 2.0)
+    assert out[1:] == [Send(NodeId(i), BullyElection(NodeId(1), 1)) for i in (2, 3, 4, 5)]

@@ -3,7 +3,9 @@
 Five drivers with heartbeat failure detectors elect, lose their leader to a
 crash (its driver cancelled, its address refusing), re-elect, and take the
 restarted higher node back.  Traces: every protocol message is traced once,
-every receive pairs with its send, heartbeats are not traced.
+every receive pairs with its send, heartbeats are not traced.  A lost
+COORDINATOR is repaired by the claim the new leader's heartbeats carry (and
+is not, with that switched off).
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import pytest
 import trio
 
 from coord.clock.lamport import LamportClock
-from coord.election import BullyNode, ElectionConfig, LeaderChanged, NodeId, RingNode
+from coord.election import (
+    BullyCoordinator,
+    BullyNode,
+    ElectionConfig,
+    ElectionMessage,
+    LeaderChanged,
+    NodeId,
+    RingNode,
+)
 from coord.election.driver import Core, DriverTiming, ElectionDriver
 from coord.election.memory import MemoryElectionNet
 from coord.failure import TimeoutConfig, TimeoutDetector
@@ -27,8 +37,10 @@ TIMING = DriverTiming(heartbeat_every=0.1, check_every=0.05, send_timeout=0.5)
 
 
 class Cluster:
-    def __init__(self, algo: str, nursery: trio.Nursery) -> None:
+    def __init__(self, algo: str, nursery: trio.Nursery, timing: DriverTiming = TIMING
+                 ) -> None:
         self.algo = algo
+        self.timing = timing
         self.net = MemoryElectionNet()
         self.nursery = nursery
         self.scopes: dict[NodeId, trio.CancelScope] = {}
@@ -44,7 +56,7 @@ class Cluster:
         driver = ElectionDriver(
             self.core(me, incarnation), self.net.transport(me),
             TimeoutDetector(TimeoutConfig(timeout=0.5)), peers=IDS, clock=LamportClock(),
-            timing=TIMING, on_leader=lambda ev: self.changes.append((me, ev)),
+            timing=self.timing, on_leader=lambda ev: self.changes.append((me, ev)),
             start_election=elect)
         self.net.register(driver)
         scope = trio.CancelScope()
@@ -71,9 +83,9 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(algo: str) -> AsyncIterator[Cluster]:
+async def cluster(algo: str, timing: DriverTiming = TIMING) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
-        c = Cluster(algo, nursery)
+        c = Cluster(algo, nursery, timing)
         try:
             yield c
         finally:
@@ -137,3 +149,31 @@ async def test_ring_skips_a_refusing_successor(autojump_clock: trio.abc.Clock) -
         notes = [e.label for e in drivers[NodeId(2)].tracer.events
                  if e.kind is EventKind.NOTE]
         assert "send to 3 failed" in notes
+
+
+@pytest.mark.parametrize("reannounce", [True, False])
+async def test_lost_coordinator_is_repaired_by_the_leaders_heartbeat_claims(
+        reannounce: bool, autojump_clock: trio.abc.Clock) -> None:
+    timing = DriverTiming(heartbeat_every=0.1, check_every=0.05, send_timeout=0.5,
+                          reannounce=reannounce)
+    async with cluster("bully", timing) as c:
+        drivers = {n: await c.start(n) for n in IDS[:4]}  # 5 is not up yet: 4 wins
+        await c.agree_on(4)
+
+        def lose(src: NodeId, dst: NodeId, msg: ElectionMessage) -> bool:
+            return isinstance(msg, BullyCoordinator) and (src, dst) == (5, 2)
+
+        c.net.lose = lose
+        # 5 starts, wins at once and announces; 2 never suspected it, so it
+        # is waiting for nothing: only a re-announcement can tell it.
+        drivers[NodeId(5)] = await c.start(NodeId(5), incarnation=1)
+        await trio.sleep(5.0)
+        views = {n: d.leader for n, d in drivers.items()}
+        if reannounce:
+            assert views == dict.fromkeys(IDS, 5)
+            notes = [e.label for e in drivers[NodeId(2)].tracer.events
+                     if e.kind is EventKind.NOTE]
+            assert "coordinator claim from 5" in notes
+        else:  # the weakness the claims repair
+            assert views == {**dict.fromkeys(IDS, 5), NodeId(2): 4}
+        assert drivers[NodeId(5)].sent == {"COORDINATOR": 4}  # the claims cost no message

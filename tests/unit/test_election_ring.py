@@ -211,3 +211,42 @@ def test_suspecting_the_leader_adopts_an_announcement_that_left_it_out() -> None
     n.step(RingCoordinator(n1, n3, 4, n4, members, (n3, n4, n1)), 1.0)
     assert n.leader == n5  # we still trusted 5
     assert n.suspect(n5, 2.0) == [LeaderChanged(n4, n5, 2.0)]  # no new election
+
+
+# ---------------------------------------------------------------- claims: the repair of a
+# lost COORDINATOR, riding the sitting coordinator's heartbeats (see ring.py).
+
+
+def test_claim_of_a_higher_node_than_our_leader_is_adopted() -> None:
+    n = node(2)
+    n.step(RingCoordinator(n1, n1, 1, n4, tuple(RING), (n1,)), 0.0)
+    assert n.claim(n5, 1.0) == [LeaderChanged(n5, n4, 1.0)]
+    assert n.phase is RingPhase.IDLE and n.next_deadline() is None
+
+
+def test_claim_adopted_mid_election_abandons_it() -> None:
+    n = node(2)
+    n.start_election(0.0)
+    assert n.claim(n5, 0.5) == [LeaderChanged(n5, None, 0.5)]
+    assert n.phase is RingPhase.IDLE
+    assert n.step(RingElection(n1, n2, 1, (n2, n3, n4, n5, n1)), 1.0) == []  # abandoned
+
+
+def test_claim_of_our_own_leader_changes_nothing() -> None:
+    n = node(2)
+    n.step(RingCoordinator(n1, n1, 1, n4, tuple(RING), (n1,)), 0.0)
+    n.suspect(n5, 0.1)
+    assert n.recover(n5, 1.0) == [Send(n3, RingElection(n2, n2, 1, (n2,)))]
+    assert n.claim(n4, 1.1) == []
+    assert n.phase is RingPhase.ELECTING and n.next_deadline() == 6.0
+
+
+def test_claims_of_lower_or_suspected_nodes_are_ignored() -> None:
+    n = node(3)
+    n.step(RingCoordinator(n1, n1, 1, n5, tuple(RING), (n1,)), 0.0)
+    assert n.claim(n2, 1.0) == []  # lower than us: 5's own claims tell it
+    assert n.claim(n4, 1.0) == []  # lower than the leader we trust
+    m = node(2)
+    m.suspect(n5, 0.0)
+    assert m.claim(n5, 1.0) == []
+    assert n.leader == n5 and m.leader is None

@@ -124,6 +124,32 @@ def test_a_new_leader_is_warming_up_until_a_heartbeat_or_the_grace_period_ends()
     assert lv.warming_up(13.0) and not lv.leading
 
 
+def test_a_new_leader_waits_for_every_recorded_server_before_placing() -> None:
+    # Placing on the first server heard would give a chunk one replica for good.
+    lv = Liveness(CFG)
+    lv.lead(10.0)
+    lv.watch({ServerId(i): ServerRec(ServerId(i), f"h:{i}", 100 * GiB, 50 * GiB, True)
+              for i in (1, 2, 3)})
+    lv.heartbeat(10.2, hb(1, 5))
+    assert lv.warming_up(10.3)  # 2 and 3 are recorded alive and not heard yet
+    lv.heartbeat(10.4, hb(2, 5))
+    assert lv.warming_up(10.5)
+    lv.heartbeat(10.6, hb(3, 5))
+    assert not lv.warming_up(10.7)
+    assert len(lv.placement(10.7, 3)) == 3
+
+
+def test_a_recorded_server_that_stays_silent_delays_placement_only_for_the_grace() -> None:
+    lv = Liveness(CFG)
+    lv.lead(10.0)
+    lv.watch({ServerId(i): ServerRec(ServerId(i), f"h:{i}", 100 * GiB, 50 * GiB, True)
+              for i in (1, 2)})
+    lv.heartbeat(10.2, hb(1, 5))
+    assert lv.warming_up(11.0)
+    assert not lv.warming_up(12.1)  # grace over: place on what is there
+    assert lv.placement(12.1, 3) == (ServerId(1),)
+
+
 def test_full_reports_are_asked_for_until_one_arrives() -> None:
     lv = Liveness(CFG)
     lv.lead(0.0)

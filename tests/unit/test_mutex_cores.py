@@ -236,6 +236,7 @@ def test_ra_a_suspected_peer_is_left_out_only_when_no_lease_of_it_can_run() -> N
     a.receive(RaRequest(L, n2, 1), 0.0)  # heard n2's request at 0.0: it may hold until ~9
     assert len(sends(a.want(0.5))) == 1
     assert not entered(a.suspect(n2, 2.0))
+    assert a.next_wakeup(2.0) == 0.0 + CFG.lease + CFG.epsilon  # when n2 may be left out
     assert not entered(a.tick(CFG.lease + CFG.epsilon - 0.1))
     out = a.tick(CFG.lease + CFG.epsilon)
     # By then our own request (sent at 0.5) is older than a lease: ask again.

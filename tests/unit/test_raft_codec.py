@@ -16,13 +16,17 @@ from coord.raft.messages import (
     AppendEntriesResponse,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     ReadCtx,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
+from coord.raft.snapshot import SnapshotMeta
 from coord.raft.types import Entry, EntryKind, LogIndex, NodeId, Term
 
 ids = st.integers(0, 2**63).map(NodeId)
@@ -30,7 +34,7 @@ terms = st.integers(0, 2**63).map(Term)
 indexes = st.integers(0, 2**63).map(LogIndex)
 entries = st.builds(Entry, terms, indexes, st.sampled_from(EntryKind), st.binary(max_size=64))
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(RequestVote, ids, ids, terms, indexes, terms, st.booleans()),
+    st.builds(RequestVote, ids, ids, terms, indexes, terms, st.booleans(), st.booleans()),
     st.builds(RequestVoteResponse, ids, ids, terms, st.booleans(), st.booleans()),
     st.builds(AppendEntries, ids, ids, terms, indexes, terms,
               st.lists(entries, max_size=4).map(tuple), indexes),
@@ -40,6 +44,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(HeartbeatResponse, ids, ids, terms, st.integers(0, 2**40)),
     st.builds(ReadIndexRequest, ids, ids, terms, st.binary(max_size=16).map(ReadCtx)),
     st.builds(ReadIndexResponse, ids, ids, terms, st.binary(max_size=16).map(ReadCtx), indexes),
+    st.builds(InstallSnapshot, ids, ids, terms,
+              st.builds(SnapshotMeta, indexes, terms, st.lists(ids, max_size=5).map(tuple),
+                        st.lists(ids, max_size=2).map(tuple), st.integers(0, 2**40),
+                        st.integers(0, 2**64 - 1)),
+              st.integers(0, 2**40), st.binary(max_size=64)),
+    st.builds(InstallSnapshotResponse, ids, ids, terms, indexes, st.integers(0, 2**40),
+              st.booleans()),
+    st.builds(TimeoutNow, ids, ids, terms),
 )
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -455,28 +456,34 @@ class MemoryKVStore:
     committed pages live in the OS page cache) and `durable` (what a power loss
     keeps: the image at the last `checkpoint()`).  A write transaction changes
     `committed` in place and keeps an undo list, replayed backwards on error.
-    Single-threaded: opening a view while a write is open raises, so a test
-    cannot accidentally read uncommitted state.
+    Opening a view in the thread that has a write open raises, so a test
+    cannot accidentally read uncommitted state; another thread (the trio
+    thread while the driver applies in a worker, as with LMDB) waits for the
+    write to end and then sees it committed, like an LMDB reader would see
+    the last commit.
     """
 
     def __init__(self, data: _Data | None = None, *, tables: Iterable[str] = ()) -> None:
         self._data: _Data | None = data if data is not None else _Data(tables)
         self._durable = self._data.copy()
-        self._writing = False
+        self._writer: int | None = None  # the thread with the write open
+        self._lock = threading.RLock()  # held by a write, and by a read (re-entrant)
 
     def _d(self) -> _Data:
         if self._data is None:
             raise RuntimeError("KV store closed")
-        if self._writing:
+        if self._writer == threading.get_ident():
             raise RuntimeError("KV store: a write transaction is open")
         return self._data
 
     def applied_index(self) -> LogIndex:
-        return self._d().applied
+        with self._lock:
+            return self._d().applied
 
     @contextmanager
     def _read(self) -> Iterator[KVReadView]:
-        yield _MemoryView(self._d(), None)
+        with self._lock:
+            yield _MemoryView(self._d(), None)
 
     def reader(self) -> AbstractContextManager[KVReadView]:
         return self._read()
@@ -485,15 +492,16 @@ class MemoryKVStore:
     def _write(self) -> Iterator[KVWriteView]:
         data = self._d()
         undo: list[Callable[[], None]] = []
-        self._writing = True
-        try:
-            yield _MemoryView(data, undo)
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
-        finally:
-            self._writing = False
+        with self._lock:
+            self._writer = threading.get_ident()
+            try:
+                yield _MemoryView(data, undo)
+            except BaseException:
+                for step in reversed(undo):
+                    step()
+                raise
+            finally:
+                self._writer = None
 
     def writer(self) -> AbstractContextManager[KVWriteView]:
         return self._write()

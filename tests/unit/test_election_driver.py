@@ -134,8 +134,12 @@ async def test_leader_events_and_wait_leader(autojump_clock: trio.abc.Clock) -> 
         c.crash(NodeId(5))
         got = await drivers[0].wait_leader(lambda leader: leader == 4)
         assert got == 4
-        mine = [ev for n, ev in c.changes if n == 1]
-        assert [ev.leader for ev in mine] == [5, None, 4]
+        leaders = [ev.leader for n, ev in c.changes if n == 1]
+        # 5, then 4; "no leader" in between unless 4's announcement, deferred while
+        # 1 still trusted 5, is adopted at the moment 5 is suspected (trio's
+        # scheduling order decides which comes first).
+        assert leaders[0] == 5 and leaders[-1] == 4, leaders
+        assert set(leaders[1:-1]) <= {None} and len(leaders) <= 3, leaders
 
 
 async def test_ring_skips_a_refusing_successor(autojump_clock: trio.abc.Clock) -> None:

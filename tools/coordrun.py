@@ -478,7 +478,6 @@ def _summary_line(r: dict[str, Any]) -> str:
 
 def node_main(argv: Sequence[str]) -> int:
     """`python -m tools.coordrun node ...`: one 2PC node (a child of `ddfs coord run 2pc`)."""
-    import trio
 
     from coord.twopc.node import NodeConfig, serve_node
     from coord.twopc.types import NodeName, TwoPcConfig
@@ -510,34 +509,13 @@ def node_main(argv: Sequence[str]) -> int:
                           store_retry=r * 2, use_store=not a.no_store),
     ).validate()
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(serve_node, config)
-            print(f"ddfs 2pc {config.name}: ready on {address}", flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+    from tools.coordnode import serve_until_signal
 
-    trio.run(main)
-    return 0
-
-
-def _standalone(argv: list[str]) -> int:
-    if argv[:1] == ["node"]:
-        return node_main(argv[1:])
-    from tools.cli import UserError
-
-    parser = argparse.ArgumentParser(prog="ddfs coord run 2pc")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except UserError as exc:
-        print(f"ddfs: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return serve_until_signal(serve_node, config,
+                              lambda address: f"ddfs 2pc {config.name}: ready on {address}")
 
 
 if __name__ == "__main__":
-    sys.exit(_standalone(sys.argv[1:]))
+    from tools.coordnode import standalone
+
+    sys.exit(standalone(sys.argv[1:], "ddfs coord run 2pc", add_arguments, run, node_main))

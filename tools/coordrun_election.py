@@ -340,7 +340,6 @@ def format_text(result: dict[str, Any]) -> str:
 
 def node_main(argv: Sequence[str]) -> int:
     """`python -m tools.coordrun_election node ...`: one election node."""
-    import trio
 
     from coord.election.node import NodeConfig, serve_node
     from coord.election.types import NodeId
@@ -363,34 +362,13 @@ def node_main(argv: Sequence[str]) -> int:
                         secret=a.secret_file.read_bytes().strip(),
                         start_election=not a.passive, clock_floor=a.clock_floor).validate()
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(serve_node, config)
-            print(f"ddfs election node {config.node}: {READY} {address}", flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+    from tools.coordnode import serve_until_signal
 
-    trio.run(main)
-    return 0
-
-
-def _standalone(argv: list[str]) -> int:
-    if argv[:1] == ["node"]:
-        return node_main(argv[1:])
-    from tools.cli import UserError
-
-    parser = argparse.ArgumentParser(prog="ddfs coord run election")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except UserError as exc:
-        print(f"ddfs: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    banner = f"ddfs election node {config.node}: {READY}"
+    return serve_until_signal(serve_node, config, lambda address: f"{banner} {address}")
 
 
 if __name__ == "__main__":
-    sys.exit(_standalone(sys.argv[1:]))
+    from tools.coordnode import standalone
+
+    sys.exit(standalone(sys.argv[1:], "ddfs coord run election", add_arguments, run, node_main))

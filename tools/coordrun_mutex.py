@@ -313,9 +313,7 @@ def format_text(r: dict[str, Any]) -> str:
 
 def node_main(argv: Sequence[str]) -> int:
     """`python -m tools.coordrun_mutex node ...`: one node (a child of `ddfs coord run mutex`)."""
-    import signal
 
-    import trio
 
     from coord.mutex.node import NodeConfig, serve_mutex_node
     from coord.mutex.types import NodeId
@@ -334,34 +332,13 @@ def node_main(argv: Sequence[str]) -> int:
     config = NodeConfig(NodeId(a.id), a.algo, nodes, a.data,
                         a.secret_file.read_bytes().strip(), elect=not a.no_election).validate()
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            address = await nursery.start(serve_mutex_node, config)
-            print(f"ddfs mutex n{a.id}: ready on {address}", flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+    from tools.coordnode import serve_until_signal
 
-    trio.run(main)
-    return 0
-
-
-def _standalone(argv: list[str]) -> int:
-    if argv[:1] == ["node"]:
-        return node_main(argv[1:])
-    from tools.cli import UserError
-
-    parser = argparse.ArgumentParser(prog="ddfs coord run mutex")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except UserError as exc:
-        print(f"ddfs: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return serve_until_signal(serve_mutex_node, config,
+                              lambda address: f"ddfs mutex n{a.id}: ready on {address}")
 
 
 if __name__ == "__main__":
-    sys.exit(_standalone(sys.argv[1:]))
+    from tools.coordnode import standalone
+
+    sys.exit(standalone(sys.argv[1:], "ddfs coord run mutex", add_arguments, run, node_main))

@@ -10,6 +10,7 @@ is not, with that switched off).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -135,11 +136,13 @@ async def test_leader_events_and_wait_leader(autojump_clock: trio.abc.Clock) -> 
         got = await drivers[0].wait_leader(lambda leader: leader == 4)
         assert got == 4
         leaders = [ev.leader for n, ev in c.changes if n == 1]
-        # 5, then 4; "no leader" in between unless 4's announcement, deferred while
-        # 1 still trusted 5, is adopted at the moment 5 is suspected (trio's
-        # scheduling order decides which comes first).
+        # 5 first and 4 in the end.  In between, trio's scheduling order decides:
+        # "no leader", nothing (4's deferred announcement adopted the moment 5 is
+        # suspected) or, once in a clean CI run, 3 for a moment (agreement is
+        # eventual: docs/election.md).  Every event is a change.
         assert leaders[0] == 5 and leaders[-1] == 4, leaders
-        assert set(leaders[1:-1]) <= {None} and len(leaders) <= 3, leaders
+        assert set(leaders[1:-1]) <= {None, 3}, leaders
+        assert all(a != b for a, b in itertools.pairwise(leaders)), leaders
 
 
 async def test_ring_skips_a_refusing_successor(autojump_clock: trio.abc.Clock) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import trio
 
 C = TypeVar("C")
+R = TypeVar("R")
 
 
 def serve_until_signal(serve: Callable[..., Awaitable[Any]], config: C,
@@ -37,6 +38,32 @@ def serve_until_signal(serve: Callable[..., Awaitable[Any]], config: C,
 
     trio.run(main)
     return 0
+
+
+async def interruptible(work: Callable[[], Awaitable[R]]) -> R:
+    """`work()`, cancelled by SIGTERM/SIGINT; then KeyboardInterrupt is raised once
+    `work` has unwound (so every process it started has been stopped)."""
+    result: list[R] = []
+    interrupted = False
+
+    async def run_work() -> None:
+        result.append(await work())
+        nursery.cancel_scope.cancel()
+
+    async def watch_signals() -> None:
+        nonlocal interrupted
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                interrupted = True
+                nursery.cancel_scope.cancel()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        nursery.start_soon(run_work)
+    if interrupted or not result:
+        raise KeyboardInterrupt
+    return result[0]
 
 
 def standalone(argv: Sequence[str], prog: str,

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -154,36 +153,17 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace, kill: Kill | None, base: Path,
                 group: ProcessGroup) -> dict[str, Any]:
     """Run the transaction(s); SIGINT/SIGTERM cancel them (cleanup included)."""
-    import trio
+    from tools.coordnode import interruptible
 
-    result: dict[str, Any] = {}
-    interrupted = False
-
-    async def work() -> None:
-        nonlocal result
+    async def work() -> dict[str, Any]:
         async with open_cluster(base, args.participants, use_store=not args.no_store,
                                 group=group) as cluster:
             if args.matrix:
-                result = await run_matrix(cluster, timeout=args.timeout)
-            else:
-                result = await cluster.transaction("tx1", kill, vote_abort=args.vote_abort,
-                                                   timeout=args.timeout)
-        nursery.cancel_scope.cancel()
+                return await run_matrix(cluster, timeout=args.timeout)
+            return await cluster.transaction("tx1", kill, vote_abort=args.vote_abort,
+                                             timeout=args.timeout)
 
-    async def watch_signals() -> None:
-        nonlocal interrupted
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                interrupted = True
-                nursery.cancel_scope.cancel()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        nursery.start_soon(work)
-    if interrupted:
-        raise KeyboardInterrupt  # after every process was stopped
-    return result
+    return await interruptible(work)  # KeyboardInterrupt after every process was stopped
 
 
 @asynccontextmanager

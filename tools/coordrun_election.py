@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -102,32 +101,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, base: Path, group: ProcessGroup) -> dict[str, Any]:
-    import trio
+    from tools.coordnode import interruptible
 
-    result: dict[str, Any] = {}
-    interrupted = False
-
-    async def work() -> None:
-        nonlocal result
+    async def work() -> dict[str, Any]:
         async with open_cluster(base, args.algo, args.nodes, group=group) as cluster:
-            result = await cluster.scenario(args.kill, restart=args.restart,
-                                            timeout=args.timeout)
-        nursery.cancel_scope.cancel()
+            return await cluster.scenario(args.kill, restart=args.restart,
+                                          timeout=args.timeout)
 
-    async def watch_signals() -> None:
-        nonlocal interrupted
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                interrupted = True
-                nursery.cancel_scope.cancel()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        nursery.start_soon(work)
-    if interrupted:
-        raise KeyboardInterrupt  # after every process was stopped
-    return result
+    return await interruptible(work)  # KeyboardInterrupt after every process was stopped
 
 
 @asynccontextmanager

@@ -39,6 +39,14 @@ class ClientSession:
         self._next += 1
         return req
 
+    def issue(self) -> tuple[SeqNo, SeqNo]:
+        """(seq, acked) for a new request, without building a `ClientRequest`
+        (the KV client encodes hot commands straight to bytes); the caller
+        resends the same encoding on retries."""
+        seq = self._next
+        self._next = seq + 1
+        return SeqNo(seq), SeqNo(self._acked)
+
     def keep_alive(self) -> KeepAlive:
         return KeepAlive(self.client_id, SeqNo(self._acked))
 
@@ -47,6 +55,9 @@ class ClientSession:
         if not 1 <= seq < self._next:
             raise ValueError(f"seq {seq} was never issued")
         if seq <= self._acked:
+            return
+        if seq == self._acked + 1 and not self._done:
+            self._acked = seq  # the usual case (one request at a time): no set traffic
             return
         self._done.add(seq)
         while self._acked + 1 in self._done:

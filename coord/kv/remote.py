@@ -152,42 +152,52 @@ class LeaderRouter:
         deadline = trio.current_time() + self.timeout
         self._last = "no attempt finished"
         again_now = True  # no backoff before the next try
+        # (The awaits are written out here rather than in a helper: every await
+        # level is walked again on each of a call's suspensions and resumptions.)
         if attempt_bound is not None and attempt_bound <= self.timeout and self.leader:
-            reply, again_now = await self._try(self.leader, attempt)
-            if reply is not None:
-                return reply
+            addr = self.leader
+            try:
+                reply = await attempt(addr)
+            except RpcError as exc:
+                again_now = self._failed(addr, exc)
+            else:
+                if reply.status == OK:
+                    return reply
+                again_now = self._refused(addr, reply)
         backoff = 0.02
         with trio.move_on_at(deadline):
             while True:
                 if not again_now:
                     await trio.sleep(self._rng.uniform(0, backoff))
                     backoff = min(backoff * 2, 0.5)
-                reply, again_now = await self._try(self._next_address(), attempt)
-                if reply is not None:
-                    return reply
+                addr = self._next_address()
+                try:
+                    reply = await attempt(addr)
+                except RpcError as exc:
+                    again_now = self._failed(addr, exc)
+                else:
+                    if reply.status == OK:
+                        self.leader = addr
+                        return reply
+                    again_now = self._refused(addr, reply)
         raise KvTimeout(f"no member answered within {self.timeout:g} s (last: {self._last})")
 
-    async def _try(
-        self, addr: str, attempt: Callable[[str], Awaitable[RT]]
-    ) -> tuple[RT | None, bool]:
-        """One attempt: (the reply if its status is OK, else None; whether to try
-        again at once because the reply was a fresh redirect)."""
-        try:
-            reply = await attempt(addr)
-        except RpcError as exc:
-            if not is_transient(exc) and not _retry_elsewhere(exc):
-                raise KvError(f"{addr}: {exc}") from exc
-            self._last = f"{addr}: {exc}"
-            self.leader = None
-            self.retries += 1
-            return None, False
-        if reply.status == OK:
-            self.leader = addr
-            return reply, False
+    def _failed(self, addr: str, exc: RpcError) -> bool:
+        """Account for an attempt that raised; False (back off before the next)."""
+        if not is_transient(exc) and not _retry_elsewhere(exc):
+            raise KvError(f"{addr}: {exc}") from exc
+        self._last = f"{addr}: {exc}"
+        self.leader = None
+        self.retries += 1
+        return False
+
+    def _refused(self, addr: str, reply: Routed) -> bool:
+        """Account for a reply other than OK; True when it is a fresh redirect
+        (go there at once)."""
         self._last = f"{addr}: {reply.status}"
         self.leader = reply.leader or None
         self.retries += 1
-        return None, bool(reply.leader) and reply.leader != addr
+        return bool(reply.leader) and reply.leader != addr
 
 
 class KvClient:
@@ -281,25 +291,25 @@ class KvClient:
         # Encoded once, straight from the fields (no ClientRequest, packed by this
         # client's own Packer): retries resend these same bytes, so the state
         # machine sees one (client, seq) however often it arrives.
-        result = await self._call(KvSubmit(self._pack(
-            request_wire(session.client_id, seq, acked, command))))
+        request = KvSubmit(self._pack(request_wire(session.client_id, seq, acked, command)))
+        reply = await self._router.call(self._attempt_of(request),
+                                        attempt_bound=self._attempt_bound)
         session.completed(seq)
-        return result
+        return _checked(decode_result(reply.result))
 
     async def _submit(self, body: Body) -> Result:
-        return await self._call(KvSubmit(encode_body(body)))
+        reply = await self._router.call(self._attempt_of(KvSubmit(encode_body(body))),
+                                        attempt_bound=self._attempt_bound)
+        return _checked(decode_result(reply.result))
 
     async def _query(self, query: Query) -> Result:
-        return await self._call(KvRead(self._pack(query_wire(query))))
-
-    async def _call(self, request: KvSubmit | KvRead) -> Result:
-        rpc, timeout = self._rpc, self._attempt
-
-        async def attempt(addr: str) -> KvReply:
-            return await rpc.call(addr, request, timeout=timeout)
-
-        reply = await self._router.call(attempt, attempt_bound=self._attempt_bound)
+        reply = await self._router.call(self._attempt_of(KvRead(self._pack(query_wire(query)))),
+                                        attempt_bound=self._attempt_bound)
         return _checked(decode_result(reply.result))
+
+    def _attempt_of(self, request: KvSubmit | KvRead) -> Callable[[str], Awaitable[KvReply]]:
+        # a partial, not a coroutine function: one await level fewer per call
+        return functools.partial(self._rpc.call, request=request, timeout=self._attempt)
 
 
 class Watch:

@@ -1,8 +1,9 @@
 """The KV hot paths agree with the general codec: the client's direct encoding
-(`request_wire`, `query_wire`), the leader's shape check (`is_plain_request`)
-and its byte splice (`stamp_encoded`).  A fast path that accepted something
-the general decoder refuses, or produced a different record, would let the
-leader propose what the replicas then reject or read differently."""
+(`request_wire`, `query_wire`), the leader's shape check (`is_plain_request`),
+its byte splice (`stamp_encoded`) and `encode_result`'s shortcuts.  A fast
+path that accepted something the general decoder refuses, or produced a
+different record, would let the leader propose what the replicas then reject
+or read differently."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from coord.kv.commands import (
     stamp,
     stamp_encoded,
 )
+from coord.kv.results import Result, _to_wire, encode_result
 from coord.kv.types import MAX_KEY_BYTES, ClientId, LogTime, SeqNo
-from tests.unit.test_kv_codec import _shapes, bodies, commands, ids, ints, queries
+from tests.unit.test_kv_codec import _shapes, bodies, commands, ids, ints, queries, results
 
 _now_ms = st.integers(0, 2**64 - 1) | st.just(1_764_000_000_000)
 
@@ -109,3 +111,8 @@ def test_a_non_canonical_body_is_spliced_and_still_decodes_to_the_same_record() 
     body = ClientRequest(ClientId(7), SeqNo(1), SeqNo(0), Put(b"k", b"v"))
     assert decode_body(raw) == body
     assert decode_record(stamp_encoded(raw, 10**12)) == LogRecord(LogTime(10**12), body)
+
+
+@given(results)
+def test_encode_result_fast_cases_match_the_general_encoding(result: Result) -> None:
+    assert encode_result(result) == msgpack.packb(_to_wire(result), use_bin_type=True)

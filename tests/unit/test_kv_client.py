@@ -1,7 +1,8 @@
 """The KV client over a scripted RPC client, and the leader's KV service over
 a scripted driver: exactly-once retries, redirects, failover, the time bound
-(with and without the first try's scope-free fast path) and the leader's
-fast encoding path agreeing with the general one."""
+(with and without the first try's scope-free fast path), the leader's fast
+encoding path agreeing with the general one, and shared read barriers that
+each started after every read they answer arrived."""
 
 from __future__ import annotations
 
@@ -34,7 +35,16 @@ from coord.kv.results import (
     Result,
     encode_result,
 )
-from coord.kv.service import BUSY, NOT_LEADER, OK, UNAVAILABLE, KvReply, KvService, KvSubmit
+from coord.kv.service import (
+    BUSY,
+    NOT_LEADER,
+    OK,
+    UNAVAILABLE,
+    KvReply,
+    KvService,
+    KvSubmit,
+    SharedReadBarrier,
+)
 from coord.kv.types import ClientId, LogTime, SeqNo
 from coord.raft.driver import Busy, RaftDriver, RaftUnavailable
 from coord.raft.types import LogIndex, NodeId
@@ -198,6 +208,9 @@ class ScriptedDriver:
         self.proposed: list[bytes] = []
         self.refuse: RaftUnavailable | None = None
 
+    async def read_barrier(self) -> LogIndex:
+        return LogIndex(0)
+
     async def propose(self, data: bytes, *, early: bool = False) -> Applied:
         if self.refuse is not None:
             raise self.refuse
@@ -246,3 +259,112 @@ async def test_the_service_redirects_with_the_leaders_client_address() -> None:
         NOT_LEADER, leader=B)
     driver.refuse = Busy("busy", None)
     assert await _service(driver).submit(KvSubmit(raw), cast(Any, None)) == KvReply(BUSY)
+
+
+# --- shared read barriers ----------------------------------------------------------------------
+
+
+class GatedBarrier:
+    """A driver's read_barrier that runs until the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []  # the clock value at each barrier's start
+        self.gates: list[trio.Event] = []
+        self.clock = 0  # a logical clock: bumped by each arrival and start
+        self.fail: RaftUnavailable | None = None
+        self.runners: list[str] = []  # the name of the task that ran each barrier
+
+    async def __call__(self) -> LogIndex:
+        self.clock += 1
+        self.started.append(self.clock)
+        self.runners.append(trio.lowlevel.current_task().name)
+        gate = trio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return LogIndex(1)
+
+
+async def _reader(shared: SharedReadBarrier, gb: GatedBarrier,
+                  out: list[tuple[int, int, RaftUnavailable | None]]) -> None:
+    gb.clock += 1
+    arrived = gb.clock
+    error = await shared.wait()
+    out.append((arrived, len(gb.started), error))  # which barriers had started by the answer
+
+
+async def _settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_reads_share_barriers_that_started_after_they_arrived() -> None:
+    gb = GatedBarrier()
+    shared = SharedReadBarrier(gb)
+    out: list[tuple[int, int, RaftUnavailable | None]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_reader, shared, gb, out)
+        await _settle()
+        assert len(gb.started) == 1  # the first read runs a barrier
+        for _ in range(10):  # these arrive while it runs: they need the next one
+            nursery.start_soon(_reader, shared, gb, out)
+        await _settle()
+        assert len(gb.started) == 1 and out == []
+        gb.gates[0].set()
+        await _settle()
+        assert len(out) == 1 and len(gb.started) == 2  # one barrier for all ten
+        gb.gates[1].set()
+    assert len(out) == 11 and len(gb.started) == 2
+    for arrived, started_by_answer, error in out:
+        # the barrier that answered (the last started before the answer) started after arrival
+        assert gb.started[started_by_answer - 1] > arrived and error is None
+
+
+async def test_when_a_rounds_runner_is_cancelled_its_other_readers_start_over() -> None:
+    gb = GatedBarrier()
+    shared = SharedReadBarrier(gb)
+    out: list[tuple[int, int, RaftUnavailable | None]] = []
+    scopes = {name: trio.CancelScope() for name in "ABCD"}
+    answered: list[str] = []
+
+    async def reader(name: str) -> None:
+        with scopes[name]:
+            await _reader(shared, gb, out)
+            answered.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, "A", name="A")
+        await _settle()
+        nursery.start_soon(reader, "B", name="B")
+        nursery.start_soon(reader, "C", name="C")
+        await _settle()
+        gb.gates[0].set()  # A is answered; B or C runs round 2 for both
+        await _settle()
+        assert answered == ["A"] and len(gb.started) == 2
+        nursery.start_soon(reader, "D", name="D")  # joins round 3
+        await _settle()
+        runner = gb.runners[1]
+        scopes[runner].cancel()  # round 2 proved nothing: the other starts over
+        await _settle()
+        assert len(gb.started) == 3  # round 3 runs, for the other one and D
+        gb.gates[2].set()
+    other = "C" if runner == "B" else "B"
+    assert sorted(answered) == sorted(["A", other, "D"])
+    for arrived, started_by_answer, error in out:
+        assert gb.started[started_by_answer - 1] > arrived and error is None
+
+
+async def test_a_failed_barrier_answers_its_whole_round_with_the_redirect() -> None:
+    gb = GatedBarrier()
+    shared = SharedReadBarrier(gb)
+    out: list[tuple[int, int, RaftUnavailable | None]] = []
+    gb.fail = RaftUnavailable("not leader", NodeId(2))
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(_reader, shared, gb, out)
+        await _settle()
+        gb.gates[0].set()
+        await _settle()
+        gb.gates[1].set()
+    assert len(gb.started) == 2
+    assert [e is gb.fail for _, _, e in out] == [True] * 4

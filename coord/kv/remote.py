@@ -131,7 +131,6 @@ class LeaderRouter:
         self.leader: str | None = None  # best guess of the leader's address
         self._turn = 0  # round-robin position when no leader is known
         self.retries = 0  # attempts beyond the first, for tests and tools
-        self._last = "no attempt finished"  # what went wrong last, for KvTimeout
 
     def _next_address(self) -> str:
         if self.leader is not None:
@@ -150,7 +149,7 @@ class LeaderRouter:
         was 14% of the KV client's CPU per call at 64 clients (trio keeps a
         deadline heap), and the scope is only needed once something failed."""
         deadline = trio.current_time() + self.timeout
-        self._last = "no attempt finished"
+        last = "no attempt finished"  # what went wrong last, for KvTimeout
         again_now = True  # no backoff before the next try
         # (The awaits are written out here rather than in a helper: every await
         # level is walked again on each of a call's suspensions and resumptions.)
@@ -159,11 +158,11 @@ class LeaderRouter:
             try:
                 reply = await attempt(addr)
             except RpcError as exc:
-                again_now = self._failed(addr, exc)
+                last, again_now = self._failed(addr, exc), False
             else:
                 if reply.status == OK:
                     return reply
-                again_now = self._refused(addr, reply)
+                last, again_now = f"{addr}: {reply.status}", self._refused(addr, reply)
         backoff = 0.02
         with trio.move_on_at(deadline):
             while True:
@@ -174,27 +173,26 @@ class LeaderRouter:
                 try:
                     reply = await attempt(addr)
                 except RpcError as exc:
-                    again_now = self._failed(addr, exc)
+                    last, again_now = self._failed(addr, exc), False
                 else:
                     if reply.status == OK:
                         self.leader = addr
                         return reply
-                    again_now = self._refused(addr, reply)
-        raise KvTimeout(f"no member answered within {self.timeout:g} s (last: {self._last})")
+                    last, again_now = f"{addr}: {reply.status}", self._refused(addr, reply)
+        raise KvTimeout(f"no member answered within {self.timeout:g} s (last: {last})")
 
-    def _failed(self, addr: str, exc: RpcError) -> bool:
-        """Account for an attempt that raised; False (back off before the next)."""
+    def _failed(self, addr: str, exc: RpcError) -> str:
+        """Account for an attempt that raised (the next one backs off first);
+        returns what went wrong."""
         if not is_transient(exc) and not _retry_elsewhere(exc):
             raise KvError(f"{addr}: {exc}") from exc
-        self._last = f"{addr}: {exc}"
         self.leader = None
         self.retries += 1
-        return False
+        return f"{addr}: {exc}"
 
     def _refused(self, addr: str, reply: Routed) -> bool:
         """Account for a reply other than OK; True when it is a fresh redirect
         (go there at once)."""
-        self._last = f"{addr}: {reply.status}"
         self.leader = reply.leader or None
         self.retries += 1
         return bool(reply.leader) and reply.leader != addr

@@ -1,0 +1,131 @@
+"""FrameStream's direct-syscall path over real sockets: partial sends, closing
+a waiting reader, cancellation and fairness while data keeps arriving."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from coord.clock.lamport import LamportClock
+from coord.rpc.transport import _FAIR_RECEIVES, FrameStream
+from coord.wire.errors import ConnectionLost
+from coord.wire.frame import DEFAULT_MAX_FRAME, NO_BUDGET, FrameKind, encode_frame
+
+BODY = 60 * 1024  # one frame per 64 KiB receive, so a backlog takes many receives
+
+
+def _pair() -> tuple[FrameStream, FrameStream]:
+    a, b = socket.socketpair()
+    return tuple(  # type: ignore[return-value]
+        FrameStream(trio.SocketStream(trio.socket.from_stdlib_socket(s)), LamportClock(), n,
+                    DEFAULT_MAX_FRAME)
+        for n, s in ((1, a), (2, b))
+    )
+
+
+async def test_big_frames_survive_partial_sends_both_ways() -> None:
+    left, right = _pair()
+    try:
+        assert left.direct_io and right.direct_io
+        big = bytes(range(256)) * 16384  # 4 MiB: far more than the socket buffer holds
+        got: list[bytes] = []
+
+        async def read(fs: FrameStream) -> None:
+            frame = await fs.receive()
+            assert frame is not None
+            got.append(bytes(frame.body))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, right)
+                nursery.start_soon(read, left)
+                for fs in (left, right):
+                    fs.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, big)
+                    fs.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, b"tail")  # two buffers
+                    await fs.flush()
+        assert got == [big, big]
+        with trio.fail_after(5):
+            for fs in (left, right):
+                frame = await fs.receive()
+                assert frame is not None and bytes(frame.body) == b"tail"
+    finally:
+        await left.aclose()
+        await right.aclose()
+
+
+async def test_closing_wakes_a_waiting_reader() -> None:
+    left, right = _pair()
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                outcome: list[BaseException] = []
+
+                async def reader() -> None:
+                    try:
+                        await right.receive()
+                    except ConnectionLost as exc:
+                        outcome.append(exc)
+
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                await right.aclose()
+        assert len(outcome) == 1
+    finally:
+        await left.aclose()
+        await right.aclose()
+
+
+def _backlog(frames: int) -> tuple[socket.socket, FrameStream]:
+    """A reader whose socket already holds `frames` frames of BODY bytes."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    frame = encode_frame(FrameKind.NOTIFY, 0, sender=1, lamport=1, budget_us=NO_BUDGET,
+                         body=b"x" * BODY)
+    a.sendall(frame * frames)
+    fs = FrameStream(trio.SocketStream(trio.socket.from_stdlib_socket(b)), LamportClock(), 2,
+                     DEFAULT_MAX_FRAME)
+    return a, fs
+
+
+async def test_a_reader_with_data_always_ready_still_yields() -> None:
+    frames = 4 * _FAIR_RECEIVES  # 64 frames, under 4 MiB: fits the enlarged buffers
+    writer, fs = _backlog(frames)
+    try:
+        others = 0
+
+        async def other() -> None:
+            nonlocal others
+            while True:
+                await trio.sleep(0)
+                others += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await trio.sleep(0)
+            start = others
+            with trio.fail_after(10):
+                for _ in range(frames):
+                    frame = await fs.receive()
+                    assert frame is not None and len(frame.body) == BODY
+            # Without the fairness yield the other task would not have run at all.
+            assert others - start >= 2
+            nursery.cancel_scope.cancel()
+    finally:
+        writer.close()
+        await fs.aclose()
+
+
+async def test_a_cancelled_reader_stops_although_data_is_ready() -> None:
+    writer, fs = _backlog(4)
+    try:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await fs.receive()
+    finally:
+        writer.close()
+        await fs.aclose()

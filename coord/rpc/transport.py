@@ -172,6 +172,38 @@ class FrameStream:
         finally:
             self._sending = False
 
+    def flush_nowait(self) -> bool:
+        """Write one queued small frame if the kernel takes it at once; never waits.
+
+        True when nothing is left for this caller to wait for (written, or
+        another task's `flush` loop is writing and will send it).  False when
+        the caller must `await flush()`: no direct path, several buffers
+        queued, or the socket buffer is full (the unsent rest stays queued).
+        Why: a notification then costs one syscall and neither an `await`
+        nor a cancel scope (see `RpcClient.notify`).
+        """
+        if self._broken is not None:
+            raise self._broken
+        out = self._out
+        if self._sending or not out:
+            return True
+        if self._direct is None or len(out) != 1:
+            return False
+        data = out[0]
+        try:
+            sent = self._direct.sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            out.clear()
+            self._broken = ConnectionLost(f"send failed: {exc!r}")
+            raise self._broken from exc
+        if sent == len(data):
+            out.clear()
+            return True
+        out[0] = data[sent:]  # a copy of the rest; rare: the socket buffer was full
+        return False
+
     async def _send_direct(self, sock: socket.socket, data: bytes) -> None:
         """One send syscall; trio's `send_all` (which waits) only for what is left."""
         try:

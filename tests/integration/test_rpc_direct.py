@@ -1,5 +1,6 @@
 """FrameStream's direct-syscall path over real sockets: partial sends, closing
-a waiting reader, cancellation and fairness while data keeps arriving."""
+a waiting reader, cancellation and fairness while data keeps arriving, a full
+socket under `flush_nowait`, and `RpcClient.notify`'s no-await fast path."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import trio
 import trio.testing
 
 from coord.clock.lamport import LamportClock
+from coord.rpc import Router, RpcClient, RpcServer, TcpConnector
 from coord.rpc.transport import _FAIR_RECEIVES, FrameStream
 from coord.wire.errors import ConnectionLost
 from coord.wire.frame import DEFAULT_MAX_FRAME, NO_BUDGET, FrameKind, encode_frame
+from tests.unit.test_rpc_common import Echo, Note, Service, client_config, server_config
 
 BODY = 60 * 1024  # one frame per 64 KiB receive, so a backlog takes many receives
 
@@ -129,3 +132,65 @@ async def test_a_cancelled_reader_stops_although_data_is_ready() -> None:
     finally:
         writer.close()
         await fs.aclose()
+
+
+async def test_flush_nowait_keeps_what_the_kernel_did_not_take() -> None:
+    left, right = _pair()
+    try:
+        body = b"y" * 1000
+        queued = 0
+        # The peer does not read: the socket buffers fill up and flush_nowait says so.
+        for _ in range(100_000):
+            left.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, body)
+            queued += 1
+            if not left.flush_nowait():
+                break
+        else:
+            pytest.fail("the socket never filled up")
+        got = 0
+
+        async def read() -> None:
+            nonlocal got
+            while got < queued:
+                frame = await right.receive()
+                assert frame is not None and bytes(frame.body) == body
+                got += 1
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await left.flush()  # the unsent rest of the last frame, then nothing more
+        assert got == queued
+    finally:
+        await left.aclose()
+        await right.aclose()
+
+
+async def test_notifications_over_tcp_arrive_in_order_then_a_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fast = 0
+    original = FrameStream.flush_nowait
+
+    def counting(self: FrameStream) -> bool:
+        nonlocal fast
+        done = original(self)
+        fast += done
+        return done
+
+    monkeypatch.setattr(FrameStream, "flush_nowait", counting)
+    service = Service()
+    service.want_notes = 300
+    server = RpcServer(server_config(), Router().include(service))
+    async with trio.open_nursery() as nursery:
+        ((host, port), *_) = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
+        address = f"{host}:{port}"
+        async with RpcClient(client_config(), TcpConnector()) as client:
+            with trio.fail_after(20):
+                for seq in range(300):  # the first opens the connection, the rest are pooled
+                    await client.notify(address, Note("n", seq))
+                await service.notes_arrived.wait()
+                assert (await client.call(address, Echo(b"after"))).data == b"after"
+        assert [seq for _, seq, _ in service.notes] == list(range(300))
+        assert fast >= 290  # nearly all took the fast path (a full socket may not)
+        await server.shutdown()

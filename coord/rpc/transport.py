@@ -103,6 +103,7 @@ class FrameStream:
         "_broken",
         "_decoder",
         "_direct",
+        "_drained",
         "_eager",
         "_out",
         "_sending",
@@ -123,6 +124,7 @@ class FrameStream:
         self._broken: ConnectionLost | None = None
         self._direct = _Direct(stream) if isinstance(stream, trio.SocketStream) else None
         self._eager = 0  # receives in a row that completed without yielding
+        self._drained = False  # the last direct receive emptied the socket
 
     @property
     def broken(self) -> ConnectionLost | None:
@@ -280,7 +282,15 @@ class FrameStream:
         """recv without trio's wrappers: yields only to wait, or to be fair."""
         if self._broken is not None:
             raise trio.ClosedResourceError("the stream was closed")
-        if self._eager >= _FAIR_RECEIVES:
+        if self._drained:
+            # The last receive emptied the socket (it got less than it asked
+            # for): with request/reply traffic the next recv would almost
+            # always fail with EAGAIN, so wait first and save that syscall.
+            self._eager = 0
+            await trio.lowlevel.wait_readable(direct.waitable)
+            if self._broken is not None:
+                raise trio.ClosedResourceError("the stream was closed")
+        elif self._eager >= _FAIR_RECEIVES:
             self._eager = 0
             await trio.lowlevel.checkpoint()
         else:
@@ -298,6 +308,7 @@ class FrameStream:
             except OSError as exc:
                 raise trio.BrokenResourceError(f"receive failed: {exc!r}") from exc
             self._eager += 1
+            self._drained = len(data) < size
             return data
 
     async def aclose(self) -> None:

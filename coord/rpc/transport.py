@@ -72,6 +72,18 @@ class _Direct:
         self.sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
         self.sock.setblocking(False)
 
+    @classmethod
+    def open(cls, stream: trio.abc.Stream) -> _Direct | None:
+        """The direct path for a socket stream; None for other streams, or when
+        the descriptor cannot be duplicated (e.g. EMFILE: the stream then
+        simply goes through trio, rather than failing the connection)."""
+        if not isinstance(stream, trio.SocketStream):
+            return None
+        try:
+            return cls(stream)
+        except OSError:
+            return None
+
     def close(self) -> None:
         self.sock.close()
 
@@ -122,7 +134,7 @@ class FrameStream:
         self._out: list[bytes] = []  # queued, not yet written
         self._sending = False  # a task is inside flush()'s write loop
         self._broken: ConnectionLost | None = None
-        self._direct = _Direct(stream) if isinstance(stream, trio.SocketStream) else None
+        self._direct = _Direct.open(stream)
         self._eager = 0  # receives in a row that completed without yielding
         self._drained = False  # the last direct receive emptied the socket
 

@@ -194,3 +194,24 @@ async def test_notifications_over_tcp_arrive_in_order_then_a_call(
         assert [seq for _, seq, _ in service.notes] == list(range(300))
         assert fast >= 290  # nearly all took the fast path (a full socket may not)
         await server.shutdown()
+
+
+async def test_without_a_spare_descriptor_the_stream_goes_through_trio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_fds(fd: int) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr("coord.rpc.transport.os.dup", no_fds)
+    left, right = _pair()
+    try:
+        assert not left.direct_io and not right.direct_io
+        left.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, b"still works")
+        assert not left.flush_nowait()  # no direct path: the caller must await flush
+        await left.flush()
+        with trio.fail_after(5):
+            frame = await right.receive()
+        assert frame is not None and bytes(frame.body) == b"still works"
+    finally:
+        await left.aclose()
+        await right.aclose()

@@ -82,7 +82,7 @@ class SharedReadBarrier:
     answers a read always started after the read arrived: linearizable.  No
     task of its own: the first of a round's readers to get the turn runs it
     and the others wait on its event; if that reader is cancelled, the round
-    is abandoned and its readers start over with a fresh round.  Figure: at
+    is abandoned and its readers wait for a later one.  Figure: at
     64 clients a driver barrier (a waiter, a nursery and a task each) was 27%
     of the leader's CPU per read; now one barrier serves a whole round.
     """
@@ -100,7 +100,9 @@ class SharedReadBarrier:
             if mine.done.is_set():
                 if not mine.abandoned:
                     break
-                mine = self._join()
+                # a round running now started after `mine` ended, so after we
+                # arrived: it will do; else the open round
+                mine = self._running if self._running is not None else self._join()
             elif self._running is None:
                 # nothing runs, so `mine` is still the open round: run it
                 await self._run(mine)

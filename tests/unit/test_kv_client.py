@@ -302,18 +302,19 @@ async def test_reads_share_barriers_that_started_after_they_arrived() -> None:
     gb = GatedBarrier()
     shared = SharedReadBarrier(gb)
     out: list[tuple[int, int, RaftUnavailable | None]] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_reader, shared, gb, out)
-        await _settle()
-        assert len(gb.started) == 1  # the first read runs a barrier
-        for _ in range(10):  # these arrive while it runs: they need the next one
+    with trio.fail_after(10):  # a bug here would hang: fail instead
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(_reader, shared, gb, out)
-        await _settle()
-        assert len(gb.started) == 1 and out == []
-        gb.gates[0].set()
-        await _settle()
-        assert len(out) == 1 and len(gb.started) == 2  # one barrier for all ten
-        gb.gates[1].set()
+            await _settle()
+            assert len(gb.started) == 1  # the first read runs a barrier
+            for _ in range(10):  # these arrive while it runs: they need the next one
+                nursery.start_soon(_reader, shared, gb, out)
+            await _settle()
+            assert len(gb.started) == 1 and out == []
+            gb.gates[0].set()
+            await _settle()
+            assert len(out) == 1 and len(gb.started) == 2  # one barrier for all ten
+            gb.gates[1].set()
     assert len(out) == 11 and len(gb.started) == 2
     for arrived, started_by_answer, error in out:
         # the barrier that answered (the last started before the answer) started after arrival
@@ -332,22 +333,24 @@ async def test_when_a_rounds_runner_is_cancelled_its_other_readers_start_over() 
             await _reader(shared, gb, out)
             answered.append(name)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader, "A", name="A")
-        await _settle()
-        nursery.start_soon(reader, "B", name="B")
-        nursery.start_soon(reader, "C", name="C")
-        await _settle()
-        gb.gates[0].set()  # A is answered; B or C runs round 2 for both
-        await _settle()
-        assert answered == ["A"] and len(gb.started) == 2
-        nursery.start_soon(reader, "D", name="D")  # joins round 3
-        await _settle()
-        runner = gb.runners[1]
-        scopes[runner].cancel()  # round 2 proved nothing: the other starts over
-        await _settle()
-        assert len(gb.started) == 3  # round 3 runs, for the other one and D
-        gb.gates[2].set()
+    with trio.fail_after(10):  # a bug here would hang: fail instead
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, "A", name="A")
+            await _settle()
+            nursery.start_soon(reader, "B", name="B")
+            nursery.start_soon(reader, "C", name="C")
+            await _settle()
+            gb.gates[0].set()  # A is answered; B or C runs round 2 for both
+            await _settle()
+            assert answered == ["A"] and len(gb.started) == 2
+            nursery.start_soon(reader, "D", name="D")  # joins round 3
+            await _settle()
+            runner = gb.runners[1]
+            scopes[runner].cancel()  # round 2 proved nothing: the other starts over
+            await _settle()
+            assert answered == ["A"] and len(gb.started) == 3  # a new round runs
+            gb.gates[2].set()  # one round for the other and D, whichever of them runs it
+    assert len(gb.started) == 3
     other = "C" if runner == "B" else "B"
     assert sorted(answered) == sorted(["A", other, "D"])
     for arrived, started_by_answer, error in out:
@@ -359,12 +362,13 @@ async def test_a_failed_barrier_answers_its_whole_round_with_the_redirect() -> N
     shared = SharedReadBarrier(gb)
     out: list[tuple[int, int, RaftUnavailable | None]] = []
     gb.fail = RaftUnavailable("not leader", NodeId(2))
-    async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(_reader, shared, gb, out)
-        await _settle()
-        gb.gates[0].set()
-        await _settle()
-        gb.gates[1].set()
+    with trio.fail_after(10):  # a bug here would hang: fail instead
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(_reader, shared, gb, out)
+            await _settle()
+            gb.gates[0].set()
+            await _settle()
+            gb.gates[1].set()
     assert len(gb.started) == 2
     assert [e is gb.fail for _, _, e in out] == [True] * 4

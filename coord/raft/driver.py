@@ -12,8 +12,10 @@ Invariants:
 * Every call into the core (step/tick/propose/read_index/ready/advance)
   happens on the trio thread, never across an await: the core is never seen
   half-updated.  Storage and state-machine commits run in worker threads
-  (`trio.to_thread`), at most one of each at a time, and no LMDB transaction
-  is ever held across an await (each call opens and closes its own).  The
+  (one long-lived `coord.raft.worker.Worker` each; `trio.to_thread` for the
+  rare snapshot calls), at most one of each at a time, and no LMDB
+  transaction is ever held across an await (each call opens and closes its
+  own).  The
   one exception: a follower persists a small Ready (<= INLINE_PERSIST_BYTES)
   on the trio thread, blocking it for one fdatasync, because its loop would
   wait for that persist anyway and the hand-off costs more (see _persist).
@@ -90,6 +92,7 @@ from coord.raft.snapfile import SnapshotFiles
 from coord.raft.snapshot import SnapshotChunk, SnapshotMeta
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
+from coord.raft.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -255,17 +258,27 @@ class RaftDriver(Generic[A]):
         # (a snapshot install waits for that: it replaces the state underneath).
         self._apply_pending = 0
         self._drained = trio.Event()
+        # Long-lived threads for the two per-write blocking calls (see coord.raft.worker).
+        self._persister = Worker(f"raft-persist-{node_id}")
+        self._apply_worker = Worker(f"raft-apply-{node_id}")
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
-            nursery.start_soon(self._applier, jobs, name="raft-apply")
-            self._sync_peers()
-            task_status.started()
-            await self._loop()
+        self._persister.start()
+        self._apply_worker.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
+                nursery.start_soon(self._applier, jobs, name="raft-apply")
+                self._sync_peers()
+                task_status.started()
+                await self._loop()
+        finally:
+            # Every task that used them has ended (and waited for its call): quick joins.
+            self._persister.stop()
+            self._apply_worker.stop()
 
     def _sync_peers(self) -> None:
         """One sender per other member of the configuration in force."""
@@ -351,7 +364,7 @@ class RaftDriver(Generic[A]):
             # throughput halved when every member persisted inline).
             self._storage.persist(rd.hard_state, rd.entries, rd.truncate_from)
         else:
-            await trio.to_thread.run_sync(
+            await self._persister.run(
                 self._storage.persist, rd.hard_state, rd.entries, rd.truncate_from
             )
         if rd.hard_state is not None:
@@ -398,12 +411,16 @@ class RaftDriver(Generic[A]):
         log, which is already durable on a majority.  Reads are not served
         until this returns (the store shows the entries only after the commit)."""
         if not any((w := self._proposals.get(e.index)) and w.early for e in entries):
-            return await trio.to_thread.run_sync(self._fsm.apply, entries)
+            return await self._apply_worker.run(self._fsm.apply, entries)
+        token = trio.lowlevel.current_trio_token()
 
         def announce(results: Sequence[A]) -> None:  # runs in the worker thread
-            trio.from_thread.run_sync(self._release, entries, results, True)
+            # Queued, not waited for: the worker goes on to the commit at once, and
+            # the trio thread runs this before it resumes us (run_sync_soon is FIFO
+            # and the worker's completion is queued after it).
+            token.run_sync_soon(self._release, entries, tuple(results), True)
 
-        return await trio.to_thread.run_sync(self._fsm.apply, entries, announce)
+        return await self._apply_worker.run(self._fsm.apply, entries, announce)
 
     def _release(
         self, entries: Sequence[Entry], results: Sequence[A], early_only: bool = False

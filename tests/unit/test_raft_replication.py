@@ -105,6 +105,7 @@ def test_s5_3_log_matching_followers_end_with_the_leaders_log() -> None:
         if k % 7 == 0:
             h.deliver()
     h.deliver()
+    h.share_commit()
     logs = [h.logs[i].all_entries() for i in h.ids]
     assert all(log == logs[0] for log in logs) and len(logs[0]) == 21
     assert all(h.commands(i) == [b"c%d" % k for k in range(20)] for i in h.ids)
@@ -216,6 +217,7 @@ def test_pipelining_is_bounded_by_max_inflight_messages() -> None:
     assert len(per_follower) == 3  # 3 in flight, not 10
     assert [m.prev_log_index for m in per_follower] == [1, 3, 5]  # pipelined, not stop-and-wait
     h.deliver()
+    h.share_commit()
     assert h.commands(N2) == [b"p%d" % k for k in range(20)]
 
 
@@ -302,3 +304,19 @@ def test_entries_superseded_while_their_ready_is_outstanding_are_rewritten() -> 
     node.advance(second)
     assert [(x.index, x.term) for x in h.logs[N2].all_entries()] == [(1, 1), (2, 3)]
     assert node.log.last_index() == 2 and not node.log.unstable
+
+
+def test_a_new_commit_index_rides_on_the_next_append_or_heartbeat() -> None:
+    h = Harness(3)
+    h.campaign(N1)
+    h.share_commit()
+    h.propose(N1, b"x")
+    h.deliver()
+    assert h.nodes[N1].commit_index == 2
+    # No append only to carry the commit index: the followers have not applied "x".
+    assert h.commands(N2) == h.commands(N3) == []
+    h.propose(N1, b"y")
+    h.deliver()
+    assert h.commands(N2) == h.commands(N3) == [b"x"]  # carried by y's append
+    h.share_commit()
+    assert h.commands(N2) == h.commands(N3) == [b"x", b"y"]  # and by a heartbeat

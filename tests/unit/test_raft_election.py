@@ -256,4 +256,9 @@ def test_next_deadline_tells_the_driver_when_tick_has_work() -> None:
     node.tick(deadline - 0.01)
     assert node.role is Role.FOLLOWER and not node.has_ready()
     h.campaign(N1)
-    assert node.next_deadline() == h.now + CONFIG.heartbeat_interval  # leader: heartbeats
+    elected = h.now
+    # Leader: the no-op's commit index is due to the followers first, then heartbeats.
+    assert node.next_deadline() == elected + CONFIG.commit_notify_delay
+    h.advance_time(CONFIG.commit_notify_delay, [N1])
+    h.deliver()
+    assert node.next_deadline() == elected + CONFIG.heartbeat_interval

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from coord.raft.core import RaftNode
-from coord.raft.messages import AppendEntries, AppendEntriesResponse, Message
+from coord.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat, Message
 from coord.raft.progress import ProgressState
 from coord.raft.ready import NotLeader, Overloaded, Proposed, Role
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
@@ -306,17 +306,26 @@ def test_entries_superseded_while_their_ready_is_outstanding_are_rewritten() -> 
     assert node.log.last_index() == 2 and not node.log.unstable
 
 
-def test_a_new_commit_index_rides_on_the_next_append_or_heartbeat() -> None:
+def test_a_new_commit_index_rides_on_the_next_append_or_a_delayed_one() -> None:
     h = Harness(3)
     h.campaign(N1)
     h.share_commit()
     h.propose(N1, b"x")
     h.deliver()
     assert h.nodes[N1].commit_index == 2
-    # No append only to carry the commit index: the followers have not applied "x".
+    # No append at once only to carry the commit index: the followers have not applied "x".
     assert h.commands(N2) == h.commands(N3) == []
     h.propose(N1, b"y")
     h.deliver()
     assert h.commands(N2) == h.commands(N3) == [b"x"]  # carried by y's append
-    h.share_commit()
-    assert h.commands(N2) == h.commands(N3) == [b"x", b"y"]  # and by a heartbeat
+    delay = h.config.commit_notify_delay
+    assert 0 < delay < h.config.heartbeat_interval
+    assert h.nodes[N1].next_deadline() == h.now + delay
+    beats = sum(isinstance(m, Heartbeat) for m in h.sent)
+    h.advance_time(delay / 2, [N1])
+    h.deliver()
+    assert h.commands(N2) == [b"x"]  # not yet
+    h.advance_time(delay / 2, [N1])
+    h.deliver()
+    assert h.commands(N2) == h.commands(N3) == [b"x", b"y"]  # the delayed append
+    assert sum(isinstance(m, Heartbeat) for m in h.sent) == beats  # not a heartbeat's doing

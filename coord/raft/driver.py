@@ -33,6 +33,8 @@ Invariants:
   read states of a Ready travel through the same queue and are released
   only after the entries before them are applied.  The queue is bounded
   (`APPLY_QUEUE` Readys): a slow state machine slows the Ready loop down.
+  A follower's applier may hold entries up to `follower_apply_delay` to
+  apply them in one transaction, never when a read state waits behind them.
 * A proposal is answered only by the entry applied at its index: if the
   entry there has the proposal's term it was committed, otherwise it was lost
   (a new leader overwrote it) and the caller gets `ProposalLost` — retrying

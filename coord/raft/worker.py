@@ -11,6 +11,14 @@ dedicated thread fed through a `queue.SimpleQueue` and answering with one
 `TrioToken.run_sync_soon(reschedule)` does the same job with one futex wake
 each way.
 
+The threads run under SCHED_BATCH (Linux), which only takes away their
+wakeup preemption: waking one no longer lets it displace the trio thread
+that woke it (and that thread, on a busy 2-core machine, then waited for a
+CPU again).  Measured with tools/raftprobe at 64 clients, 4 interleaved
+pairs: `put` on the queue 150/76 us wall instead of 370/220 on average,
+3,650-3,840 writes/s instead of 3,310-3,430, leader CPU per write
+0.19-0.20 ms instead of 0.22; at one client no change beyond noise.
+
 Invariants:
 
 * Calls run one at a time, in submission order, on one OS thread with a
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import queue
 import sys
 import threading
@@ -80,6 +89,7 @@ class Worker:
 
     def _work(self) -> None:
         _name_os_thread(self.name)
+        _no_wakeup_preemption()
         token = self._token
         assert token is not None
         while True:
@@ -101,3 +111,9 @@ def _name_os_thread(name: str) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # cosmetic only
         ctypes.CDLL(None).prctl(15, name.encode("ascii", "replace")[:15])  # 15: PR_SET_NAME
+
+
+def _no_wakeup_preemption() -> None:
+    """SCHED_BATCH for this thread (Linux): waking it does not preempt the waker."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

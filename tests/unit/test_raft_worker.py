@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -81,3 +82,15 @@ async def test_run_before_start_or_after_stop_raises() -> None:
     worker.stop()
     with pytest.raises(RuntimeError):
         await worker.run(lambda: None)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+async def test_the_thread_runs_under_sched_batch() -> None:
+    worker = Worker("raft-test")
+    worker.start()
+    try:
+        policy = await worker.run(os.sched_getscheduler, 0)
+        assert policy == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the caller's thread is untouched
+    finally:
+        worker.stop()

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from coord.kv.commands import Put
-from coord.kv.lmdb_state import KVStoreError, KVStoreFullError, LmdbKVStore
+from coord.kv.lmdb_state import FORMAT_VERSION, KVStoreError, KVStoreFullError, LmdbKVStore
 from coord.kv.machine import KVStateMachine
 from coord.kv.store import MemoryKVStore
 from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord
@@ -191,7 +191,7 @@ def test_lmdb_kv_refuses_another_format(tmp_path: Path) -> None:
     env = lmdb.open(str(tmp_path), max_dbs=5, map_size=MAP_SIZE)
     try:
         with env.begin(write=True) as txn:
-            txn.put(b"format", msgpack.packb(2), db=env.open_db(b"meta", txn=txn))
+            txn.put(b"format", msgpack.packb(FORMAT_VERSION + 1), db=env.open_db(b"meta", txn=txn))
     finally:
         env.close()
     with pytest.raises(KVStoreError):

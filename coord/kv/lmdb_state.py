@@ -3,8 +3,11 @@
 Layout (named DBs in one env, separate from the Raft log's env):
 
 * ``kv``       key bytes -> u64 version ++ u64 create_revision ++ u64 mod_revision ++ value
-* ``sessions`` u64 client id -> msgpack [last_activity, acked, outstanding]
-* ``idle``     u64 last_activity ++ u64 client id -> b"" (sessions by age, for expiry)
+* ``sessions`` u64 client id -> u64 last_activity ++ u64 acked ++ u64 outstanding
+               ++ u64 indexed_at (the time its ``idle`` key carries)
+* ``idle``     u64 indexed_at ++ u64 client id -> b"" (the lazy idle index of
+               `coord.kv.store`: indexed_at <= last_activity, moved only when
+               expiry finds it stale)
 * ``replies``  u64 client id ++ u64 seq -> encoded reply
 * ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
 * ``events``   u64 index ++ u32 sub -> msgpack [kind, key, value or nil] (the watch log)
@@ -85,6 +88,11 @@ _U64 = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
 _EVENT_KEY = struct.Struct(">QI")  # (index, sub)
 _KV_HEAD = struct.Struct(">QQQ")  # version, create_revision, mod_revision (then the value)
+_SESSION = struct.Struct(">QQQQ")  # last_activity, acked, outstanding, indexed_at
+#: Pruning a range of at most this many seqs deletes them one by one (the common case is
+#: one: the client acknowledges its previous reply); a wider range uses a cursor.
+_PRUNE_POINTS = 8
+_NO_TIME = 2**64  # above every log time: "the idle index is empty"
 _FORMAT, _APPLIED, _LOG_TIME = b"format", b"applied", b"log_time"
 _EVENTS_FLOOR = b"floor"  # key in events_meta
 
@@ -115,7 +123,7 @@ def _event_from(key: bytes, raw: bytes) -> WatchEvent:
 
 
 def _session_from(raw: bytes) -> SessionRecord:
-    last, acked, outstanding = msgpack.unpackb(raw)
+    last, acked, outstanding, _ = _SESSION.unpack(raw)
     return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
 
 
@@ -197,6 +205,12 @@ class _LmdbView:
         self._floor: int | None = None
         self._event_count: int | None = None  # records in `events` (LMDB's count)
         self._dirty_log_time = False  # _log_time differs from the stored record
+        # indexed_at of the sessions read or written in this view (saves a re-read
+        # when a request's session is written back)
+        self._indexed: dict[int, int] = {}
+        # A lower bound of the idle index's smallest time (None: unknown): expiry,
+        # asked on every entry, skips the index while `before` is at most this.
+        self._idle_min: int | None = None
         self._dirty_floor = False  # _floor differs from the stored record
 
     def flush(self) -> None:
@@ -245,7 +259,17 @@ class _LmdbView:
 
     def session(self, client_id: ClientId) -> SessionRecord | None:
         raw = self._t.get(_U64.pack(client_id), db=self._db.sessions)
-        return None if raw is None else _session_from(bytes(raw))
+        if raw is None:
+            return None
+        last, acked, outstanding, self._indexed[client_id] = _SESSION.unpack(raw)
+        return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
+
+    def _indexed_at(self, client_id: ClientId) -> int | None:
+        """The session's idle-index time (None: no such session)."""
+        at = self._indexed.get(client_id)
+        if at is None and self.session(client_id) is not None:
+            at = self._indexed[client_id]
+        return at
 
     def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None:
         raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.replies)
@@ -317,41 +341,73 @@ class _LmdbView:
     def delete(self, key: bytes) -> bool:
         return bool(self._t.delete(key, db=self._db.kv))
 
-    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
-        old = self.session(client_id)
-        if old is not None:
-            self._t.delete(_PAIR.pack(old.last_activity, client_id), db=self._db.idle)
-        raw = msgpack.packb((record.last_activity, record.acked, record.outstanding))
+    def _write_session(self, client_id: ClientId, record: SessionRecord, at: int) -> None:
+        raw = _SESSION.pack(record.last_activity, record.acked, record.outstanding, at)
         self._t.put(_U64.pack(client_id), raw, db=self._db.sessions)
-        self._t.put(_PAIR.pack(record.last_activity, client_id), b"", db=self._db.idle)
+        self._indexed[client_id] = at
+
+    def _move_idle(self, client_id: ClientId, old: int | None, new: int) -> None:
+        if old is not None:
+            self._t.delete(_PAIR.pack(old, client_id), db=self._db.idle)
+        self._t.put(_PAIR.pack(new, client_id), b"", db=self._db.idle)
+        if self._idle_min is not None:
+            self._idle_min = min(self._idle_min, new)
+
+    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
+        at = self._indexed_at(client_id)
+        if at is None or record.last_activity < at:  # new, or moved back (not by sessions.py)
+            self._move_idle(client_id, at, record.last_activity)
+            at = record.last_activity
+        self._write_session(client_id, record, at)  # activity alone leaves the index alone
 
     def delete_session(self, client_id: ClientId) -> None:
-        old = self.session(client_id)
-        if old is None:
+        at = self._indexed_at(client_id)
+        if at is None:
             return
         self.prune_replies(client_id, SeqNo(2**64 - 1))
-        self._t.delete(_PAIR.pack(old.last_activity, client_id), db=self._db.idle)
+        self._t.delete(_PAIR.pack(at, client_id), db=self._db.idle)
         self._t.delete(_U64.pack(client_id), db=self._db.sessions)
+        del self._indexed[client_id]
 
     def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
-        out: list[ClientId] = []
+        if self._idle_min is not None and before <= self._idle_min:
+            return []  # every indexed time is >= before: nothing can be idle
+        seen: list[tuple[int, ClientId]] = []
         cursor = self._t.cursor(db=self._db.idle)
         found = cursor.first()
-        while found and len(out) < limit:
-            last_activity, cid = _PAIR.unpack(cursor.key())
-            if last_activity >= before:
+        while found and len(seen) < limit:
+            at, cid = _PAIR.unpack(cursor.key())
+            if at >= before:
                 break
-            out.append(ClientId(cid))
+            seen.append((at, ClientId(cid)))
             found = cursor.next()
+        if not seen:
+            self._idle_min = at if found else _NO_TIME
+            return []
+        out: list[ClientId] = []
+        for at, cid in seen:
+            record = self.session(cid)
+            if record is None:
+                raise KVStoreError(f"idle index names session {cid}, which does not exist")
+            if record.last_activity < before:
+                out.append(cid)
+            else:  # active since it was indexed: index it at its true time, after `before`
+                self._move_idle(cid, at, record.last_activity)
+                self._write_session(cid, record, record.last_activity)
+        self._idle_min = None
         return out
 
     def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None:
         self._t.put(_PAIR.pack(client_id, seq), reply, db=self._db.replies)
 
-    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
+    def prune_replies(self, client_id: ClientId, upto: SeqNo, after: int = 0) -> int:
+        if upto - after <= _PRUNE_POINTS:
+            delete, db, pack = self._t.delete, self._db.replies, _PAIR.pack
+            return sum(bool(delete(pack(client_id, seq), db=db))
+                       for seq in range(after + 1, upto + 1))
         cursor = self._t.cursor(db=self._db.replies)
         removed = 0
-        found = cursor.set_range(_PAIR.pack(client_id, 0))
+        found = cursor.set_range(_PAIR.pack(client_id, after + 1))
         while found:
             cid, seq = _PAIR.unpack(cursor.key())
             if cid != client_id or seq > upto:

@@ -19,9 +19,10 @@ The rules, applied identically by every replica:
   replies a new seq is refused (TOO_MANY_OUTSTANDING, not executed, not cached,
   so the client may send it again once it acknowledges replies).
 * Every entry that names a live session counts as activity.  Idle sessions are
-  collected at most `expire_batch` per applied entry, oldest first; the
-  expiry check on lookup makes the result independent of how far collection
-  has got.
+  collected through the store's lazy idle index (`coord.kv.store`): each
+  applied entry examines at most `expire_batch` index entries, by indexed
+  time, and removes the idle sessions among them; the expiry check on lookup
+  makes the result independent of how far collection has got.
 * `EndSession` removes a live session at once (an unknown or expired one gets
   SESSION_EXPIRED).
 * Whenever a session goes away - collected, found expired on lookup, or
@@ -98,7 +99,8 @@ def _acknowledge(
     # command on every replica, and replace() costs several times more.
     outstanding = record.outstanding
     if acked > record.acked:
-        outstanding -= view.prune_replies(client_id, acked)
+        if outstanding:  # nothing cached, nothing to prune (no cursor, no lookups)
+            outstanding -= view.prune_replies(client_id, acked, record.acked)
     else:
         acked = record.acked
     return SessionRecord(LogTime(max(record.last_activity, now)), acked, outstanding)
@@ -142,7 +144,8 @@ def run_request(
     result: Result
     if seq <= record.acked:
         result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {record.acked}")
-    elif (cached := view.reply(cid, seq)) is not None:
+    elif record.outstanding and (cached := view.reply(cid, seq)) is not None:
+        # (outstanding counts the cached replies: with none, skip the lookup)
         result = decode_result(cached)
     elif record.outstanding >= config.max_outstanding:
         result = ErrorResult(

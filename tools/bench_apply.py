@@ -88,7 +88,7 @@ def run(batches: int, batch: int, retention: int, fs: bool, profile: bool) -> di
         clients = _register(d, batch)
         seqs = dict.fromkeys(clients, 0)
 
-        def one_batch() -> None:
+        def make_batch() -> list[Entry]:
             entries = []
             for n, cid in enumerate(clients):
                 seqs[cid] += 1
@@ -97,19 +97,23 @@ def run(batches: int, batch: int, retention: int, fs: bool, profile: bool) -> di
                 req = ClientRequest(cid, SeqNo(seq), SeqNo(seq - 1), Put(key, value))
                 entries.append(d.entry(req))
             d.now += 1
+            return entries
+
+        def apply(entries: list[Entry]) -> None:
             outcomes = fsm.apply(entries)
             if not all(isinstance(o.result, PutResult) for o in outcomes):
                 raise RuntimeError(f"a put failed: {outcomes[0]}")
 
         # warm-up: create every key, and fill the event log to its bound if one is set
         for _ in range(max(100, -(-retention // batch) + 2 if retention else 0)):
-            one_batch()
+            apply(make_batch())
+        todo = [make_batch() for _ in range(batches)]  # built outside the measurement
         prof = cProfile.Profile(time.process_time) if profile else None
         io0, cpu0, t0 = _io(), time.process_time(), os.times()
         if prof is not None:
             prof.enable()
-        for _ in range(batches):
-            one_batch()
+        for entries in todo:
+            apply(entries)
         if prof is not None:
             prof.disable()
         cpu, io1, t1 = time.process_time() - cpu0, _io(), os.times()

@@ -136,11 +136,25 @@ def run_request(
     on_end: OnEnd = _ignore,
 ) -> Result:
     """Execute `request.command` (through `execute`) at most once; see the module rules."""
-    cid, seq = request.client_id, request.seq
+    return run(view, request.client_id, request.seq, request.acked, now, config, execute, on_end)
+
+
+def run(
+    view: KVWriteView,
+    cid: ClientId,
+    seq: SeqNo,
+    acked: SeqNo,
+    now: LogTime,
+    config: KVConfig,
+    execute: Callable[[], Result],
+    on_end: OnEnd = _ignore,
+) -> Result:
+    """`run_request` on the request's fields (the apply loop's fast path has no
+    ClientRequest value to hand over)."""
     record = _live(view, cid, now, config, on_end)
     if record is None:
         return _expired(cid)
-    record = _acknowledge(view, cid, record, request.acked, now)
+    record = _acknowledge(view, cid, record, acked, now)
     result: Result
     if seq <= record.acked:
         result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {record.acked}")

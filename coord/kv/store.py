@@ -353,7 +353,9 @@ class _MemoryView:
             d.sessions[cid], d.indexed[cid] = rec, at
             bisect.insort(d.idle, (at, cid))
 
-    def _replace_session(self, cid: ClientId, rec: SessionRecord | None, at: LogTime | None) -> None:
+    def _replace_session(
+        self, cid: ClientId, rec: SessionRecord | None, at: LogTime | None
+    ) -> None:
         old, old_at = self._d.sessions.get(cid), self._d.indexed.get(cid)
         self._writable().append(lambda: self._set_session_raw(cid, old, old_at))
         self._set_session_raw(cid, rec, at)

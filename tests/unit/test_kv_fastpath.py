@@ -6,6 +6,7 @@ the same state as one without it, entry by entry."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import tempfile
 
@@ -68,7 +69,7 @@ def _mutated(draw: st.DrawFn) -> object:
             continue
         i = draw(st.integers(0, len(target) - 1))
         if draw(st.booleans()):
-            target[i] = draw(_FIELD_VALUES)
+            target[i] = copy.deepcopy(draw(_FIELD_VALUES))  # never share a list
         else:
             del target[i]
     return obj

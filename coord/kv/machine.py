@@ -355,7 +355,8 @@ class KVStateMachine:
         steps in the same order (log time, extensions' hook, expiry, the session's
         at-most-once run of the put) without building the log record's values.
         test_kv_machine checks it against the general path."""
-        now = LogTime(max(view.log_time(), put.timestamp))
+        timestamp, cid, seq, acked, key, value = put
+        now = LogTime(max(view.log_time(), timestamp))
         view.set_log_time(now)
         ctx = ApplyContext(index, now)
         self._notify_entry(view, ctx)
@@ -369,15 +370,12 @@ class KVStateMachine:
 
         def execute() -> Result:
             events = EventRecorder(view, index)
-            kv = _put(view, events, index, put.key, put.value)
+            kv = _put(view, events, index, key, value)
             retain(view, index, retention, events.count)
             return PutResult(kv.mod_revision, kv.version)
 
-        cid = put.client_id
-        result = sessions.run(
-            view, cid, put.seq, put.acked, now, self._config, execute, ended
-        )
-        return Applied(index, result, cid, put.seq)
+        result = sessions.run(view, cid, seq, acked, now, self._config, execute, ended)
+        return Applied(index, result, cid, seq)
 
     def _apply_body(
         self, view: KVWriteView, body: Body, ctx: ApplyContext, ended: sessions.OnEnd

@@ -8,7 +8,11 @@ Layout (named DBs in one env, separate from the Raft log's env):
 * ``idle``     u64 indexed_at ++ u64 client id -> b"" (the lazy idle index of
                `coord.kv.store`: indexed_at <= last_activity, moved only when
                expiry finds it stale)
-* ``replies``  u64 client id ++ u64 seq -> encoded reply
+* ``sessions`` also holds the cached replies: u64 client id ++ u64 seq ->
+               encoded reply.  A session's 8-byte key sorts just before its
+               replies' 16-byte keys, so a request's record, the reply it
+               acknowledges and the reply it caches share one leaf page, and
+               a commit dirties one table for the session layer, not two.
 * ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
 * ``events``   u64 index ++ u32 sub -> msgpack [kind, key, value or nil] (the watch log)
 * ``events_meta`` ``floor`` (u64); the number of events is LMDB's own count of
@@ -128,7 +132,7 @@ def _session_from(raw: bytes) -> SessionRecord:
     return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
 
 
-_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta", "events", "events_meta"})
+_KV_DBS = frozenset({"kv", "sessions", "idle", "meta", "events", "events_meta"})
 _SNAPSHOT_MAGIC = "ddfs-kv-snapshot"
 _SNAPSHOT_VERSION = 1
 _SNAPSHOT_BLOCK = 1 << 16  # bytes buffered before each write to the sink
@@ -145,7 +149,6 @@ class _Dbs:
         self.kv = env.open_db(b"kv")
         self.sessions = env.open_db(b"sessions")
         self.idle = env.open_db(b"idle")
-        self.replies = env.open_db(b"replies")
         self.meta = env.open_db(b"meta")
         self.events = env.open_db(b"events")
         self.events_meta = env.open_db(b"events_meta")
@@ -157,7 +160,7 @@ class _Dbs:
     def all(self) -> list[tuple[str, lmdb._Database]]:
         """Every database of the state, by name: the snapshot's canonical order."""
         fixed = {"kv": self.kv, "sessions": self.sessions, "idle": self.idle,
-                 "replies": self.replies, "meta": self.meta}
+                 "meta": self.meta}
         return sorted([*fixed.items(), *self.tables.items()])
 
 
@@ -273,7 +276,7 @@ class _LmdbView:
         return at
 
     def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None:
-        raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.replies)
+        raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.sessions)
         return None if raw is None else bytes(raw)
 
     def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:
@@ -303,28 +306,25 @@ class _LmdbView:
             self._event_count = int(self._t.stat(self._db.events)["entries"])
         return self._event_count
 
-    def _replies_of(self, client_id: ClientId) -> Iterator[tuple[SeqNo, bytes]]:
-        cursor = self._t.cursor(db=self._db.replies)
-        found = cursor.set_range(_PAIR.pack(client_id, 0))
-        while found:
-            cid, seq = _PAIR.unpack(cursor.key())
-            if cid != client_id:
-                return
-            yield SeqNo(seq), bytes(cursor.value())
-            found = cursor.next()
-
     def dump(self) -> StateDump:
         kvs, _ = self.range(b"", None, 0)
-        sessions = []
+        sessions: list[tuple[ClientId, SessionRecord, list[tuple[SeqNo, bytes]]]] = []
         for key, raw in self._t.cursor(db=self._db.sessions).iternext():
-            cid = ClientId(_U64.unpack(key)[0])
-            sessions.append((cid, _session_from(bytes(raw)), tuple(self._replies_of(cid))))
+            if len(key) == _U64.size:  # a session; its replies follow it
+                cid = ClientId(_U64.unpack(key)[0])
+                sessions.append((cid, _session_from(bytes(raw)), []))
+            else:
+                cid, seq = _PAIR.unpack(key)
+                if not sessions or sessions[-1][0] != cid:
+                    raise KVStoreError(f"a reply of client {cid} without its session")
+                sessions[-1][2].append((SeqNo(seq), bytes(raw)))
         tables = tuple(
             (name, tuple((bytes(k), bytes(v)) for k, v in self._t.cursor(db=db).iternext()))
             for name, db in self._db.tables.items()
         )
         return StateDump(
-            self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions), tables
+            self.applied_index(), self.log_time(), tuple(kvs),
+            tuple((cid, rec, tuple(replies)) for cid, rec, replies in sessions), tables
         )
 
     # writes
@@ -399,18 +399,21 @@ class _LmdbView:
         return out
 
     def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None:
-        self._t.put(_PAIR.pack(client_id, seq), reply, db=self._db.replies)
+        self._t.put(_PAIR.pack(client_id, seq), reply, db=self._db.sessions)
 
     def prune_replies(self, client_id: ClientId, upto: SeqNo, after: int = 0) -> int:
         if upto - after <= _PRUNE_POINTS:
-            delete, db, pack = self._t.delete, self._db.replies, _PAIR.pack
+            delete, db, pack = self._t.delete, self._db.sessions, _PAIR.pack
             return sum(bool(delete(pack(client_id, seq), db=db))
                        for seq in range(after + 1, upto + 1))
-        cursor = self._t.cursor(db=self._db.replies)
+        cursor = self._t.cursor(db=self._db.sessions)
         removed = 0
         found = cursor.set_range(_PAIR.pack(client_id, after + 1))
         while found:
-            cid, seq = _PAIR.unpack(cursor.key())
+            key = cursor.key()
+            if len(key) != _PAIR.size:  # the next session's record: no more replies
+                break
+            cid, seq = _PAIR.unpack(key)
             if cid != client_id or seq > upto:
                 break
             cursor.delete()  # moves to the next record, or off the end (empty key)

@@ -403,9 +403,11 @@ class _LmdbView:
 
     def prune_replies(self, client_id: ClientId, upto: SeqNo, after: int = 0) -> int:
         if upto - after <= _PRUNE_POINTS:
-            delete, db, pack = self._t.delete, self._db.sessions, _PAIR.pack
-            return sum(bool(delete(pack(client_id, seq), db=db))
-                       for seq in range(after + 1, upto + 1))
+            removed, db = 0, self._db.sessions
+            for seq in range(after + 1, upto + 1):
+                if self._t.delete(_PAIR.pack(client_id, seq), db=db):
+                    removed += 1
+            return removed
         cursor = self._t.cursor(db=self._db.sessions)
         removed = 0
         found = cursor.set_range(_PAIR.pack(client_id, after + 1))

@@ -113,7 +113,16 @@ from coord.kv.results import (
     TxnResult,
 )
 from coord.kv.store import KVReadView, KVStore, KVWriteView
-from coord.kv.types import ClientId, KeyValue, KVConfig, LogTime, SeqNo, StateDump
+from coord.kv.types import (
+    ClientId,
+    EventKind,
+    KeyValue,
+    KVConfig,
+    LogTime,
+    SeqNo,
+    StateDump,
+    WatchEvent,
+)
 from coord.raft.types import Entry, EntryKind, LogIndex
 
 
@@ -368,10 +377,10 @@ class KVStateMachine:
         sessions.expire_idle(view, now, self._config, ended)
         retention = self._config.event_retention
 
-        def execute() -> Result:
-            events = EventRecorder(view, index)
-            kv = _put(view, events, index, key, value)
-            retain(view, index, retention, events.count)
+        def execute() -> Result:  # _execute(Put) without the match and the recorder
+            kv = _put_record(view, index, key, value)
+            view.append_event(WatchEvent(index, 0, EventKind.PUT, key, value))
+            retain(view, index, retention, 1)
             return PutResult(kv.mod_revision, kv.version)
 
         result = sessions.run(view, cid, seq, acked, now, self._config, execute, ended)
@@ -442,15 +451,20 @@ def _query(view: KVReadView, query: Query) -> GetResult | RangeResult:
             return RangeResult(tuple(kvs), more)
 
 
-def _put(
-    view: KVWriteView, events: EventRecorder, index: LogIndex, key: bytes, value: bytes
-) -> KeyValue:
+def _put_record(view: KVWriteView, index: LogIndex, key: bytes, value: bytes) -> KeyValue:
     prev = view.get(key)
     if prev is None:
         kv = KeyValue(key, value, 1, index, index)
     else:
         kv = KeyValue(key, value, prev.version + 1, prev.create_revision, index)
     view.put(kv)
+    return kv
+
+
+def _put(
+    view: KVWriteView, events: EventRecorder, index: LogIndex, key: bytes, value: bytes
+) -> KeyValue:
+    kv = _put_record(view, index, key, value)
     events.put(key, value)
     return kv
 

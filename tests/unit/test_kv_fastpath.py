@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import tempfile
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -26,8 +27,9 @@ from coord.kv.commands import (
 )
 from coord.kv.lmdb_state import LmdbKVStore
 from coord.kv.machine import Applied, KVStateMachine
-from coord.kv.store import MemoryKVStore
-from coord.raft.types import Entry
+from coord.kv.store import KVStore, MemoryKVStore
+from coord.kv.types import WatchEvent
+from coord.raft.types import Entry, LogIndex
 from tests.unit.test_kv_determinism import _steps, build
 from tests.unit.test_kv_support import CONFIG, MAP_SIZE
 
@@ -103,17 +105,30 @@ def _run(machine: KVStateMachine, entries: list[Entry], cuts: list[int]) -> list
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])
-@given(st.lists(_steps, min_size=8, max_size=40), st.lists(st.integers(0, 40), max_size=8))
+@given(
+    st.lists(_steps, min_size=8, max_size=40),
+    st.lists(st.integers(0, 40), max_size=8),
+    st.sampled_from([0, 3, 40]),
+)
 def test_a_machine_without_the_fast_path_gives_the_same_results_and_state(
-    monkeypatch: pytest.MonkeyPatch, steps: list[object], cuts: list[int]
+    monkeypatch: pytest.MonkeyPatch, steps: list[object], cuts: list[int], retention: int
 ) -> None:
+    """Results, state, and the watch event log with its floor (retention 3 drops
+    events on most puts, with slack 0; 40 never needs to)."""
     entries = build(steps)  # type: ignore[arg-type]
+    config = replace(CONFIG, event_retention=retention)
+    slow_store = MemoryKVStore()
     with monkeypatch.context() as m:
         m.setattr(machine_module, "decode_put_request", lambda raw: None)
-        slow = KVStateMachine(MemoryKVStore(), CONFIG)
+        slow = KVStateMachine(slow_store, config)
         expected = _run(slow, entries, cuts)
-        expected_state = slow.dump()
     with tempfile.TemporaryDirectory() as tmp, LmdbKVStore(tmp, map_size=MAP_SIZE) as store:
-        fast = KVStateMachine(store, CONFIG)
+        fast = KVStateMachine(store, config)
         assert _run(fast, entries, cuts) == expected
-        assert fast.dump() == expected_state
+        assert fast.dump() == slow.dump()
+        assert _events(store) == _events(slow_store)
+
+
+def _events(store: KVStore) -> tuple[LogIndex, list[WatchEvent]]:
+    with store.reader() as r:
+        return r.events_floor(), r.events(LogIndex(0), None, 0)

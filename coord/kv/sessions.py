@@ -93,17 +93,18 @@ def _expired(client_id: ClientId) -> ErrorResult:
 
 def _acknowledge(
     view: KVWriteView, client_id: ClientId, record: SessionRecord, acked: SeqNo, now: LogTime
-) -> SessionRecord:
-    """Advance the low-water mark, drop the replies it covers, and count activity."""
-    # Plain constructors, not dataclasses.replace: this runs for every applied
-    # command on every replica, and replace() costs several times more.
+) -> tuple[LogTime, SeqNo, int]:
+    """Advance the low-water mark, drop the replies it covers, and count activity:
+    the new (last_activity, acked, outstanding)."""
+    # Fields, not a new SessionRecord (nor dataclasses.replace): this runs for every
+    # applied command on every replica, and `run` builds the record once at its end.
     outstanding = record.outstanding
     if acked > record.acked:
         if outstanding:  # nothing cached, nothing to prune (no cursor, no lookups)
             outstanding -= view.prune_replies(client_id, acked, record.acked)
     else:
         acked = record.acked
-    return SessionRecord(LogTime(max(record.last_activity, now)), acked, outstanding)
+    return LogTime(max(record.last_activity, now)), acked, outstanding
 
 
 def keep_alive(
@@ -112,7 +113,7 @@ def keep_alive(
     record = _live(view, msg.client_id, now, config, on_end)
     if record is None:
         return _expired(msg.client_id)
-    record = _acknowledge(view, msg.client_id, record, msg.acked, now)
+    record = SessionRecord(*_acknowledge(view, msg.client_id, record, msg.acked, now))
     view.put_session(msg.client_id, record)
     return KeepAliveResult(LogTime(record.last_activity + config.session_ttl_ms))
 
@@ -154,20 +155,20 @@ def run(
     record = _live(view, cid, now, config, on_end)
     if record is None:
         return _expired(cid)
-    record = _acknowledge(view, cid, record, acked, now)
+    last, acked, outstanding = _acknowledge(view, cid, record, acked, now)
     result: Result
-    if seq <= record.acked:
-        result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {record.acked}")
-    elif record.outstanding and (cached := view.reply(cid, seq)) is not None:
+    if seq <= acked:
+        result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {acked}")
+    elif outstanding and (cached := view.reply(cid, seq)) is not None:
         # (outstanding counts the cached replies: with none, skip the lookup)
         result = decode_result(cached)
-    elif record.outstanding >= config.max_outstanding:
+    elif outstanding >= config.max_outstanding:
         result = ErrorResult(
-            ErrorCode.TOO_MANY_OUTSTANDING, f"{record.outstanding} replies not acknowledged"
+            ErrorCode.TOO_MANY_OUTSTANDING, f"{outstanding} replies not acknowledged"
         )
     else:
         result = execute()
         view.put_reply(cid, seq, encode_result(result))
-        record = SessionRecord(record.last_activity, record.acked, record.outstanding + 1)
-    view.put_session(cid, record)
+        outstanding += 1
+    view.put_session(cid, SessionRecord(last, acked, outstanding))
     return result

@@ -366,8 +366,8 @@ class KVStateMachine:
         """`_apply_entry` for a ClientRequest(Put), from its flat fields: the same
         steps in the same order (log time, extensions' hook, expiry, the session's
         at-most-once run of the put) without building the log record's values.
-        Puts are nearly every write, applied on every replica: this path costs
-        about 60 % of the general one (tools/bench_apply), and
+        Puts are nearly every write, applied on every replica: this path saves
+        about 6 us of about 30 per applied Put (tools/bench_apply), and
         tests/unit/test_kv_fastpath.py checks it against the general path."""
         timestamp, cid, seq, acked, key, value = put
         now = LogTime(max(view.log_time(), timestamp))

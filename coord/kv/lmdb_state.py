@@ -117,8 +117,8 @@ def _kv_value(kv: KeyValue) -> bytes:
 
 
 def _kv_from(key: bytes, raw: bytes) -> KeyValue:
-    version, create, mod = _KV_HEAD.unpack_from(raw)
-    return KeyValue(key, raw[_KV_HEAD.size :], version, LogIndex(create), LogIndex(mod))
+    version, create, mod = _KV_HEAD.unpack_from(raw)  # no LogIndex() calls: a hot path
+    return KeyValue(key, raw[_KV_HEAD.size :], version, create, mod)
 
 
 def _event_from(key: bytes, raw: bytes) -> WatchEvent:
@@ -266,7 +266,7 @@ class _LmdbView:
         if raw is None:
             return None
         last, acked, outstanding, self._indexed[client_id] = _SESSION.unpack(raw)
-        return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
+        return SessionRecord(last, acked, outstanding)  # no NewType calls: a hot path
 
     def _indexed_at(self, client_id: ClientId) -> int | None:
         """The session's idle-index time (None: no such session)."""

@@ -8,8 +8,18 @@ each `--seconds` long:
   plain trio server (one task per connection) -- the floor we compare to;
 - RPC, 1 and N callers: an AT_LEAST_ONCE call carrying 64 bytes whose reply
   carries them back; each caller has its own client and connection;
+- RPC with an `async def` handler, 1 and N callers (the shape of `kv.submit`:
+  the server runs the handler as a task with the caller's deadline);
+- notify: one-way notifications (the shape of Raft's `raft.batch`), one
+  sender, each followed by a tiny call now and then so the sender cannot
+  run ahead of the server unboundedly;
 - bandwidth: 1 MiB payloads, one caller, over RPC (a put whose reply is small)
   and over the raw echo server (acknowledged with 4 bytes).
+
+Every RPC phase also reports CPU milliseconds per call of the calling
+process (`getrusage`) and of the server process (`/proc/<pid>/stat`): the
+machine has few cores, so CPU per call is the figure that decides
+throughput under load, and it is far steadier than rates on a shared box.
 
 Invariants: the server process is always terminated (finally), and it also
 exits by itself when its stdin closes, so a crashed benchmark leaves nothing
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import struct
 import subprocess
@@ -35,12 +46,14 @@ import trio
 from coord.rpc import (
     CallContext,
     ClientConfig,
+    Notification,
     Request,
     Router,
     RpcClient,
     RpcServer,
     ServerConfig,
     TcpConnector,
+    notification,
     request,
 )
 
@@ -72,8 +85,28 @@ class Put(Request[PutReply]):
     data: bytes
 
 
+@request("bench.echo_async")
+@dataclass(frozen=True, slots=True)
+class EchoAsync(Request[EchoReply]):
+    data: bytes
+
+
+@notification("bench.note")
+@dataclass(frozen=True, slots=True)
+class Note(Notification):
+    data: bytes
+
+
 def _echo(req: Echo, ctx: CallContext) -> EchoReply:
     return EchoReply(req.data)
+
+
+async def _echo_async(req: EchoAsync, ctx: CallContext) -> EchoReply:
+    return EchoReply(req.data)
+
+
+def _note(msg: Note, ctx: CallContext) -> None:
+    pass
 
 
 def _put(req: Put, ctx: CallContext) -> PutReply:
@@ -115,7 +148,8 @@ async def _raw_echo_handler(stream: trio.SocketStream) -> None:
 
 async def _serve_main() -> None:
     secret = os.environ[_SECRET_ENV].encode()
-    router = Router().add(Echo, _echo).add(Put, _put)
+    router = (Router().add(Echo, _echo).add(Put, _put).add(EchoAsync, _echo_async)
+              .add(Note, _note))
     server = RpcServer(ServerConfig(node_id=1, secret=secret, role="bench"), router)
     async with trio.open_nursery() as nursery:
         (rpc_addr, *_) = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
@@ -135,26 +169,56 @@ async def _serve_main() -> None:
 Op = Callable[[], Awaitable[int]]  # one round trip; returns operations (or bytes) done
 
 
-async def _timed(seconds: float, callers: int, setup: Callable[[int], Awaitable[Op]]) -> float:
-    """Run `callers` loops for `seconds`; return completed operations (or bytes) per second."""
+@dataclass(slots=True)
+class _Cpu:
+    """CPU seconds used so far by this process and by the server process."""
+
+    server_pid: int
+
+    def sample(self) -> tuple[float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with open(f"/proc/{self.server_pid}/stat") as f:
+            # Fields after the command name (which may hold spaces): utime, stime are 14, 15.
+            fields = f.read().rpartition(")")[2].split()
+        ticks = int(fields[11]) + int(fields[12])
+        return usage.ru_utime + usage.ru_stime, ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _timed(seconds: float, callers: int, setup: Callable[[int], Awaitable[Op]],
+                 cpu: _Cpu | None = None, out: dict[str, float] | None = None,
+                 name: str = "") -> float:
+    """Run `callers` loops for `seconds`; return completed operations (or bytes) per second.
+
+    With `cpu` and `out`, also store `<name>_client_cpu_ms` and `<name>_server_cpu_ms`:
+    CPU milliseconds per operation of each process over the timed part.
+    """
     ops = [await setup(i) for i in range(callers)]
     total = 0
+    count = 0
+    before = cpu.sample() if cpu is not None else (0.0, 0.0)
     start = trio.current_time()
     end = start + seconds
 
     async def loop(op: Callable[[], Awaitable[int]]) -> None:
-        nonlocal total
+        nonlocal total, count
         while trio.current_time() < end:
             done = await op()  # not `total += await op()`: that reads total before awaiting
             total += done
+            count += 1
 
     async with trio.open_nursery() as nursery:
         for op in ops:
             nursery.start_soon(loop, op)
-    return total / (trio.current_time() - start)
+    elapsed = trio.current_time() - start
+    if cpu is not None and out is not None and count:
+        after = cpu.sample()
+        out[f"{name}_client_cpu_ms"] = (after[0] - before[0]) * 1000 / count
+        out[f"{name}_server_cpu_ms"] = (after[1] - before[1]) * 1000 / count
+    return total / elapsed
 
 
-async def _raw_phase(port: int, seconds: float, callers: int, size: int) -> float:
+async def _raw_phase(port: int, seconds: float, callers: int, size: int,
+                     cpu: _Cpu | None = None, out: dict[str, float] | None = None) -> float:
     streams: list[trio.SocketStream] = []
 
     async def setup(_: int) -> Callable[[], Awaitable[int]]:
@@ -176,14 +240,20 @@ async def _raw_phase(port: int, seconds: float, callers: int, size: int) -> floa
         return op
 
     try:
-        return await _timed(seconds, callers, setup)
+        return await _timed(seconds, callers, setup, cpu, out, f"raw_echo_{callers}")
     finally:
         for stream in streams:
             await stream.aclose()
 
 
-async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, size: int) -> float:
-    payload = b"x" * size
+#: Notifications sent per round in the notify phase, before one call that
+#: proves the server has read them all (frames on a connection are in order).
+_NOTES_PER_ROUND = 32
+
+
+async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, kind: str,
+                     cpu: _Cpu, out: dict[str, float]) -> float:
+    payload = b"x" * (BIG if kind == "big" else SMALL)
     stack = AsyncExitStack()
 
     async def setup(i: int) -> Callable[[], Awaitable[int]]:
@@ -194,33 +264,56 @@ async def _rpc_phase(address: str, secret: bytes, seconds: float, callers: int, 
 
         async def small() -> int:
             reply = await client.call(address, Echo(payload))
-            assert len(reply.data) == size
+            assert len(reply.data) == len(payload)
             return 1
+
+        async def small_async() -> int:
+            reply = await client.call(address, EchoAsync(payload))
+            assert len(reply.data) == len(payload)
+            return 1
+
+        async def notes() -> int:
+            for _ in range(_NOTES_PER_ROUND):
+                await client.notify(address, Note(payload))
+            await client.call(address, Echo(b""))
+            return _NOTES_PER_ROUND
 
         async def big() -> int:
             reply = await client.call(address, Put(payload))
-            assert reply.size == size
-            return size
+            assert reply.size == len(payload)
+            return len(payload)
 
-        return small if size <= SMALL else big
+        return {"small": small, "async": small_async, "notify": notes, "big": big}[kind]
 
+    name = f"{kind}_{callers}"
     async with stack:
-        return await _timed(seconds, callers, setup)
+        rate = await _timed(seconds, callers, setup, cpu, out, name)
+    if kind == "notify":  # per notification, not per round
+        for side in ("client", "server"):
+            out[f"{name}_{side}_cpu_ms"] /= _NOTES_PER_ROUND
+    return rate
 
 
 async def _bench(
-    rpc_port: int, echo_port: int, secret: bytes, args: argparse.Namespace
+    rpc_port: int, echo_port: int, secret: bytes, args: argparse.Namespace, server_pid: int
 ) -> dict[str, float]:
     address = f"127.0.0.1:{rpc_port}"
     s, n = args.seconds, args.callers
-    return {
-        "raw_echo_per_s_1": await _raw_phase(echo_port, s, 1, SMALL),
-        "raw_echo_per_s_64": await _raw_phase(echo_port, s, n, SMALL),
-        "rpc_calls_per_s_1": await _rpc_phase(address, secret, s, 1, SMALL),
-        "rpc_calls_per_s_64": await _rpc_phase(address, secret, s, n, SMALL),
+    cpu = _Cpu(server_pid)
+    out: dict[str, float] = {}
+    rates = {
+        "raw_echo_per_s_1": await _raw_phase(echo_port, s, 1, SMALL, cpu, out),
+        "raw_echo_per_s_64": await _raw_phase(echo_port, s, n, SMALL, cpu, out),
+        "rpc_calls_per_s_1": await _rpc_phase(address, secret, s, 1, "small", cpu, out),
+        "rpc_calls_per_s_64": await _rpc_phase(address, secret, s, n, "small", cpu, out),
+        "rpc_async_calls_per_s_1": await _rpc_phase(address, secret, s, 1, "async", cpu, out),
+        "rpc_async_calls_per_s_64": await _rpc_phase(address, secret, s, n, "async", cpu, out),
+        "rpc_notify_per_s_1": await _rpc_phase(address, secret, s, 1, "notify", cpu, out),
         "raw_mb_per_s_1mib": await _raw_phase(echo_port, s, 1, BIG) / 1e6,
-        "rpc_mb_per_s_1mib": await _rpc_phase(address, secret, s, 1, BIG) / 1e6,
+        "rpc_mb_per_s_1mib": await _rpc_phase(address, secret, s, 1, "big", cpu, out) / 1e6,
     }
+    cpu_ms = {f"cpu_ms_per_call_{k}": v for k, v in out.items()}
+    return {**rates, **cpu_ms}
 
 
 def _start_server(secret: bytes) -> tuple[subprocess.Popen[str], int, int]:
@@ -250,6 +343,14 @@ def _print_table(result: dict[str, float], callers: int) -> None:
     print(f"{'':32} {'raw trio':>12} {'rpc':>12} {'rpc/raw':>8}")
     for name, raw, rpc in rows:
         print(f"{name:32} {raw:12.0f} {rpc:12.0f} {rpc / raw if raw else 0:8.0%}")
+    print(f"async handler: {result['rpc_async_calls_per_s_1']:.0f} calls/s with 1 caller, "
+          f"{result['rpc_async_calls_per_s_64']:.0f} with {callers}; "
+          f"notify: {result['rpc_notify_per_s_1']:.0f}/s")
+    print(f"{'CPU ms per call':32} {'client':>12} {'server':>12}")
+    for key in sorted(k for k in result if k.endswith("_client_cpu_ms")):
+        phase = key.removeprefix("cpu_ms_per_call_").removesuffix("_client_cpu_ms")
+        server = result[key.replace("_client_", "_server_")]
+        print(f"{phase:32} {result[key]:12.4f} {server:12.4f}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -263,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     secret = secrets.token_hex(16).encode()
     proc, rpc_port, echo_port = _start_server(secret)
     try:
-        result = trio.run(_bench, rpc_port, echo_port, secret, args)
+        result = trio.run(_bench, rpc_port, echo_port, secret, args, proc.pid)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()

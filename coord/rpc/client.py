@@ -394,20 +394,48 @@ class RpcClient:
         return reply
 
     async def notify(self, address: str, message: object, *, timeout: float | None = None) -> None:
-        """Send a one-way message: no reply, no retry.  Raises if it cannot be sent."""
-        spec = spec_of(type(message))
-        if not isinstance(spec, NotificationSpec):
-            raise TypeError(f"{type(message).__qualname__} is not a notification")
-        body = _pack([spec.method, codec(spec.notification_type).encode(message)])
+        """Send a one-way message: no reply, no retry.  Raises if it cannot be sent.
+
+        Not a checkpoint when the frame goes out at once on a pooled
+        connection: a loop of notifications must await something else too.
+        """
+        info = _NOTIFY_INFO.get(type(message))
+        if info is None:
+            info = _notify_info(type(message))
+        method, encode = info
+        body = _pack([method, encode(message)])
+        # Fast path (Raft's batches): on a pooled connection whose socket takes
+        # the frame at once, a notification needs no cancel scope and no await:
+        # `bench rpc` notify phase, CPU ms per notification sender/receiver:
+        # 0.015/0.012 -> 0.006/0.0065 (0.030/0.022 before direct syscalls).
+        conn = self._pooled(address)
+        if conn is not None:
+            conn.fs.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, body)
+            try:
+                if conn.fs.flush_nowait():
+                    return
+            except ConnectionLost as exc:
+                await conn._die(exc)
+                raise
         deadline = trio.current_time() + (
             timeout if timeout is not None else self.config.default_timeout
         )
         with trio.move_on_at(deadline):
-            conn = await self._connection(address, deadline)
-            conn.fs.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, body)
-            await conn.flush()
+            if conn is None:
+                conn = await self._connection(address, deadline)
+                conn.fs.queue_frame(FrameKind.NOTIFY, 0, NO_BUDGET, body)
+            await conn.flush()  # the queued frame; the socket was full or not direct
             return
-        raise Timeout(f"notify {spec.method} to {address} timed out")
+        raise Timeout(f"notify {method} to {address} timed out")
+
+    def _pooled(self, address: str) -> _Connection | None:
+        """A live pooled connection to `address` if the pool is full, else None."""
+        pool = self._pools.get(address)
+        if self._closed or pool is None or len(pool.conns) < self.config.pool_size:
+            return None
+        pool.turn += 1
+        conn = pool.conns[pool.turn % len(pool.conns)]
+        return conn if conn.error is None else None
 
     # --- retry loops ---------------------------------------------------------
 
@@ -661,6 +689,19 @@ def _call_info(request_type: type) -> tuple[RequestSpec, Converter, Converter]:
         raise TypeError(f"{request_type.__qualname__} is a notification; use notify()")
     info = (spec, codec(spec.request_type).encode, codec(spec.reply_type).decode)
     _CALL_INFO[request_type] = info
+    return info
+
+
+_NOTIFY_INFO: dict[type, tuple[str, Converter]] = {}
+
+
+def _notify_info(message_type: type) -> tuple[str, Converter]:
+    """Method name and encoder of a notification type, looked up once."""
+    spec = spec_of(message_type)
+    if not isinstance(spec, NotificationSpec):
+        raise TypeError(f"{message_type.__qualname__} is not a notification")
+    info = (spec.method, codec(spec.notification_type).encode)
+    _NOTIFY_INFO[message_type] = info
     return info
 
 

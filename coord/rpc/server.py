@@ -71,6 +71,10 @@ def error_reply(code: str, message: str) -> Reply:
     return FrameKind.ERROR, _pack([code, message])
 
 
+# Built once: packing it per call was 2 % of the server's CPU in `bench rpc`.
+_CANCELLED = error_reply(ErrorCode.CANCELLED, "cancelled by the caller")
+
+
 def _parse_request(body: bytes | memoryview) -> tuple[str, list[Any] | None, Any]:
     value = unpack_body(body, "REQUEST")
     if type(value) is not list or len(value) != 3 or type(value[0]) is not str:
@@ -392,7 +396,7 @@ class RpcServer:
         self, conn: _Conn, route: Route, req: Any, ctx: CallContext, key: AmoKey | None
     ) -> None:
         rid = ctx.request_id
-        reply: Reply = error_reply(ErrorCode.CANCELLED, "cancelled by the caller")
+        reply: Reply = _CANCELLED  # unless the handler finishes
         try:
             with trio.CancelScope(deadline=ctx.deadline) as scope:
                 conn.inflight[rid] = scope

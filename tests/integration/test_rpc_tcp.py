@@ -67,5 +67,11 @@ def test_bench_rpc_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_rpc.run(args) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("rpc_calls_per_s_1", "rpc_calls_per_s_64", "raw_echo_per_s_1",
-                "raw_echo_per_s_64", "rpc_mb_per_s_1mib", "raw_mb_per_s_1mib"):
+                "raw_echo_per_s_64", "rpc_mb_per_s_1mib", "raw_mb_per_s_1mib",
+                "rpc_async_calls_per_s_1", "rpc_async_calls_per_s_64", "rpc_notify_per_s_1"):
         assert result[key] > 0, key
+    for phase in ("small_1", "small_3", "async_1", "async_3", "notify_1", "big_1",
+                  "raw_echo_1", "raw_echo_3"):
+        for side in ("client", "server"):
+            # CPU clocks tick in 10 ms steps: a 50 ms phase may round to 0.
+            assert result[f"cpu_ms_per_call_{phase}_{side}_cpu_ms"] >= 0

@@ -209,6 +209,8 @@ def _from_wire(obj: object) -> Result:
 
 
 def encode_result(result: Result) -> bytes:
+    if type(result) is PutResult:  # nearly every cached reply: skip the match (~1 us)
+        return pack([_PUT, result.revision, result.version])
     return pack(_to_wire(result))
 
 

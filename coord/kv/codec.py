@@ -11,6 +11,7 @@ every replica instead of a crash.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -20,8 +21,17 @@ class CodecError(ValueError):
     """Bytes that do not decode to a valid KV command, query or result."""
 
 
+_local = threading.local()  # .packer: this thread's msgpack.Packer
+
+
 def pack(obj: object) -> bytes:
-    raw: bytes = msgpack.packb(obj, use_bin_type=True)
+    # msgpack.packb builds a Packer per call (about 0.5 us of its 0.7 us); a Packer
+    # per thread is reused (it resets its buffer after each pack, also on error).
+    try:
+        packer: msgpack.Packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    raw: bytes = packer.pack(obj)
     return raw
 
 

@@ -30,6 +30,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from coord.kv.codec import (
     CodecError,
     as_bytes,
@@ -399,6 +401,47 @@ def decode_record(raw: bytes) -> LogRecord:
 
     result: LogRecord = _checked(decode, raw, "log record")
     return result
+
+
+#: The fields of a stamped `ClientRequest(client_id, seq, acked, Put(key, value))`:
+#: (timestamp, client_id, seq, acked, key, value).  A plain tuple, not a frozen
+#: dataclass, because it lives for one apply step and a tuple costs 0.04 us to
+#: build where the dataclass cost 1.1 us (a quarter of the fast decoder).
+PutRequest = tuple[LogTime, ClientId, SeqNo, SeqNo, bytes, bytes]
+
+
+def decode_put_request(raw: bytes) -> PutRequest | None:
+    """The entry's fields if `raw` is a valid stamped ClientRequest(Put), else None
+    (anything else, valid or not, is left to `decode_record`).
+
+    The fast path of the apply loop: every replica applies each write, and Puts
+    are nearly all of them.  It validates exactly what `decode_record` would (the
+    same types - bool is not an int - and bounds) but builds one flat value instead
+    of LogRecord, ClientRequest and Put with their checks: about 1.5 us instead
+    of about 7 us per entry (tools/bench_apply).  test_kv_codec checks both decoders
+    agree on valid and invalid entries."""
+    try:
+        obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if type(obj) is not list or len(obj) != 2:
+        return None
+    ts, body = obj
+    if type(ts) is not int or type(body) is not list or len(body) != 5:
+        return None
+    tag, cid, seq, acked, op = body
+    if type(tag) is not int or tag != _REQUEST or type(op) is not list or len(op) != 3:
+        return None
+    op_tag, key, value = op
+    if (
+        type(op_tag) is not int or op_tag != _PUT
+        or type(cid) is not int or type(seq) is not int or type(acked) is not int
+        or ts < 0 or cid < 1 or seq < 1 or acked < 0
+        or type(key) is not bytes or not 1 <= len(key) <= MAX_KEY_BYTES
+        or type(value) is not bytes
+    ):
+        return None
+    return (LogTime(ts), ClientId(cid), SeqNo(seq), SeqNo(acked), key, value)
 
 
 def stamp(body: Body, now_ms: int) -> bytes:

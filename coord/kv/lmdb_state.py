@@ -2,17 +2,33 @@
 
 Layout (named DBs in one env, separate from the Raft log's env):
 
-* ``kv``       key bytes -> msgpack [value, version, create_revision, mod_revision]
-* ``sessions`` u64 client id -> msgpack [last_activity, acked, outstanding]
-* ``idle``     u64 last_activity ++ u64 client id -> b"" (sessions by age, for expiry)
-* ``replies``  u64 client id ++ u64 seq -> encoded reply
+* ``kv``       key bytes -> u64 version ++ u64 create_revision ++ u64 mod_revision ++ value
+* ``sessions`` u64 client id -> u64 last_activity ++ u64 acked ++ u64 outstanding
+               ++ u64 indexed_at (the time its ``idle`` key carries)
+* ``idle``     u64 indexed_at ++ u64 client id -> b"" (the lazy idle index of
+               `coord.kv.store`: indexed_at <= last_activity, moved only when
+               expiry finds it stale)
+* ``sessions`` also holds the cached replies: u64 client id ++ u64 seq ->
+               encoded reply.  A session's 8-byte key sorts just before its
+               replies' 16-byte keys, so a request's record, the reply it
+               acknowledges and the reply it caches share one leaf page, and
+               a commit dirties one table for the session layer, not two.
 * ``meta``     ``format``, ``applied`` (u64), ``log_time`` (u64)
 * ``events``   u64 index ++ u32 sub -> msgpack [kind, key, value or nil] (the watch log)
-* ``events_meta`` ``floor`` (u64), ``count`` (u64: records in ``events``)
+* ``events_meta`` ``floor`` (u64); the number of events is LMDB's own count of
+  ``events``' records (`Transaction.stat`, O(1)), so appending an event writes
+  nothing but the event
 * one named DB per extension table (e.g. ``fs_inodes``), declared when the
   store is opened, committed in the same transactions as the above
 
 All integers in keys are big-endian so LMDB's byte order is numeric order.
+
+A write view keeps the values that almost every applied entry reads and
+rewrites - the log time, the event floor and the event count - in fields,
+and writes the changed ones once, just before the transaction commits
+(`_LmdbView.flush`, called by `LmdbKVStore._txn`): one put per commit
+instead of one or two per entry, and no read per entry.  Within the view the
+fields are the truth; nothing else in the transaction reads those records.
 A store created before the event log existed gets its event floor = its
 applied index when first opened: the events of those entries were never
 recorded, and a watcher asking for them gets COMPACTED instead of a silent gap.
@@ -55,6 +71,7 @@ from typing import BinaryIO, Protocol
 import lmdb
 import msgpack
 
+from coord.kv.codec import pack
 from coord.kv.store import MAX_TABLE_KEY, KVReadView, KVWriteView
 from coord.kv.types import (
     ClientId,
@@ -68,15 +85,21 @@ from coord.kv.types import (
 )
 from coord.raft.types import LogIndex
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fixed-width kv record (no deployed data had 1)
 DEFAULT_MAP_SIZE = 1 << 30
 MAX_DBS = 32  # the five KV databases plus extension tables
 
 _U64 = struct.Struct(">Q")
 _PAIR = struct.Struct(">QQ")
 _EVENT_KEY = struct.Struct(">QI")  # (index, sub)
+_KV_HEAD = struct.Struct(">QQQ")  # version, create_revision, mod_revision (then the value)
+_SESSION = struct.Struct(">QQQQ")  # last_activity, acked, outstanding, indexed_at
+#: Pruning a range of at most this many seqs deletes them one by one (the common case is
+#: one: the client acknowledges its previous reply); a wider range uses a cursor.
+_PRUNE_POINTS = 8
+_NO_TIME = 2**64  # above every log time: "the idle index is empty"
 _FORMAT, _APPLIED, _LOG_TIME = b"format", b"applied", b"log_time"
-_EVENTS_FLOOR, _EVENTS_COUNT = b"floor", b"count"  # keys in events_meta
+_EVENTS_FLOOR = b"floor"  # key in events_meta
 
 
 class KVStoreError(Exception):
@@ -88,15 +111,14 @@ class KVStoreFullError(KVStoreError):
 
 
 def _kv_value(kv: KeyValue) -> bytes:
-    raw: bytes = msgpack.packb(
-        (kv.value, kv.version, kv.create_revision, kv.mod_revision), use_bin_type=True
-    )
-    return raw
+    # A fixed header and the raw value: every put and get goes through this pair,
+    # and struct + concatenation costs about half of a msgpack round trip.
+    return _KV_HEAD.pack(kv.version, kv.create_revision, kv.mod_revision) + kv.value
 
 
 def _kv_from(key: bytes, raw: bytes) -> KeyValue:
-    value, version, create, mod = msgpack.unpackb(raw, raw=False)
-    return KeyValue(key, value, version, LogIndex(create), LogIndex(mod))
+    version, create, mod = _KV_HEAD.unpack_from(raw)  # no LogIndex() calls: a hot path
+    return KeyValue(key, raw[_KV_HEAD.size :], version, create, mod)
 
 
 def _event_from(key: bytes, raw: bytes) -> WatchEvent:
@@ -106,11 +128,11 @@ def _event_from(key: bytes, raw: bytes) -> WatchEvent:
 
 
 def _session_from(raw: bytes) -> SessionRecord:
-    last, acked, outstanding = msgpack.unpackb(raw)
+    last, acked, outstanding, _ = _SESSION.unpack(raw)
     return SessionRecord(LogTime(last), SeqNo(acked), outstanding)
 
 
-_KV_DBS = frozenset({"kv", "sessions", "idle", "replies", "meta", "events", "events_meta"})
+_KV_DBS = frozenset({"kv", "sessions", "idle", "meta", "events", "events_meta"})
 _SNAPSHOT_MAGIC = "ddfs-kv-snapshot"
 _SNAPSHOT_VERSION = 1
 _SNAPSHOT_BLOCK = 1 << 16  # bytes buffered before each write to the sink
@@ -127,7 +149,6 @@ class _Dbs:
         self.kv = env.open_db(b"kv")
         self.sessions = env.open_db(b"sessions")
         self.idle = env.open_db(b"idle")
-        self.replies = env.open_db(b"replies")
         self.meta = env.open_db(b"meta")
         self.events = env.open_db(b"events")
         self.events_meta = env.open_db(b"events_meta")
@@ -139,7 +160,7 @@ class _Dbs:
     def all(self) -> list[tuple[str, lmdb._Database]]:
         """Every database of the state, by name: the snapshot's canonical order."""
         fixed = {"kv": self.kv, "sessions": self.sessions, "idle": self.idle,
-                 "replies": self.replies, "meta": self.meta}
+                 "meta": self.meta}
         return sorted([*fixed.items(), *self.tables.items()])
 
 
@@ -182,9 +203,28 @@ class _LmdbView:
     def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
         self._t = txn
         self._db = dbs
-        # events_meta's count as of this transaction (None: not read yet); every
-        # change goes through _set_event_count, so the copy never goes stale
-        self._event_count: int | None = None
+        # Write-back copies (see the module docstring); None: not read yet.  Every
+        # change goes through these fields, so they never go stale within the view.
+        self._log_time: int | None = None
+        self._floor: int | None = None
+        self._event_count: int | None = None  # records in `events` (LMDB's count)
+        self._dirty_log_time = False  # _log_time differs from the stored record
+        # indexed_at of the sessions read or written in this view (saves a re-read
+        # when a request's session is written back)
+        self._indexed: dict[int, int] = {}
+        # A lower bound of the idle index's smallest time (None: unknown): expiry,
+        # asked on every entry, skips the index while `before` is at most this.
+        self._idle_min: int | None = None
+        self._dirty_floor = False  # _floor differs from the stored record
+
+    def flush(self) -> None:
+        """Write the changed write-back copies: called once, just before the commit."""
+        if self._dirty_log_time and self._log_time is not None:
+            self._t.put(_LOG_TIME, _U64.pack(self._log_time), db=self._db.meta)
+            self._dirty_log_time = False
+        if self._dirty_floor and self._floor is not None:
+            self._t.put(_EVENTS_FLOOR, _U64.pack(self._floor), db=self._db.events_meta)
+            self._dirty_floor = False
 
     # reads
 
@@ -199,7 +239,9 @@ class _LmdbView:
         return LogIndex(self._meta_u64(_APPLIED))
 
     def log_time(self) -> LogTime:
-        return LogTime(self._meta_u64(_LOG_TIME))
+        if self._log_time is None:
+            self._log_time = self._meta_u64(_LOG_TIME)
+        return LogTime(self._log_time)
 
     def get(self, key: bytes) -> KeyValue | None:
         raw = self._t.get(key, db=self._db.kv)
@@ -221,10 +263,20 @@ class _LmdbView:
 
     def session(self, client_id: ClientId) -> SessionRecord | None:
         raw = self._t.get(_U64.pack(client_id), db=self._db.sessions)
-        return None if raw is None else _session_from(bytes(raw))
+        if raw is None:
+            return None
+        last, acked, outstanding, self._indexed[client_id] = _SESSION.unpack(raw)
+        return SessionRecord(last, acked, outstanding)  # no NewType calls: a hot path
+
+    def _indexed_at(self, client_id: ClientId) -> int | None:
+        """The session's idle-index time (None: no such session)."""
+        at = self._indexed.get(client_id)
+        if at is None and self.session(client_id) is not None:
+            at = self._indexed[client_id]
+        return at
 
     def reply(self, client_id: ClientId, seq: SeqNo) -> bytes | None:
-        raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.replies)
+        raw = self._t.get(_PAIR.pack(client_id, seq), db=self._db.sessions)
         return None if raw is None else bytes(raw)
 
     def events(self, start: LogIndex, end: LogIndex | None, limit: int) -> list[WatchEvent]:
@@ -245,39 +297,34 @@ class _LmdbView:
         return 0 if raw is None else int(_U64.unpack(raw)[0])
 
     def events_floor(self) -> LogIndex:
-        return LogIndex(self._events_u64(_EVENTS_FLOOR))
+        if self._floor is None:
+            self._floor = self._events_u64(_EVENTS_FLOOR)
+        return LogIndex(self._floor)
 
     def event_count(self) -> int:
         if self._event_count is None:
-            self._event_count = self._events_u64(_EVENTS_COUNT)
+            self._event_count = int(self._t.stat(self._db.events)["entries"])
         return self._event_count
-
-    def _set_event_count(self, count: int) -> None:
-        self._t.put(_EVENTS_COUNT, _U64.pack(count), db=self._db.events_meta)
-        self._event_count = count
-
-    def _replies_of(self, client_id: ClientId) -> Iterator[tuple[SeqNo, bytes]]:
-        cursor = self._t.cursor(db=self._db.replies)
-        found = cursor.set_range(_PAIR.pack(client_id, 0))
-        while found:
-            cid, seq = _PAIR.unpack(cursor.key())
-            if cid != client_id:
-                return
-            yield SeqNo(seq), bytes(cursor.value())
-            found = cursor.next()
 
     def dump(self) -> StateDump:
         kvs, _ = self.range(b"", None, 0)
-        sessions = []
+        sessions: list[tuple[ClientId, SessionRecord, list[tuple[SeqNo, bytes]]]] = []
         for key, raw in self._t.cursor(db=self._db.sessions).iternext():
-            cid = ClientId(_U64.unpack(key)[0])
-            sessions.append((cid, _session_from(bytes(raw)), tuple(self._replies_of(cid))))
+            if len(key) == _U64.size:  # a session; its replies follow it
+                cid = ClientId(_U64.unpack(key)[0])
+                sessions.append((cid, _session_from(bytes(raw)), []))
+            else:
+                cid, seq = _PAIR.unpack(key)
+                if not sessions or sessions[-1][0] != cid:
+                    raise KVStoreError(f"a reply of client {cid} without its session")
+                sessions[-1][2].append((SeqNo(seq), bytes(raw)))
         tables = tuple(
             (name, tuple((bytes(k), bytes(v)) for k, v in self._t.cursor(db=db).iternext()))
             for name, db in self._db.tables.items()
         )
         return StateDump(
-            self.applied_index(), self.log_time(), tuple(kvs), tuple(sessions), tables
+            self.applied_index(), self.log_time(), tuple(kvs),
+            tuple((cid, rec, tuple(replies)) for cid, rec, replies in sessions), tables
         )
 
     # writes
@@ -286,7 +333,8 @@ class _LmdbView:
         self._t.put(_APPLIED, _U64.pack(index), db=self._db.meta)
 
     def set_log_time(self, now: LogTime) -> None:
-        self._t.put(_LOG_TIME, _U64.pack(now), db=self._db.meta)
+        if now != self.log_time():
+            self._log_time, self._dirty_log_time = now, True
 
     def put(self, kv: KeyValue) -> None:
         self._t.put(kv.key, _kv_value(kv), db=self._db.kv)
@@ -294,43 +342,80 @@ class _LmdbView:
     def delete(self, key: bytes) -> bool:
         return bool(self._t.delete(key, db=self._db.kv))
 
-    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
-        old = self.session(client_id)
-        if old is not None:
-            self._t.delete(_PAIR.pack(old.last_activity, client_id), db=self._db.idle)
-        raw = msgpack.packb((record.last_activity, record.acked, record.outstanding))
+    def _write_session(self, client_id: ClientId, record: SessionRecord, at: int) -> None:
+        raw = _SESSION.pack(record.last_activity, record.acked, record.outstanding, at)
         self._t.put(_U64.pack(client_id), raw, db=self._db.sessions)
-        self._t.put(_PAIR.pack(record.last_activity, client_id), b"", db=self._db.idle)
+        self._indexed[client_id] = at
+
+    def _move_idle(self, client_id: ClientId, old: int | None, new: int) -> None:
+        if old is not None:
+            self._t.delete(_PAIR.pack(old, client_id), db=self._db.idle)
+        self._t.put(_PAIR.pack(new, client_id), b"", db=self._db.idle)
+        if self._idle_min is not None:
+            self._idle_min = min(self._idle_min, new)
+
+    def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
+        at = self._indexed_at(client_id)
+        if at is None or record.last_activity < at:  # new, or moved back (not by sessions.py)
+            self._move_idle(client_id, at, record.last_activity)
+            at = record.last_activity
+        self._write_session(client_id, record, at)  # activity alone leaves the index alone
 
     def delete_session(self, client_id: ClientId) -> None:
-        old = self.session(client_id)
-        if old is None:
+        at = self._indexed_at(client_id)
+        if at is None:
             return
         self.prune_replies(client_id, SeqNo(2**64 - 1))
-        self._t.delete(_PAIR.pack(old.last_activity, client_id), db=self._db.idle)
+        self._t.delete(_PAIR.pack(at, client_id), db=self._db.idle)
         self._t.delete(_U64.pack(client_id), db=self._db.sessions)
+        del self._indexed[client_id]
 
     def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
-        out: list[ClientId] = []
+        if self._idle_min is not None and before <= self._idle_min:
+            return []  # every indexed time is >= before: nothing can be idle
+        seen: list[tuple[int, ClientId]] = []
         cursor = self._t.cursor(db=self._db.idle)
         found = cursor.first()
-        while found and len(out) < limit:
-            last_activity, cid = _PAIR.unpack(cursor.key())
-            if last_activity >= before:
+        while found and len(seen) < limit:
+            at, cid = _PAIR.unpack(cursor.key())
+            if at >= before:
                 break
-            out.append(ClientId(cid))
+            seen.append((at, ClientId(cid)))
             found = cursor.next()
+        if not seen:
+            self._idle_min = at if found else _NO_TIME
+            return []
+        out: list[ClientId] = []
+        for at, cid in seen:
+            record = self.session(cid)
+            if record is None:
+                raise KVStoreError(f"idle index names session {cid}, which does not exist")
+            if record.last_activity < before:
+                out.append(cid)
+            else:  # active since it was indexed: index it at its true time, after `before`
+                self._move_idle(cid, at, record.last_activity)
+                self._write_session(cid, record, record.last_activity)
+        self._idle_min = None
         return out
 
     def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None:
-        self._t.put(_PAIR.pack(client_id, seq), reply, db=self._db.replies)
+        self._t.put(_PAIR.pack(client_id, seq), reply, db=self._db.sessions)
 
-    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
-        cursor = self._t.cursor(db=self._db.replies)
+    def prune_replies(self, client_id: ClientId, upto: SeqNo, after: int = 0) -> int:
+        if upto - after <= _PRUNE_POINTS:
+            removed, db = 0, self._db.sessions
+            for seq in range(after + 1, upto + 1):
+                if self._t.delete(_PAIR.pack(client_id, seq), db=db):
+                    removed += 1
+            return removed
+        cursor = self._t.cursor(db=self._db.sessions)
         removed = 0
-        found = cursor.set_range(_PAIR.pack(client_id, 0))
+        found = cursor.set_range(_PAIR.pack(client_id, after + 1))
         while found:
-            cid, seq = _PAIR.unpack(cursor.key())
+            key = cursor.key()
+            if len(key) != _PAIR.size:  # the next session's record: no more replies
+                break
+            cid, seq = _PAIR.unpack(key)
             if cid != client_id or seq > upto:
                 break
             cursor.delete()  # moves to the next record, or off the end (empty key)
@@ -339,15 +424,17 @@ class _LmdbView:
         return removed
 
     def append_event(self, event: WatchEvent) -> None:
-        raw = msgpack.packb((int(event.kind), event.key, event.value), use_bin_type=True)
+        raw = pack((int(event.kind), event.key, event.value))
+        count = self.event_count()  # before the put: LMDB's count would include it
         # append=True: LMDB refuses (False) a key not above the last one, and skips
         # the tree search, since events only ever arrive in order.
         if not self._t.put(_EVENT_KEY.pack(event.index, event.sub), raw, db=self._db.events,
                            append=True):
             raise ValueError(f"event ({event.index}, {event.sub}) out of order")
-        self._set_event_count(self.event_count() + 1)
+        self._event_count = count + 1
 
     def drop_events(self, upto: LogIndex, limit: int) -> int:
+        count = self.event_count()  # before the deletes: LMDB's count would omit them
         cursor = self._t.cursor(db=self._db.events)
         removed, last = 0, 0
         found = cursor.first()
@@ -359,19 +446,18 @@ class _LmdbView:
             removed, last = removed + 1, index
             found = bool(cursor.key())
         if removed:
-            self._set_event_count(self.event_count() - removed)
+            self._event_count = count - removed
             self.raise_events_floor(LogIndex(last))
         return removed
 
     def raise_events_floor(self, index: LogIndex) -> None:
         if index > self.events_floor():
-            self._t.put(_EVENTS_FLOOR, _U64.pack(index), db=self._db.events_meta)
+            self._floor, self._dirty_floor = index, True
 
     def restart_events(self, floor: LogIndex) -> None:
         """Empty the event log and set its floor (a restored snapshot's log starts there)."""
         self._t.drop(self._db.events, delete=False)
-        self._t.put(_EVENTS_FLOOR, _U64.pack(floor), db=self._db.events_meta)
-        self._set_event_count(0)
+        self._floor, self._dirty_floor, self._event_count = floor, True, 0
 
 
 class LmdbSnapshotSource:
@@ -456,7 +542,10 @@ class LmdbKVStore:
         env = self._e()
         try:
             with env.begin(write=write) as txn:
-                yield _LmdbView(txn, self._dbs)
+                view = _LmdbView(txn, self._dbs)
+                yield view
+                if write:
+                    view.flush()  # the write-back copies, inside the transaction
         except lmdb.MapFullError as exc:
             raise KVStoreFullError(f"KV store full (map size {env.info()['map_size']})") from exc
 
@@ -497,6 +586,7 @@ class LmdbKVStore:
                 view = _LmdbView(txn, self._dbs)
                 applied = view.applied_index()
                 view.restart_events(applied)  # not in snapshots: see the module docstring
+                view.flush()
         except lmdb.MapFullError as exc:
             raise KVStoreFullError(f"KV store full (map size {env.info()['map_size']})") from exc
         env.sync(True)

@@ -16,6 +16,9 @@ Invariants:
   entry that does not decode yields a BAD_COMMAND result (on every replica
   alike) rather than an exception: the log is not ours to refuse.
 * Revisions are log indexes: a put at index i sets mod_revision = i.
+* A `ClientRequest(Put)` entry (nearly every write) takes a fast path
+  (`decode_put_request`, `_apply_put`) that does exactly what the general
+  path does, in the same order, without building the log record's values.
 * `read` serves Get/Range from the last committed state without touching the
   log; linearizability is the driver's job (ReadIndex or lease: wait until
   applied_index >= the read index, then call `read`).
@@ -80,11 +83,13 @@ from coord.kv.commands import (
     KeepAlive,
     LeaderCommand,
     Put,
+    PutRequest,
     Query,
     Range,
     RegisterClient,
     Txn,
     TxnOp,
+    decode_put_request,
     decode_record,
 )
 from coord.kv.events import (
@@ -111,7 +116,16 @@ from coord.kv.results import (
     TxnResult,
 )
 from coord.kv.store import KVReadView, KVStore, KVWriteView
-from coord.kv.types import ClientId, KeyValue, KVConfig, LogTime, SeqNo, StateDump
+from coord.kv.types import (
+    ClientId,
+    EventKind,
+    KeyValue,
+    KVConfig,
+    LogTime,
+    SeqNo,
+    StateDump,
+    WatchEvent,
+)
 from coord.raft.types import Entry, EntryKind, LogIndex
 
 
@@ -327,6 +341,9 @@ class KVStateMachine:
         if entry.kind is not EntryKind.COMMAND:
             self._notify_entry(view, ApplyContext(entry.index, view.log_time()))
             return Applied(entry.index, None)
+        put = decode_put_request(entry.data)
+        if put is not None:
+            return self._apply_put(view, entry.index, put)
         try:
             record = decode_record(entry.data)
         except CodecError as exc:
@@ -344,6 +361,35 @@ class KVStateMachine:
 
         sessions.expire_idle(view, now, self._config, ended)
         return self._apply_body(view, record.body, ctx, ended)
+
+    def _apply_put(self, view: KVWriteView, index: LogIndex, put: PutRequest) -> Applied:
+        """`_apply_entry` for a ClientRequest(Put), from its flat fields: the same
+        steps in the same order (log time, extensions' hook, expiry, the session's
+        at-most-once run of the put) without building the log record's values.
+        Puts are nearly every write, applied on every replica: this path saves
+        about 6 us of about 30 per applied Put (tools/bench_apply), and
+        tests/unit/test_kv_fastpath.py checks it against the general path."""
+        timestamp, cid, seq, acked, key, value = put
+        now = LogTime(max(view.log_time(), timestamp))
+        view.set_log_time(now)
+        ctx = ApplyContext(index, now)
+        self._notify_entry(view, ctx)
+
+        def ended(cid: ClientId) -> None:
+            for ext in self._ext.values():
+                ext.session_ended(view, cid, ctx)
+
+        sessions.expire_idle(view, now, self._config, ended)
+        retention = self._config.event_retention
+
+        def execute() -> Result:  # _execute(Put) without the match and the recorder
+            kv = _put_record(view, index, key, value)
+            view.append_event(WatchEvent(index, 0, EventKind.PUT, key, value))
+            retain(view, index, retention, 1)
+            return PutResult(kv.mod_revision, kv.version)
+
+        result = sessions.run(view, cid, seq, acked, now, self._config, execute, ended)
+        return Applied(index, result, cid, seq)
 
     def _apply_body(
         self, view: KVWriteView, body: Body, ctx: ApplyContext, ended: sessions.OnEnd
@@ -410,15 +456,20 @@ def _query(view: KVReadView, query: Query) -> GetResult | RangeResult:
             return RangeResult(tuple(kvs), more)
 
 
-def _put(
-    view: KVWriteView, events: EventRecorder, index: LogIndex, key: bytes, value: bytes
-) -> KeyValue:
+def _put_record(view: KVWriteView, index: LogIndex, key: bytes, value: bytes) -> KeyValue:
     prev = view.get(key)
     if prev is None:
         kv = KeyValue(key, value, 1, index, index)
     else:
         kv = KeyValue(key, value, prev.version + 1, prev.create_revision, index)
     view.put(kv)
+    return kv
+
+
+def _put(
+    view: KVWriteView, events: EventRecorder, index: LogIndex, key: bytes, value: bytes
+) -> KeyValue:
+    kv = _put_record(view, index, key, value)
     events.put(key, value)
     return kv
 

@@ -209,11 +209,9 @@ def _from_wire(obj: object) -> Result:
 
 
 def encode_result(result: Result) -> bytes:
-    # The two answers of nearly every call, without the `match` in _to_wire (which
-    # tries each class pattern in turn): 1.2 -> 0.8 us for a put's result.
-    if isinstance(result, PutResult):
+    if type(result) is PutResult:  # nearly every cached reply: skip the match (~1 us)
         return pack([_PUT, result.revision, result.version])
-    if isinstance(result, GetResult):
+    if type(result) is GetResult:  # nearly every read's answer (the KV service)
         return pack([_GET, _kv_to_wire(result.kv)])
     return pack(_to_wire(result))
 

@@ -19,9 +19,10 @@ The rules, applied identically by every replica:
   replies a new seq is refused (TOO_MANY_OUTSTANDING, not executed, not cached,
   so the client may send it again once it acknowledges replies).
 * Every entry that names a live session counts as activity.  Idle sessions are
-  collected at most `expire_batch` per applied entry, oldest first; the
-  expiry check on lookup makes the result independent of how far collection
-  has got.
+  collected through the store's lazy idle index (`coord.kv.store`): each
+  applied entry examines at most `expire_batch` index entries, by indexed
+  time, and removes the idle sessions among them; the expiry check on lookup
+  makes the result independent of how far collection has got.
 * `EndSession` removes a live session at once (an unknown or expired one gets
   SESSION_EXPIRED).
 * Whenever a session goes away - collected, found expired on lookup, or
@@ -92,16 +93,18 @@ def _expired(client_id: ClientId) -> ErrorResult:
 
 def _acknowledge(
     view: KVWriteView, client_id: ClientId, record: SessionRecord, acked: SeqNo, now: LogTime
-) -> SessionRecord:
-    """Advance the low-water mark, drop the replies it covers, and count activity."""
-    # Plain constructors, not dataclasses.replace: this runs for every applied
-    # command on every replica, and replace() costs several times more.
+) -> tuple[LogTime, SeqNo, int]:
+    """Advance the low-water mark, drop the replies it covers, and count activity:
+    the new (last_activity, acked, outstanding)."""
+    # Fields, not a new SessionRecord (nor dataclasses.replace): this runs for every
+    # applied command on every replica, and `run` builds the record once at its end.
     outstanding = record.outstanding
     if acked > record.acked:
-        outstanding -= view.prune_replies(client_id, acked)
+        if outstanding:  # nothing cached, nothing to prune (no cursor, no lookups)
+            outstanding -= view.prune_replies(client_id, acked, record.acked)
     else:
         acked = record.acked
-    return SessionRecord(LogTime(max(record.last_activity, now)), acked, outstanding)
+    return LogTime(max(record.last_activity, now)), acked, outstanding
 
 
 def keep_alive(
@@ -110,7 +113,7 @@ def keep_alive(
     record = _live(view, msg.client_id, now, config, on_end)
     if record is None:
         return _expired(msg.client_id)
-    record = _acknowledge(view, msg.client_id, record, msg.acked, now)
+    record = SessionRecord(*_acknowledge(view, msg.client_id, record, msg.acked, now))
     view.put_session(msg.client_id, record)
     return KeepAliveResult(LogTime(record.last_activity + config.session_ttl_ms))
 
@@ -134,23 +137,38 @@ def run_request(
     on_end: OnEnd = _ignore,
 ) -> Result:
     """Execute `request.command` (through `execute`) at most once; see the module rules."""
-    cid, seq = request.client_id, request.seq
+    return run(view, request.client_id, request.seq, request.acked, now, config, execute, on_end)
+
+
+def run(
+    view: KVWriteView,
+    cid: ClientId,
+    seq: SeqNo,
+    acked: SeqNo,
+    now: LogTime,
+    config: KVConfig,
+    execute: Callable[[], Result],
+    on_end: OnEnd = _ignore,
+) -> Result:
+    """`run_request` on the request's fields (the apply loop's fast path has no
+    ClientRequest value to hand over)."""
     record = _live(view, cid, now, config, on_end)
     if record is None:
         return _expired(cid)
-    record = _acknowledge(view, cid, record, request.acked, now)
+    last, acked, outstanding = _acknowledge(view, cid, record, acked, now)
     result: Result
-    if seq <= record.acked:
-        result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {record.acked}")
-    elif (cached := view.reply(cid, seq)) is not None:
+    if seq <= acked:
+        result = ErrorResult(ErrorCode.STALE_SEQUENCE, f"seq {seq} <= acked {acked}")
+    elif outstanding and (cached := view.reply(cid, seq)) is not None:
+        # (outstanding counts the cached replies: with none, skip the lookup)
         result = decode_result(cached)
-    elif record.outstanding >= config.max_outstanding:
+    elif outstanding >= config.max_outstanding:
         result = ErrorResult(
-            ErrorCode.TOO_MANY_OUTSTANDING, f"{record.outstanding} replies not acknowledged"
+            ErrorCode.TOO_MANY_OUTSTANDING, f"{outstanding} replies not acknowledged"
         )
     else:
         result = execute()
         view.put_reply(cid, seq, encode_result(result))
-        record = SessionRecord(record.last_activity, record.acked, record.outstanding + 1)
-    view.put_session(cid, record)
+        outstanding += 1
+    view.put_session(cid, SessionRecord(last, acked, outstanding))
     return result

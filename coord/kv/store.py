@@ -34,6 +34,16 @@ appended in (index, sub) order and removed only from the old end
 (`drop_events`), which raises the *floor*: every event of an entry at or
 below the floor may be gone, every event of an entry above it is present.
 
+The idle index (which sessions to expire) is *lazy*: a session is indexed
+at its last activity when it is created, and activity does not move it, so
+a request writes only its session record.  The indexed time is therefore a
+lower bound of the session's last activity.  `idle_sessions` walks the
+index from the oldest time; an entry whose session turns out to have been
+active since is moved to its true last activity (which is past the cut-off,
+so one walk never meets it twice).  Each session's entry moves at most
+once per TTL, and the walk is a function of the state alone, so every
+replica (and both stores) collect the same sessions at the same entries.
+
 Views are valid only inside their `with` block; none may be kept or used
 across an `await` (the LMDB views are live transactions).
 """
@@ -137,7 +147,8 @@ class KVWriteView(KVReadView, Protocol):
         ...
 
     def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
-        """Create or replace a session (and keep the idle index in step)."""
+        """Create or replace a session.  A new session is indexed at its last activity;
+        a replaced one keeps its index entry unless its last activity went below it."""
         ...
 
     def delete_session(self, client_id: ClientId) -> None:
@@ -145,13 +156,16 @@ class KVWriteView(KVReadView, Protocol):
         ...
 
     def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
-        """Up to `limit` sessions with last_activity < before, oldest first (ties by id)."""
+        """The sessions with last_activity < before among the first `limit` index entries
+        indexed before `before` (by indexed time, ties by id), in that order.  Each of
+        those entries whose session is not idle is moved to its last activity."""
         ...
 
     def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None: ...
 
-    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
-        """Drop the client's cached replies with seq <= upto; return how many."""
+    def prune_replies(self, client_id: ClientId, upto: SeqNo, after: int = 0) -> int:
+        """Drop the client's cached replies with after < seq <= upto; return how many.
+        The caller knows none is at or below `after` (the session's acked)."""
         ...
 
     def append_event(self, event: WatchEvent) -> None:
@@ -194,8 +208,8 @@ class _Data:
     """The twin's whole state.  Values are immutable, so a shallow copy is a snapshot."""
 
     __slots__ = (
-        "applied", "events", "events_floor", "idle", "keys", "kvs", "log_time", "replies",
-        "sessions", "tables",
+        "applied", "events", "events_floor", "idle", "indexed", "keys", "kvs", "log_time",
+        "replies", "sessions", "tables",
     )
 
     def __init__(self, tables: Iterable[str] = ()) -> None:
@@ -204,7 +218,8 @@ class _Data:
         self.kvs: dict[bytes, KeyValue] = {}
         self.keys: list[bytes] = []  # sorted keys of kvs, for range
         self.sessions: dict[ClientId, SessionRecord] = {}
-        self.idle: list[tuple[LogTime, ClientId]] = []  # sorted (last_activity, id)
+        self.idle: list[tuple[LogTime, ClientId]] = []  # sorted (indexed_at, id)
+        self.indexed: dict[ClientId, LogTime] = {}  # each session's time in `idle`
         self.replies: dict[ClientId, dict[SeqNo, bytes]] = {}
         # name -> (items, sorted keys of items)
         self.tables: dict[str, tuple[dict[bytes, bytes], list[bytes]]] = {
@@ -219,6 +234,7 @@ class _Data:
         clone.applied, clone.log_time = self.applied, self.log_time
         clone.kvs, clone.keys = dict(self.kvs), list(self.keys)
         clone.sessions, clone.idle = dict(self.sessions), list(self.idle)
+        clone.indexed = dict(self.indexed)
         clone.replies = {cid: dict(r) for cid, r in self.replies.items()}
         clone.events, clone.events_floor = list(self.events), self.events_floor
         return clone
@@ -325,14 +341,24 @@ class _MemoryView:
         self._set_kv(key, None)
         return existed
 
-    def _set_session_raw(self, cid: ClientId, rec: SessionRecord | None) -> None:
+    def _set_session_raw(
+        self, cid: ClientId, rec: SessionRecord | None, at: LogTime | None
+    ) -> None:
         d = self._d
-        old = d.sessions.pop(cid, None)
-        if old is not None:
-            d.idle.remove((old.last_activity, cid))
-        if rec is not None:
-            d.sessions[cid] = rec
-            bisect.insort(d.idle, (rec.last_activity, cid))
+        d.sessions.pop(cid, None)
+        old_at = d.indexed.pop(cid, None)
+        if old_at is not None:
+            d.idle.remove((old_at, cid))
+        if rec is not None and at is not None:
+            d.sessions[cid], d.indexed[cid] = rec, at
+            bisect.insort(d.idle, (at, cid))
+
+    def _replace_session(
+        self, cid: ClientId, rec: SessionRecord | None, at: LogTime | None
+    ) -> None:
+        old, old_at = self._d.sessions.get(cid), self._d.indexed.get(cid)
+        self._writable().append(lambda: self._set_session_raw(cid, old, old_at))
+        self._set_session_raw(cid, rec, at)
 
     def _set_reply_raw(self, cid: ClientId, seq: SeqNo, reply: bytes | None) -> None:
         replies = self._d.replies.setdefault(cid, {})
@@ -344,28 +370,36 @@ class _MemoryView:
             del self._d.replies[cid]
 
     def put_session(self, client_id: ClientId, record: SessionRecord) -> None:
-        old = self._d.sessions.get(client_id)
-        self._writable().append(lambda: self._set_session_raw(client_id, old))
-        self._set_session_raw(client_id, record)
+        at = self._d.indexed.get(client_id)
+        if at is None or record.last_activity < at:
+            at = record.last_activity
+        self._replace_session(client_id, record, at)
 
     def delete_session(self, client_id: ClientId) -> None:
         self.prune_replies(client_id, SeqNo(2**63))
-        old = self._d.sessions.get(client_id)
-        self._writable().append(lambda: self._set_session_raw(client_id, old))
-        self._set_session_raw(client_id, None)
+        self._replace_session(client_id, None, None)
 
     def idle_sessions(self, before: LogTime, limit: int) -> list[ClientId]:
         stop = bisect.bisect_left(self._d.idle, (before, ClientId(-1)))
-        return [cid for _, cid in self._d.idle[: min(stop, limit)]]
+        out: list[ClientId] = []
+        for _, cid in self._d.idle[: min(stop, limit)]:
+            record = self._d.sessions[cid]
+            if record.last_activity < before:
+                out.append(cid)
+            else:  # active since it was indexed: move it to its true time (lazy index)
+                self._replace_session(cid, record, record.last_activity)
+        return out
 
     def put_reply(self, client_id: ClientId, seq: SeqNo, reply: bytes) -> None:
         old = self.reply(client_id, seq)
         self._writable().append(lambda: self._set_reply_raw(client_id, seq, old))
         self._set_reply_raw(client_id, seq, reply)
 
-    def prune_replies(self, client_id: ClientId, upto: SeqNo) -> int:
+    def prune_replies(self, client_id: ClientId, upto: SeqNo, after: int = 0) -> int:
         undo = self._writable()
-        doomed = [(s, r) for s, r in self._d.replies.get(client_id, {}).items() if s <= upto]
+        doomed = [
+            (s, r) for s, r in self._d.replies.get(client_id, {}).items() if after < s <= upto
+        ]
         for seq, reply in doomed:
             undo.append(functools.partial(self._set_reply_raw, client_id, seq, reply))
             self._set_reply_raw(client_id, seq, None)

@@ -7,7 +7,9 @@ Invariants enforced by `validate()`:
   need check-quorum;
 * the byte and count limits are positive, so replication always makes progress
   (one entry larger than `max_append_bytes` is still sent alone);
-* snapshot_every >= 0 (0 disables snapshots), keep_tail >= 0.
+* snapshot_every >= 0 (0 disables snapshots), keep_tail >= 0;
+* 0 <= follower_apply_delay < election_timeout_min;
+* commit_notify_delay >= 0 (a heartbeat tells the commit index anyway).
 
 Times are plain numbers in the same unit as the `now` the driver passes to the
 core (seconds for real drivers, ticks in the simulator).
@@ -48,6 +50,14 @@ class RaftConfig:
     snapshot_every: int = 10000
     keep_tail: int = 1000
     snapshot_chunk_bytes: int = 1 << 20  # bytes per InstallSnapshot message
+    # A follower (driver only) lets committed entries wait up to this long to be
+    # applied together in one state-store commit, unless a read waits for them
+    # (see RaftDriver._applier): nobody waits for a follower's apply otherwise.
+    follower_apply_delay: float = 0.01
+    # A leader tells followers a new commit index with the next append, or after
+    # this long in an append of its own (a follower waiting for a read is told at
+    # once); so an idle follower's apply lags by about this much.
+    commit_notify_delay: float = 0.02
 
     def validate(self) -> RaftConfig:
         """Return self if consistent, else raise ConfigError naming the broken relation."""
@@ -90,4 +100,11 @@ class RaftConfig:
                 f"snapshot_every ({self.snapshot_every}) and keep_tail ({self.keep_tail}) "
                 "must be >= 0"
             )
+        if not 0 <= self.follower_apply_delay < self.election_timeout_min:
+            raise ConfigError(
+                f"need 0 <= follower_apply_delay ({self.follower_apply_delay}) < "
+                f"election_timeout_min ({self.election_timeout_min})"
+            )
+        if self.commit_notify_delay < 0:
+            raise ConfigError(f"commit_notify_delay must be >= 0, got {self.commit_notify_delay}")
         return self

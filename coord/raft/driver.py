@@ -12,8 +12,10 @@ Invariants:
 * Every call into the core (step/tick/propose/read_index/ready/advance)
   happens on the trio thread, never across an await: the core is never seen
   half-updated.  Storage and state-machine commits run in worker threads
-  (`trio.to_thread`), at most one of each at a time, and no LMDB transaction
-  is ever held across an await (each call opens and closes its own).  The
+  (one long-lived `coord.raft.worker.Worker` each; `trio.to_thread` for the
+  rare snapshot calls), at most one of each at a time, and no LMDB
+  transaction is ever held across an await (each call opens and closes its
+  own).  The
   one exception: a follower persists a small Ready (<= INLINE_PERSIST_BYTES)
   on the trio thread, blocking it for one fdatasync, because its loop would
   wait for that persist anyway and the hand-off costs more (see _persist).
@@ -31,6 +33,8 @@ Invariants:
   read states of a Ready travel through the same queue and are released
   only after the entries before them are applied.  The queue is bounded
   (`APPLY_QUEUE` Readys): a slow state machine slows the Ready loop down.
+  A follower's applier may hold entries up to `follower_apply_delay` to
+  apply them in one transaction, never when a read state waits behind them.
 * A proposal is answered only by the entry applied at its index: if the
   entry there has the proposal's term it was committed, otherwise it was lost
   (a new leader overwrote it) and the caller gets `ProposalLost` — retrying
@@ -90,6 +94,7 @@ from coord.raft.snapfile import SnapshotFiles
 from coord.raft.snapshot import SnapshotChunk, SnapshotMeta
 from coord.raft.storage import RaftStorage
 from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
+from coord.raft.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -255,17 +260,27 @@ class RaftDriver(Generic[A]):
         # (a snapshot install waits for that: it replaces the state underneath).
         self._apply_pending = 0
         self._drained = trio.Event()
+        # Long-lived threads for the two per-write blocking calls (see coord.raft.worker).
+        self._persister = Worker(f"raft-persist-{node_id}")
+        self._apply_worker = Worker(f"raft-apply-{node_id}")
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
-            nursery.start_soon(self._applier, jobs, name="raft-apply")
-            self._sync_peers()
-            task_status.started()
-            await self._loop()
+        self._persister.start()
+        self._apply_worker.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
+                nursery.start_soon(self._applier, jobs, name="raft-apply")
+                self._sync_peers()
+                task_status.started()
+                await self._loop()
+        finally:
+            # Every task that used them has ended (and waited for its call): quick joins.
+            self._persister.stop()
+            self._apply_worker.stop()
 
     def _sync_peers(self) -> None:
         """One sender per other member of the configuration in force."""
@@ -351,7 +366,7 @@ class RaftDriver(Generic[A]):
             # throughput halved when every member persisted inline).
             self._storage.persist(rd.hard_state, rd.entries, rd.truncate_from)
         else:
-            await trio.to_thread.run_sync(
+            await self._persister.run(
                 self._storage.persist, rd.hard_state, rd.entries, rd.truncate_from
             )
         if rd.hard_state is not None:
@@ -361,19 +376,8 @@ class RaftDriver(Generic[A]):
         """Applies committed entries in log order, then releases the reads queued
         behind them.  Runs beside the Ready loop, so the next Ready's persist (and
         its fsync) overlaps this apply's commit instead of waiting for it."""
-        budget = self.core.config.max_apply_bytes
         async for first in jobs:
-            # Jobs that queued up while the last apply ran go in one transaction
-            # (one state-store fsync instead of one each), within the apply budget.
-            batch = [first]
-            size = sum(entry_size(e) for e in first[0])
-            while size < budget:
-                try:
-                    job = jobs.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                batch.append(job)
-                size += sum(entry_size(e) for e in job[0])
+            batch = await self._gather(first, jobs)
             entries = tuple(e for job_entries, _ in batch for e in job_entries)
             if entries:
                 self._settle(entries, await self._apply(entries))
@@ -383,6 +387,50 @@ class RaftDriver(Generic[A]):
             self._apply_pending -= len(batch)
             if not self._apply_pending:
                 self._drained.set()
+
+    async def _gather(
+        self, first: _ApplyJob, jobs: trio.MemoryReceiveChannel[_ApplyJob]
+    ) -> list[_ApplyJob]:
+        """`first` and the jobs that queue up behind it, for one transaction (one
+        state-store fsync instead of one each), within the apply budget.
+
+        A follower with nothing waiting for these entries (no read state among
+        them, no proposal of ours) also waits up to `follower_apply_delay` for
+        more: each state-store commit writes ~10 pages and syncs twice, and at
+        one client every write used to cost every follower one (measured with
+        tools/raftprobe: see the commit message for the figure).  A job that
+        carries a read ends the wait at once, so follower reads are not slowed."""
+        budget = self.core.config.max_apply_bytes
+        batch = [first]
+        size = sum(entry_size(e) for e in first[0])
+        deadline = -math.inf
+        if not first[1] and self._may_defer_apply():
+            deadline = self._clock() + self.core.config.follower_apply_delay
+        while size < budget:
+            job: _ApplyJob | None = None
+            try:
+                job = jobs.receive_nowait()
+            except trio.WouldBlock:
+                if self._clock() >= deadline:
+                    break
+                with trio.move_on_at(deadline):
+                    job = await jobs.receive()  # cancel-safe: a cancelled receive takes nothing
+                if job is None:
+                    break
+            except trio.EndOfChannel:
+                break
+            batch.append(job)
+            size += sum(entry_size(e) for e in job[0])
+            if job[1]:
+                deadline = -math.inf  # a read waits: apply now
+        return batch
+
+    def _may_defer_apply(self) -> bool:
+        return (
+            self.core.config.follower_apply_delay > 0
+            and not self._proposals
+            and self.core.soft_state().role is not Role.LEADER
+        )
 
     async def _drain_applier(self) -> None:
         """Wait until every queued apply job is done (the core's applied index is
@@ -398,12 +446,16 @@ class RaftDriver(Generic[A]):
         log, which is already durable on a majority.  Reads are not served
         until this returns (the store shows the entries only after the commit)."""
         if not any((w := self._proposals.get(e.index)) and w.early for e in entries):
-            return await trio.to_thread.run_sync(self._fsm.apply, entries)
+            return await self._apply_worker.run(self._fsm.apply, entries)
+        token = trio.lowlevel.current_trio_token()
 
         def announce(results: Sequence[A]) -> None:  # runs in the worker thread
-            trio.from_thread.run_sync(self._release, entries, results, True)
+            # Queued, not waited for: the worker goes on to the commit at once, and
+            # the trio thread runs this before it resumes us (run_sync_soon is FIFO
+            # and the worker's completion is queued after it).
+            token.run_sync_soon(self._release, entries, tuple(results), True)
 
-        return await trio.to_thread.run_sync(self._fsm.apply, entries, announce)
+        return await self._apply_worker.run(self._fsm.apply, entries, announce)
 
     def _release(
         self, entries: Sequence[Entry], results: Sequence[A], early_only: bool = False

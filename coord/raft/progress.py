@@ -59,7 +59,7 @@ class Progress:
         self.recent_active = False  # heard from since the last check-quorum round
         self.acked_since_heartbeat = False  # REPLICATE: some ack arrived this heartbeat period
         self.stalled_intervals = 0  # REPLICATE: heartbeat periods behind without any ack
-        self.commit_sent = LogIndex(0)  # highest commit index sent in an append
+        self.commit_sent = LogIndex(0)  # highest commit index sent (append or heartbeat)
         self.read_round = 0  # highest ReadIndex round the follower acknowledged this term
         self.snapshot: SnapshotMeta | None = None  # SNAPSHOT: the snapshot being streamed
         self.snap_offset = 0  # SNAPSHOT: the next byte to send (the follower's last request)

@@ -127,6 +127,14 @@ class Harness:
         for i in ids if ids is not None else self.ids:
             self.nodes[i].tick(self.now)
 
+    def share_commit(self, keep: Filter = lambda m: True) -> None:
+        """Let one heartbeat interval pass on the leader and deliver: followers learn
+        its commit index from that heartbeat (the core sends no append just for it)."""
+        leader = self.leader()
+        assert leader is not None
+        self.advance_time(self.config.heartbeat_interval, [leader])
+        self.deliver(keep)
+
     def campaign(self, nid: NodeId, keep: Filter = lambda m: True) -> None:
         """Make nid's election timer fire now and deliver until quiet."""
         self.now = max(self.now, self.nodes[nid].election_deadline)

@@ -275,3 +275,27 @@ def test_lookup_query_is_not_a_log_entry(fs: FsHarness) -> None:
     for _ in range(3):
         fs.ask(Lookup(D, b"f", ROOT))
     assert fs.machine.applied_index == before
+
+
+def test_a_bootstrap_whose_transaction_aborted_is_done_again() -> None:
+    """on_entry looks for the root once per transaction: an aborted transaction's
+    bootstrap is not taken for done."""
+    from coord.kv.store import MemoryKVStore
+    from coord.raft.types import Entry, EntryKind, LogIndex, Term
+    from fs.meta.machine import memory_meta_store, meta_machine
+    from fs.meta.state import META
+
+    store: MemoryKVStore = memory_meta_store()
+    machine = meta_machine(store)
+    noop = Entry(Term(1), LogIndex(1), EntryKind.NOOP)
+
+    def fail(_: object) -> None:
+        raise RuntimeError("abort before the commit")
+
+    with pytest.raises(RuntimeError):
+        machine.apply([noop], announce=fail)
+    with store.reader() as r:
+        assert r.table(META).get(b"next_inode") is None
+    machine.apply([noop])
+    with store.reader() as r:
+        assert r.table(META).get(b"next_inode") is not None

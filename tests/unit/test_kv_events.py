@@ -23,7 +23,13 @@ from coord.kv.commands import (
     Put,
     Txn,
 )
-from coord.kv.events import WatchBatch, WatchCompacted, decode_events, encode_events
+from coord.kv.events import (
+    WatchBatch,
+    WatchCompacted,
+    decode_events,
+    encode_events,
+    retain_slack,
+)
 from coord.kv.lmdb_state import LmdbKVStore
 from coord.kv.machine import ApplyContext, KVStateMachine
 from coord.kv.store import KVReadView, KVStore, KVWriteView, MemoryKVStore
@@ -291,6 +297,24 @@ def test_events_must_be_appended_in_order(kv_harness: StoreHarness) -> None:
         w.append_event(ev(5, 1, PUT, b"k", b"v"))
         with pytest.raises(ValueError, match="out of order"):
             w.append_event(ev(5, 0, PUT, b"k", b"v"))
+
+
+def test_a_retention_drop_goes_a_slack_below_the_bound(kv_harness: StoreHarness) -> None:
+    """Retention 32: slack 2, so a drop leaves 30 events and the next one comes
+    three entries later; the log never holds more than 32."""
+    assert retain_slack(32) == 2 and retain_slack(4) == 0
+    d = Driver(kv_harness.store, replace(CONFIG, event_retention=32))
+    c = Client(d)
+    counts, floors = [], []
+    for n in range(40):
+        c.do(Put(b"k%d" % n, b"v"))
+        floor, events = event_log(kv_harness.store)
+        counts.append(len(events))
+        floors.append(floor)
+    assert counts[:32] == list(range(1, 33))
+    assert counts[32:] == [30, 31, 32, 30, 31, 32, 30, 31]
+    _, events = event_log(kv_harness.store)
+    assert floors[-1] == events[0].index - 1  # exactly the dropped events are below it
 
 
 def test_a_store_older_than_the_event_log_starts_compacted(tmp_path: Path) -> None:

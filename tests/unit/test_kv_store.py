@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from coord.kv.commands import Put
-from coord.kv.lmdb_state import KVStoreError, KVStoreFullError, LmdbKVStore
+from coord.kv.lmdb_state import FORMAT_VERSION, KVStoreError, KVStoreFullError, LmdbKVStore
 from coord.kv.machine import KVStateMachine
 from coord.kv.store import MemoryKVStore
 from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord
@@ -94,13 +94,33 @@ def test_idle_sessions_are_listed_oldest_first_and_follow_updates(
         assert w.idle_sessions(LogTime(31), 10) == [3, 4, 5]
         assert w.idle_sessions(LogTime(31), 2) == [3, 4]
         assert w.idle_sessions(LogTime(10), 10) == []
-        w.put_session(ClientId(3), SessionRecord(LogTime(40), SeqNo(0), 0))  # activity moves it
-        assert w.idle_sessions(LogTime(41), 10) == [4, 5, 3]
         w.put_reply(ClientId(4), SeqNo(1), b"r")
         w.delete_session(ClientId(4))
-        assert w.idle_sessions(LogTime(100), 10) == [5, 3, 6]
+        assert w.idle_sessions(LogTime(100), 10) == [3, 5, 6]
         assert w.reply(ClientId(4), SeqNo(1)) is None
         w.delete_session(ClientId(77))  # absent: harmless
+
+
+def test_the_idle_index_is_lazy_and_moves_a_stale_entry_when_it_meets_it(
+    kv_harness: StoreHarness,
+) -> None:
+    """Activity leaves a session's index entry where it was (a lower bound); a walk
+    that meets it moves it to the true last activity, so the next walk passes it."""
+    with kv_harness.store.writer() as w:
+        for cid, at in ((5, 30), (3, 10), (4, 10), (6, 50)):
+            w.put_session(ClientId(cid), SessionRecord(LogTime(at), SeqNo(0), 0))
+        w.put_session(ClientId(3), SessionRecord(LogTime(40), SeqNo(0), 0))  # activity
+        assert w.session(ClientId(3)) == SessionRecord(LogTime(40), SeqNo(0), 0)
+        # 3 is still indexed at 10: it uses one of the two places of this walk, and is
+        # not idle before 40, so it is moved to 40
+        assert w.idle_sessions(LogTime(40), 2) == [4]
+        assert w.idle_sessions(LogTime(40), 2) == [4, 5]  # 3 is now behind 5
+        assert w.idle_sessions(LogTime(41), 10) == [4, 5, 3]
+        assert w.idle_sessions(LogTime(40), 10) == [4, 5]
+        # a record whose activity goes below its index entry (no session rule does
+        # that) is re-indexed at once, so it is never missed
+        w.put_session(ClientId(6), SessionRecord(LogTime(1), SeqNo(0), 0))
+        assert w.idle_sessions(LogTime(2), 10) == [6]
 
 
 def test_checkpoint_returns_the_applied_index(kv_harness: StoreHarness) -> None:
@@ -191,7 +211,7 @@ def test_lmdb_kv_refuses_another_format(tmp_path: Path) -> None:
     env = lmdb.open(str(tmp_path), max_dbs=5, map_size=MAP_SIZE)
     try:
         with env.begin(write=True) as txn:
-            txn.put(b"format", msgpack.packb(2), db=env.open_db(b"meta", txn=txn))
+            txn.put(b"format", msgpack.packb(FORMAT_VERSION + 1), db=env.open_db(b"meta", txn=txn))
     finally:
         env.close()
     with pytest.raises(KVStoreError):

@@ -80,6 +80,10 @@ def test_random_bytes_raise_codec_error_only(data: bytes) -> None:
         [[1, 1, 2, 3, 4, 5, 1]],  # pre_vote must be a bool, not an int
         [[3, 1, 2, 3, 0, 0, [[1, 1, 9, b""]], 0]],  # unknown entry kind
         [[3, 1, 2, 3, 0, 0, [[1, 1, 1, "text"]], 0]],  # entry data must be bytes
+        [[3, 1, 2, 3, 0, 0, [[1, 1, True, b""]], 0]],  # a kind is an int, not a bool
+        [[3, 1, 2, 3, 0, 0, [[1, -1, 1, b""]], 0]],  # negative entry index
+        [[3, 1, 2, 3, 0, 0, [[1.0, 1, 1, b""]], 0]],  # entry term must be an int
+        [[3, 1, 2, 3, 0, 0, [[1, 1, 1]], 0]],  # an entry has four fields
         [[3, 1, 2, 3, 0, 0, "entries", 0]],
         [[]],
     ],

@@ -114,7 +114,9 @@ def test_s8_a_new_leader_appends_a_noop_of_its_term_first() -> None:
     assert log.last_index() == 2
     noop = log.all_entries()[-1]
     assert noop.kind is EntryKind.NOOP and noop.term == h.nodes[N2].term == 2
-    # The noop of term 2 commits, and with it the earlier-term entry 1 (§5.4.2).
+    # The noop of term 2 commits, and with it the earlier-term entry 1 (§5.4.2);
+    # the followers learn that from the next heartbeat.
+    h.share_commit()
     assert all(h.nodes[i].commit_index == 2 for i in h.ids)
     assert [x.index for x in h.applied[N3]] == [1, 2]
 
@@ -254,4 +256,9 @@ def test_next_deadline_tells_the_driver_when_tick_has_work() -> None:
     node.tick(deadline - 0.01)
     assert node.role is Role.FOLLOWER and not node.has_ready()
     h.campaign(N1)
-    assert node.next_deadline() == h.now + CONFIG.heartbeat_interval  # leader: heartbeats
+    elected = h.now
+    # Leader: the no-op's commit index is due to the followers first, then heartbeats.
+    assert node.next_deadline() == elected + CONFIG.commit_notify_delay
+    h.advance_time(CONFIG.commit_notify_delay, [N1])
+    h.deliver()
+    assert node.next_deadline() == elected + CONFIG.heartbeat_interval

@@ -158,6 +158,7 @@ def test_s4_2_a_learner_receives_the_log_but_neither_votes_nor_counts() -> None:
     assert isinstance(change(h, ChangeKind.ADD_LEARNER, N4), Proposed)
     h.propose(N1, b"a")
     h.deliver()
+    heartbeat(h)  # the commit index reaches the learner with the next heartbeat
     assert h.commands(N4) == [b"a"]
     assert h.nodes[N4].membership.learners == {N4}
     # Leader + learner alone cannot commit: quorum counts the 3 voters only.
@@ -239,6 +240,7 @@ def test_the_configuration_is_recovered_from_the_log_on_restart() -> None:
     add_joiner(h, N4)
     change(h, ChangeKind.ADD_LEARNER, N4)
     change(h, ChangeKind.REMOVE, N3)
+    heartbeat(h)  # N2 learns that the removal committed
     restarted = RaftNode(N2, h.ids[:3], h.config, log=h.logs[N2], hard_state=h.hard[N2],
                          rng=random.Random(5), now=h.now)
     assert restarted.membership.voters == {N1, N2} and restarted.membership.learners == {N4}

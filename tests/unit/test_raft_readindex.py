@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from coord.raft.messages import (
     AppendEntries,
     Heartbeat,
@@ -27,12 +29,14 @@ def elected() -> Harness:
     for k in range(3):
         h.propose(N1, b"w%d" % k)
     h.deliver()
+    h.share_commit()
     assert h.nodes[N1].commit_index == 4
     return h
 
 
 def test_thesis_6_4_many_reads_share_one_heartbeat_round() -> None:
     h = elected()
+    earlier = len(h.sent)
     for k in range(5):
         assert h.nodes[N1].read_index(ctx(k)) == ReadQueued(ctx(k))
     rd = h.process(N1)
@@ -41,7 +45,7 @@ def test_thesis_6_4_many_reads_share_one_heartbeat_round() -> None:
     assert sorted(m.dst for m in beats) == [N2, N3] and len({m.read_round for m in beats}) == 1
     h.deliver()
     assert h.read_states[N1] == [ReadState(ctx(k), LogIndex(4)) for k in range(5)]
-    assert len([m for m in h.sent if isinstance(m, Heartbeat)]) == 2  # one round in total
+    assert len([m for m in h.sent[earlier:] if isinstance(m, Heartbeat)]) == 2  # one round
 
 
 def test_thesis_6_4_read_is_confirmed_by_a_majority_not_by_the_leader_alone() -> None:
@@ -122,3 +126,17 @@ def test_a_read_waiting_for_uncommitted_entries_does_not_make_the_node_spin() ->
     follower.step(ReadIndexResponse(N1, N3, follower.term, ctx(9), LogIndex(99)), h.now)
     assert not follower.has_ready()  # nothing to do until index 99 is committed here
     assert follower.reads.waiting_apply == [ReadState(ctx(9), LogIndex(99))]
+
+
+def test_a_follower_read_brings_the_commit_index_with_its_answer() -> None:
+    for config in (CONFIG, replace(CONFIG, lease_reads=True, clock_drift_bound=1.0)):
+        h = Harness(3, config)
+        h.campaign(N1)
+        h.share_commit()  # with lease reads: a lease from this acknowledged round
+        h.propose(N1, b"x")
+        h.deliver()
+        assert h.nodes[N1].commit_index == 2 and h.commands(N3) == []
+        h.nodes[N3].read_index(ctx(1), h.now)
+        h.deliver()  # no heartbeat interval passes
+        assert h.read_states[N3] == [ReadState(ctx(1), LogIndex(2))]
+        assert h.commands(N3) == [b"x"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from coord.raft.core import RaftNode
-from coord.raft.messages import AppendEntries, AppendEntriesResponse, Message
+from coord.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat, Message
 from coord.raft.progress import ProgressState
 from coord.raft.ready import NotLeader, Overloaded, Proposed, Role
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
@@ -105,6 +105,7 @@ def test_s5_3_log_matching_followers_end_with_the_leaders_log() -> None:
         if k % 7 == 0:
             h.deliver()
     h.deliver()
+    h.share_commit()
     logs = [h.logs[i].all_entries() for i in h.ids]
     assert all(log == logs[0] for log in logs) and len(logs[0]) == 21
     assert all(h.commands(i) == [b"c%d" % k for k in range(20)] for i in h.ids)
@@ -216,6 +217,7 @@ def test_pipelining_is_bounded_by_max_inflight_messages() -> None:
     assert len(per_follower) == 3  # 3 in flight, not 10
     assert [m.prev_log_index for m in per_follower] == [1, 3, 5]  # pipelined, not stop-and-wait
     h.deliver()
+    h.share_commit()
     assert h.commands(N2) == [b"p%d" % k for k in range(20)]
 
 
@@ -302,3 +304,28 @@ def test_entries_superseded_while_their_ready_is_outstanding_are_rewritten() -> 
     node.advance(second)
     assert [(x.index, x.term) for x in h.logs[N2].all_entries()] == [(1, 1), (2, 3)]
     assert node.log.last_index() == 2 and not node.log.unstable
+
+
+def test_a_new_commit_index_rides_on_the_next_append_or_a_delayed_one() -> None:
+    h = Harness(3)
+    h.campaign(N1)
+    h.share_commit()
+    h.propose(N1, b"x")
+    h.deliver()
+    assert h.nodes[N1].commit_index == 2
+    # No append at once only to carry the commit index: the followers have not applied "x".
+    assert h.commands(N2) == h.commands(N3) == []
+    h.propose(N1, b"y")
+    h.deliver()
+    assert h.commands(N2) == h.commands(N3) == [b"x"]  # carried by y's append
+    delay = h.config.commit_notify_delay
+    assert 0 < delay < h.config.heartbeat_interval
+    assert h.nodes[N1].next_deadline() == h.now + delay
+    beats = sum(isinstance(m, Heartbeat) for m in h.sent)
+    h.advance_time(delay / 2, [N1])
+    h.deliver()
+    assert h.commands(N2) == [b"x"]  # not yet
+    h.advance_time(delay / 2, [N1])
+    h.deliver()
+    assert h.commands(N2) == h.commands(N3) == [b"x", b"y"]  # the delayed append
+    assert sum(isinstance(m, Heartbeat) for m in h.sent) == beats  # not a heartbeat's doing

@@ -18,6 +18,7 @@ share one such barrier, `SharedReadBarrier`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from coord.kv.results import encode_result
 from coord.raft.driver import Busy, ProposalLost, RaftDriver, RaftUnavailable
 from coord.raft.types import NodeId
 from coord.rpc import CallContext, RemoteError, Request, Router, Semantics, request
+from coord.rpc.router import ReplyFn
 
 OK, NOT_LEADER, BUSY, LOST, UNAVAILABLE = "OK", "NOT_LEADER", "BUSY", "LOST", "UNAVAILABLE"
 
@@ -142,7 +144,7 @@ class KvService:
         self._reads = SharedReadBarrier(driver.read_barrier)
 
     def routes(self, router: Router) -> None:
-        router.add(KvSubmit, self.submit)
+        router.add_deferred(KvSubmit, self.submit_deferred)
         router.add(KvRead, self.read)
 
     def _redirect(self, exc: RaftUnavailable) -> KvReply:
@@ -186,6 +188,28 @@ class KvService:
         if applied.result is None:
             raise RemoteError("INTERNAL", f"entry {applied.index} produced no result")
         return KvReply(OK, encode_result(applied.result))
+
+    def submit_deferred(
+        self, req: KvSubmit, ctx: CallContext, reply: ReplyFn
+    ) -> Callable[[], None] | None:
+        """`submit` as a deferred route (same replies): the proposal's callback
+        answers, so a write costs no task, cancel scope or Event on the leader."""
+        data = self._entry_data(req.body)  # may raise RemoteError BAD_COMMAND
+        try:
+            proposal = self._driver.propose_nowait(
+                data, functools.partial(self._on_applied, reply), early=True)
+        except RaftUnavailable as exc:
+            reply(self._redirect(exc))
+            return None
+        return functools.partial(self._driver.abandon, proposal)
+
+    def _on_applied(self, reply: ReplyFn, outcome: Applied | ProposalLost) -> None:
+        if isinstance(outcome, ProposalLost):
+            reply(self._redirect(outcome))
+        elif outcome.result is None:
+            reply(RemoteError("INTERNAL", f"entry {outcome.index} produced no result"))
+        else:
+            reply(KvReply(OK, encode_result(outcome.result)))
 
     async def read(self, req: KvRead, ctx: CallContext) -> KvReply:
         try:

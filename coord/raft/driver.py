@@ -156,9 +156,41 @@ class ChangeRefused(RaftUnavailable):
 class _Waiter(Generic[A]):
     term: Term
     early: bool = False  # answer before the state store commits (see propose)
-    done: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event | None = None  # `propose` waits on it ...
+    on_done: Callable[[A | ProposalLost], None] | None = None  # ... `propose_nowait` is called
     result: A | None = None
     lost: bool = False
+    finished: bool = False
+    index: int = 0  # the LogIndex it was proposed at
+    leader: Callable[[], NodeId | None] | None = None  # for ProposalLost's hint
+
+    def finish(self) -> None:
+        """Answer the proposer, once (called on the trio thread)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.done is not None:
+            self.done.set()
+        if self.on_done is not None:
+            if self.lost or self.result is None:
+                hint = self.leader() if self.leader is not None else None
+                outcome: A | ProposalLost = ProposalLost(
+                    f"entry {self.index} was overwritten by a new leader", hint)
+            else:
+                outcome = self.result
+            try:
+                self.on_done(outcome)
+            except Exception:  # the proposer's bug must not break the applier
+                log.exception("proposal callback failed")
+
+
+class Proposal:
+    """A handle on a `propose_nowait` call, to `abandon` it."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self, waiter: _Waiter[Any]) -> None:
+        self._waiter = waiter
 
 
 @dataclass(slots=True)
@@ -472,7 +504,7 @@ class RaftDriver(Generic[A]):
                 waiter.result = by_index.get(entry.index)
             else:
                 waiter.lost = True
-            waiter.done.set()
+            waiter.finish()
 
     def _early_messages(self, rd: Ready) -> tuple[Message, ...]:
         """A leader's appends and heartbeats, unless this Ready changes term or vote."""
@@ -517,7 +549,7 @@ class RaftDriver(Generic[A]):
             for index in [i for i in self._proposals if i <= meta.index]:
                 waiter = self._proposals.pop(index)
                 waiter.lost = True
-                waiter.done.set()
+                waiter.finish()
 
     async def _apply(self, entries: Sequence[Entry]) -> list[A]:
         """Apply; at a snapshot boundary, pin the state exactly there in between."""
@@ -620,6 +652,41 @@ class RaftDriver(Generic[A]):
         leader), Busy, or ProposalLost.  The caller bounds the wait with its
         own deadline (cancel scope).
         """
+        waiter = self._start_proposal(data, early, trio.Event(), None)
+        assert waiter.done is not None
+        try:
+            await waiter.done.wait()
+        finally:
+            if not waiter.done.is_set():
+                self._withdraw(waiter)
+        if waiter.lost or waiter.result is None:
+            raise ProposalLost(f"entry {waiter.index} was overwritten by a new leader",
+                               self.leader)
+        return waiter.result
+
+    def propose_nowait(
+        self, data: bytes, on_done: Callable[[A | ProposalLost], None], *, early: bool = False
+    ) -> Proposal:
+        """`propose` without a task: `on_done(result or ProposalLost)` is called
+        once, later, on the trio thread, from wherever `propose` would have
+        woken up (apply, snapshot install).  Raises RaftUnavailable or Busy at
+        once like `propose`.  The caller bounds the wait itself and calls
+        `abandon` when it stops waiting (then on_done is never called).
+        Why: a proposal then costs no trio.Event, task switch or cancel
+        scope (see KvService.submit_deferred for the figure)."""
+        return Proposal(self._start_proposal(data, early, None, on_done))
+
+    def abandon(self, proposal: Proposal) -> None:
+        """Stop waiting for a `propose_nowait`; its on_done will not be called."""
+        waiter = proposal._waiter
+        if not waiter.finished:
+            waiter.finished = True
+            self._withdraw(waiter)
+
+    def _start_proposal(
+        self, data: bytes, early: bool, done: trio.Event | None,
+        on_done: Callable[[A | ProposalLost], None] | None,
+    ) -> _Waiter[A]:
         result = self.core.propose(data)
         match result:
             case NotLeader(hint):
@@ -629,17 +696,20 @@ class RaftDriver(Generic[A]):
             case Refused(reason):
                 raise Busy(reason, self.id)
             case Proposed(index, term):
-                waiter: _Waiter[A] = _Waiter(term, early)
+                waiter: _Waiter[A] = _Waiter(term, early, done, on_done, index=index,
+                                             leader=self._leader_hint)
                 self._proposals[index] = waiter
         self._wake.set()
-        try:
-            await waiter.done.wait()
-        finally:
-            if not waiter.done.is_set():
-                self._proposals.pop(index, None)
-        if waiter.lost or waiter.result is None:
-            raise ProposalLost(f"entry {index} was overwritten by a new leader", self.leader)
-        return waiter.result
+        return waiter
+
+    def _leader_hint(self) -> NodeId | None:
+        return self.leader
+
+    def _withdraw(self, waiter: _Waiter[A]) -> None:
+        # Only this waiter: after a leader change another proposal may own the index.
+        index = LogIndex(waiter.index)
+        if self._proposals.get(index) is waiter:
+            del self._proposals[index]
 
     async def change_membership(self, change: ConfChange) -> LogIndex:
         """Propose a single-server membership change; return its index once applied here.
@@ -655,13 +725,14 @@ class RaftDriver(Generic[A]):
             case Overloaded():
                 raise Busy("too many uncommitted bytes", self.id)
             case Proposed(index, term):
-                waiter: _Waiter[A] = _Waiter(term)
+                done = trio.Event()
+                waiter: _Waiter[A] = _Waiter(term, done=done)
                 self._proposals[index] = waiter
         self._wake.set()
         try:
-            await waiter.done.wait()
+            await done.wait()
         finally:
-            if not waiter.done.is_set():
+            if not done.is_set():
                 self._proposals.pop(index, None)
         if waiter.lost:
             raise ProposalLost(f"entry {index} was overwritten by a new leader", self.leader)

@@ -20,6 +20,13 @@ Invariants:
   on the connection, cancelled when the caller's budget runs out or it
   sends CANCEL).  Plain `def` handlers run inline in the connection's task:
   cheapest, they cannot block, and must be quick.
+- `add_deferred` handlers are plain `def`s that start the work and return;
+  the work answers later through the `reply` callable it was given (on the
+  trio thread), with the reply dataclass or a `RemoteError`.  The server
+  keeps every call semantic (deadline -> TIMEOUT, CANCEL -> CANCELLED,
+  exactly one reply, errors -> INTERNAL) without a task per call; a handler
+  may return a callable the server calls when it stops waiting (so the work
+  can drop its reference to `reply`).  Only for at-least-once methods.
 - A method has at most one handler per router.
 """
 
@@ -72,6 +79,12 @@ class CallContext:
         return self.deadline - trio.current_time()
 
 
+# A deferred call's answer: the reply dataclass (None if its type is None) or an error.
+ReplyFn = Callable[[Any], None]
+# A deferred handler: (request, context, reply) -> an optional "stop, nobody waits" hook.
+DeferredFn = Callable[[Any, CallContext, ReplyFn], Callable[[], None] | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     method: str
@@ -81,6 +94,7 @@ class Route:
     semantics: Semantics | None  # None for notifications
     reply_type: type | None
     encode_reply: Converter | None  # None for notifications
+    start: DeferredFn | None = None  # set for `add_deferred` routes (then fn is unused)
 
 
 def handles(message_type: type) -> Callable[[F], F]:
@@ -120,6 +134,23 @@ class Router:
             )
         return self
 
+    def add_deferred(self, message_type: type, fn: DeferredFn) -> Router:
+        """Register a deferred handler (see the module docstring) for a request."""
+        spec = spec_of(message_type)
+        if not isinstance(spec, RequestSpec) or spec.semantics is not Semantics.AT_LEAST_ONCE:
+            # The reply cache's waiting retries need an event per execution; not
+            # worth building until an at-most-once method needs this path.
+            raise ValueError(f"{spec.method!r}: deferred handlers serve at-least-once requests")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{spec.method!r}: a deferred handler is a plain def")
+        self.add(message_type, _never_called)
+        route = self._routes[spec.method]
+        self._routes[spec.method] = Route(
+            route.method, _never_called, False, route.decode, route.semantics,
+            route.reply_type, route.encode_reply, fn,
+        )
+        return self
+
     def include(self, service: object) -> Router:
         """Register every method of `service` marked with `@handles`."""
         found = 0
@@ -132,3 +163,7 @@ class Router:
         if not found:
             raise ValueError(f"{type(service).__qualname__} has no @handles methods")
         return self
+
+
+def _never_called(req: Any, ctx: CallContext) -> None:
+    raise AssertionError("a deferred route is started through Route.start")

@@ -20,14 +20,22 @@ Invariants:
   (client id, seq); a concurrent retry waits for the first execution's reply.
 - Shutdown stops accepting and reading, lets running handlers finish for up
   to `drain_timeout`, then closes every connection.
+- Deferred calls (`Router.add_deferred`) have no task: the handler starts
+  the work and the work calls `_Deferred.reply` later.  Each is answered
+  exactly once (the first of: its reply, TIMEOUT from the connection's
+  deadline sweeper, CANCELLED on a CANCEL frame); what comes after is
+  dropped.  When the connection ends they get the same drain time as async
+  handlers, then are dropped (their stop hook called), never leaked.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -73,6 +81,7 @@ def error_reply(code: str, message: str) -> Reply:
 
 # Built once: packing it per call was 2 % of the server's CPU in `bench rpc`.
 _CANCELLED = error_reply(ErrorCode.CANCELLED, "cancelled by the caller")
+_TICKETS = itertools.count()  # tie-breaker in the deadline heaps
 
 
 def _parse_request(body: bytes | memoryview) -> tuple[str, list[Any] | None, Any]:
@@ -89,10 +98,38 @@ def _parse_request(body: bytes | memoryview) -> tuple[str, list[Any] | None, Any
     return value[0], session, value[2]
 
 
+class _Deferred:
+    """One deferred call waiting for its reply; `reply` is handed to the handler."""
+
+    __slots__ = ("conn", "done", "request_id", "route", "server", "stop")
+
+    def __init__(self, server: RpcServer, conn: _Conn, route: Route, request_id: int) -> None:
+        self.server = server
+        self.conn = conn
+        self.route = route
+        self.request_id = request_id
+        self.done = False  # answered (or dropped): later replies are ignored
+        self.stop: Callable[[], None] | None = None  # the handler's "nobody waits" hook
+
+    def reply(self, outcome: Any) -> None:
+        """The handler's answer: the reply dataclass or a RemoteError."""
+        if self.done:
+            return  # timed out, cancelled or the connection ended first
+        if isinstance(outcome, RemoteError):
+            answer = error_reply(outcome.code, outcome.message)
+        else:
+            answer = self.server._encode_reply(self.route, outcome)
+        self.stop = None  # the work is done: nothing to stop
+        self.server._answer(self, answer, flush=True)
+
+
 class _Conn:
     """One authenticated connection."""
 
-    __slots__ = ("fs", "handlers", "inflight", "peer", "read_scope")
+    __slots__ = (
+        "closed", "deadlines", "deferred", "flushing", "fs", "handlers", "idle", "inflight",
+        "peer", "read_scope", "starting", "sweep_wake", "sweeping",
+    )
 
     def __init__(self, fs: FrameStream, peer: PeerInfo, handlers: trio.Nursery) -> None:
         self.fs = fs
@@ -100,6 +137,16 @@ class _Conn:
         self.handlers = handlers  # runs this connection's async handlers
         self.inflight: dict[int, trio.CancelScope] = {}  # async calls by request id
         self.read_scope = trio.CancelScope()  # cancelled to stop reading (shutdown)
+        self.deferred: dict[int, _Deferred] = {}  # deferred calls by request id
+        # (deadline, ticket, call) of deferred calls with a budget; answered ones
+        # are popped lazily by the sweeper task (running while `sweeping`).
+        self.deadlines: list[tuple[float, int, _Deferred]] = []
+        self.sweeping = False
+        self.sweep_wake: trio.Event | None = None  # set: an earlier deadline arrived
+        self.starting: _Deferred | None = None  # being started by the read loop
+        self.flushing = False  # a task is flushing replies the socket did not take
+        self.idle: trio.Event | None = None  # set when draining and no deferred call is left
+        self.closed = False  # the connection ended: nothing more is sent
 
 
 class RpcServer:
@@ -255,23 +302,33 @@ class RpcServer:
                 pass
 
     async def _serve_authenticated(self, fs: FrameStream, peer: PeerInfo) -> None:
-        async with trio.open_nursery() as handlers:
-            conn = _Conn(fs, peer, handlers)
-            self._conns.add(conn)
-            try:
-                with conn.read_scope:
-                    if self._closing:
-                        conn.read_scope.cancel()
-                    await self._read_loop(conn)
-            except ProtocolError as exc:
-                log.warning("protocol error from node %d: %s; closing", peer.node_id, exc)
-                await self._send_last_words(fs, ErrorCode.PROTOCOL, str(exc))
-            except ConnectionLost as exc:
-                log.debug("connection to node %d lost: %s", peer.node_id, exc)
-            finally:
-                self._conns.discard(conn)
-                drain = trio.current_time() + self.config.drain_timeout
-                handlers.cancel_scope.deadline = min(handlers.cancel_scope.deadline, drain)
+        conn: _Conn | None = None
+        try:
+            async with trio.open_nursery() as handlers:
+                conn = _Conn(fs, peer, handlers)
+                self._conns.add(conn)
+                try:
+                    with conn.read_scope:
+                        if self._closing:
+                            conn.read_scope.cancel()
+                        await self._read_loop(conn)
+                except ProtocolError as exc:
+                    log.warning("protocol error from node %d: %s; closing", peer.node_id, exc)
+                    await self._send_last_words(fs, ErrorCode.PROTOCOL, str(exc))
+                except ConnectionLost as exc:
+                    log.debug("connection to node %d lost: %s", peer.node_id, exc)
+                finally:
+                    self._conns.discard(conn)
+                    drain = trio.current_time() + self.config.drain_timeout
+                    handlers.cancel_scope.deadline = min(handlers.cancel_scope.deadline, drain)
+                    conn.idle = trio.Event()  # marks the drain
+                    if conn.deferred:
+                        handlers.start_soon(self._drain_deferred, conn)
+                    elif conn.sweep_wake is not None:
+                        conn.sweep_wake.set()  # nothing to sweep for any more
+        finally:
+            if conn is not None:
+                self._drop_deferred(conn)
 
     async def _read_loop(self, conn: _Conn) -> None:
         fs = conn.fs
@@ -295,6 +352,8 @@ class RpcServer:
                 scope = conn.inflight.get(frame.request_id)
                 if scope is not None:
                     scope.cancel()
+                elif (call := conn.deferred.get(frame.request_id)) is not None:
+                    self._answer(call, _CANCELLED, flush=False)  # the loop flushes
             else:
                 raise MalformedFrame(f"unexpected {kind.name} frame from a client")
 
@@ -312,9 +371,9 @@ class RpcServer:
                 req = route.decode(raw)
             except FieldTypeError as exc:
                 raise RemoteError(ErrorCode.BAD_REQUEST, f"{method}: {exc}") from None
-            if rid in conn.inflight:
+            if rid in conn.inflight or rid in conn.deferred:
                 raise RemoteError(ErrorCode.BAD_REQUEST, f"request id {rid} already in flight")
-            if len(conn.inflight) >= self.config.max_inflight:
+            if len(conn.inflight) + len(conn.deferred) >= self.config.max_inflight:
                 raise RemoteError(ErrorCode.OVERLOADED, "too many calls in flight")
         except MalformedFrame as exc:
             self._queue(conn, rid, error_reply(ErrorCode.BAD_REQUEST, str(exc)))
@@ -323,7 +382,9 @@ class RpcServer:
             self._queue(conn, rid, error_reply(exc.code, exc.message))
             return
         ctx = self._context(conn, frame, method)
-        if route.semantics is Semantics.AT_MOST_ONCE:
+        if route.start is not None:
+            self._start_deferred(conn, route, req, ctx, frame.budget_us)
+        elif route.semantics is Semantics.AT_MOST_ONCE:
             self._start_at_most_once(conn, route, req, ctx, session)
         elif route.is_async:
             conn.handlers.start_soon(self._run_async, conn, route, req, ctx, None)
@@ -441,6 +502,127 @@ class RpcServer:
             await conn.fs.flush()
         except ConnectionLost:
             pass  # the caller is gone; an at-most-once reply stays cached for its retry
+
+    # --- deferred calls ------------------------------------------------------
+    # Figure: serving kv.submit this way instead of as an async handler (task,
+    # cancel scope, Event) cut the leader's CPU per write; see KvService.
+
+    def _start_deferred(
+        self, conn: _Conn, route: Route, req: Any, ctx: CallContext, budget_us: int
+    ) -> None:
+        rid = ctx.request_id
+        if budget_us == 0:
+            self._queue(conn, rid, error_reply(ErrorCode.TIMEOUT, "the caller's budget was "
+                                               "spent on arrival"))
+            return
+        call = _Deferred(self, conn, route, rid)
+        conn.deferred[rid] = call
+        if ctx.deadline != math.inf:
+            self._arm(conn, call, ctx.deadline)
+        assert route.start is not None
+        conn.starting = call  # a reply given while starting waits for the loop's flush
+        try:
+            stop = route.start(req, ctx, call.reply)
+        except RemoteError as exc:
+            stop = None
+            call.reply(exc)
+        except Exception as exc:
+            stop = None
+            log.exception("handler of %s failed", route.method)
+            call.reply(RemoteError(
+                ErrorCode.INTERNAL, f"{route.method} failed: {type(exc).__name__}"))
+        finally:
+            conn.starting = None
+        if call.done:
+            return
+        call.stop = stop
+
+    def _answer(self, call: _Deferred, reply: Reply, *, flush: bool) -> None:
+        """Send `call`'s one reply (unless already answered); stop the work if
+        the reply is not the work's own (timeout, cancel)."""
+        if call.done:
+            return
+        call.done = True
+        conn = call.conn
+        del conn.deferred[call.request_id]
+        if call.stop is not None:
+            stop, call.stop = call.stop, None
+            stop()
+        if conn.idle is not None and not conn.deferred:
+            conn.idle.set()  # draining and nothing is left: let the connection close
+            if conn.sweep_wake is not None:
+                conn.sweep_wake.set()  # its heap holds only answered calls now
+        if conn.closed:
+            return
+        self._queue(conn, call.request_id, reply)
+        if flush and conn.starting is not call:
+            self._flush_soon(conn)
+
+    def _flush_soon(self, conn: _Conn) -> None:
+        """Send queued replies now if the socket takes them, else in a task."""
+        try:
+            if conn.fs.flush_nowait():
+                return
+        except ConnectionLost:
+            return  # the read loop notices and ends the connection
+        if not conn.flushing:
+            conn.flushing = True
+            conn.handlers.start_soon(self._flush_task, conn)
+
+    async def _flush_task(self, conn: _Conn) -> None:
+        try:
+            await conn.fs.flush()
+        except ConnectionLost:
+            pass
+        finally:
+            conn.flushing = False
+
+    def _arm(self, conn: _Conn, call: _Deferred, deadline: float) -> None:
+        heap = conn.deadlines
+        earliest = heap[0][0] if heap else math.inf
+        heapq.heappush(heap, (deadline, next(_TICKETS), call))
+        if not conn.sweeping:
+            conn.sweeping = True
+            conn.handlers.start_soon(self._sweep, conn)
+        elif deadline < earliest and conn.sweep_wake is not None:
+            conn.sweep_wake.set()  # the sweeper sleeps until a later deadline
+
+    async def _sweep(self, conn: _Conn) -> None:
+        """Answer TIMEOUT to deferred calls whose deadline passed; one task per
+        connection while it has deadlines armed (not a cancel scope per call)."""
+        heap = conn.deadlines
+        try:
+            while heap:  # each turn pops an entry or sleeps until the earliest deadline
+                if conn.idle is not None and not conn.deferred:
+                    break  # draining with nothing left: the connection may close now
+                deadline, _, call = heap[0]
+                if call.done:
+                    heapq.heappop(heap)
+                elif trio.current_time() >= deadline:
+                    heapq.heappop(heap)
+                    self._answer(call, error_reply(
+                        ErrorCode.TIMEOUT, f"{call.route.method} exceeded the budget"),
+                        flush=True)
+                else:
+                    conn.sweep_wake = trio.Event()
+                    with trio.move_on_at(deadline):
+                        await conn.sweep_wake.wait()
+        finally:
+            conn.sweeping = False
+            conn.sweep_wake = None
+
+    async def _drain_deferred(self, conn: _Conn) -> None:
+        """The connection stopped reading: wait for its deferred calls (bounded
+        by the handlers' drain deadline)."""
+        if conn.deferred and conn.idle is not None:
+            await conn.idle.wait()
+
+    def _drop_deferred(self, conn: _Conn) -> None:
+        """The connection is gone: forget its unanswered deferred calls."""
+        conn.closed = True
+        for call in list(conn.deferred.values()):
+            self._answer(call, _CANCELLED, flush=False)  # not sent: closed
+        conn.deadlines.clear()
 
     def _open_session(self, req: OpenSession, ctx: CallContext) -> SessionOpened:
         self._cache.open_session(ClientId(req.client_id), trio.current_time())

@@ -193,7 +193,10 @@ class KvService:
         self, req: KvSubmit, ctx: CallContext, reply: ReplyFn
     ) -> Callable[[], None] | None:
         """`submit` as a deferred route (same replies): the proposal's callback
-        answers, so a write costs no task, cancel scope or Event on the leader."""
+        answers, so a write costs no task, cancel scope or Event on the leader.
+        Figure (raftprobe, 64 clients, 3 interleaved pairs against the async
+        route): leader CPU per write 0.166 -> 0.144 ms, its trio thread
+        0.114 -> 0.091 ms.  `submit` stays for in-process callers."""
         data = self._entry_data(req.body)  # may raise RemoteError BAD_COMMAND
         try:
             proposal = self._driver.propose_nowait(

@@ -184,13 +184,7 @@ class _Waiter(Generic[A]):
                 log.exception("proposal callback failed")
 
 
-class Proposal:
-    """A handle on a `propose_nowait` call, to `abandon` it."""
-
-    __slots__ = ("_waiter",)
-
-    def __init__(self, waiter: _Waiter[Any]) -> None:
-        self._waiter = waiter
+Proposal = _Waiter  # what `propose_nowait` returns: a handle to `abandon` it
 
 
 @dataclass(slots=True)
@@ -666,7 +660,7 @@ class RaftDriver(Generic[A]):
 
     def propose_nowait(
         self, data: bytes, on_done: Callable[[A | ProposalLost], None], *, early: bool = False
-    ) -> Proposal:
+    ) -> Proposal[A]:
         """`propose` without a task: `on_done(result or ProposalLost)` is called
         once, later, on the trio thread, from wherever `propose` would have
         woken up (apply, snapshot install).  Raises RaftUnavailable or Busy at
@@ -674,14 +668,13 @@ class RaftDriver(Generic[A]):
         `abandon` when it stops waiting (then on_done is never called).
         Why: a proposal then costs no trio.Event, task switch or cancel
         scope (see KvService.submit_deferred for the figure)."""
-        return Proposal(self._start_proposal(data, early, None, on_done))
+        return self._start_proposal(data, early, None, on_done)
 
-    def abandon(self, proposal: Proposal) -> None:
+    def abandon(self, proposal: Proposal[A]) -> None:
         """Stop waiting for a `propose_nowait`; its on_done will not be called."""
-        waiter = proposal._waiter
-        if not waiter.finished:
-            waiter.finished = True
-            self._withdraw(waiter)
+        if not proposal.finished:
+            proposal.finished = True
+            self._withdraw(proposal)
 
     def _start_proposal(
         self, data: bytes, early: bool, done: trio.Event | None,

@@ -504,8 +504,9 @@ class RpcServer:
             pass  # the caller is gone; an at-most-once reply stays cached for its retry
 
     # --- deferred calls ------------------------------------------------------
-    # Figure: serving kv.submit this way instead of as an async handler (task,
-    # cancel scope, Event) cut the leader's CPU per write; see KvService.
+    # Why: an async handler costs a task, a cancel scope and an awaited send per
+    # call; serving kv.submit this way cut the leader's CPU per write by 13 %
+    # (KvService.submit_deferred has the figures).
 
     def _start_deferred(
         self, conn: _Conn, route: Route, req: Any, ctx: CallContext, budget_us: int

@@ -286,3 +286,21 @@ async def test_many_deferred_calls_over_tcp_answered_from_another_task() -> None
         await server.shutdown()
         assert server.connection_count == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_answered_calls_with_distant_deadlines_do_not_hold_a_closed_connection(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with later_server(drain_timeout=50.0) as setup:
+        async with raw(setup) as peer:
+            await peer.send(peer.frame(FrameKind.REQUEST, 1, later_body("a"),
+                                       budget_us=100_000_000))
+            (await setup.service.wait_started("a"))(CountReply(1))
+            frame = await peer.receive()
+            assert frame is not None and frame.kind == FrameKind.RESPONSE
+            start = trio.current_time()
+        with trio.fail_after(60):
+            while setup.server.connection_count:
+                await trio.sleep(0.01)
+        # The sweeper slept until the answered call's deadline; the drain woke it.
+        assert trio.current_time() - start < 1.0

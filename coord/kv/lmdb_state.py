@@ -40,9 +40,26 @@ roll back the last commit(s) - the "ACI without D" mode documented for
 MDB_NOMETASYNC.  That is exactly what `KVStore` promises: committed state
 survives a process crash (page cache), and `checkpoint()` (`env.sync(True)`)
 makes it survive a power loss.  Losing a non-checkpointed commit only means
-re-applying entries that the Raft log still holds.  `MDB_NOSYNC` was not
-chosen because without the data sync LMDB may corrupt the file on a power
-loss when the file system reorders writes.
+re-applying entries that the Raft log still holds.  Without the data sync
+(`MDB_NOSYNC`) LMDB may corrupt the file on a power loss when the file
+system reorders writes.
+
+`sync_commits=False` (what `ddfs meta` uses) is that NOSYNC mode made safe:
+commits cost no fdatasync at all, and the store is treated as disposable
+after an unclean stop.  A `dirty` marker is created (and fsynced) before
+the first unsynced commit and removed by `close()` after an `env.sync`; a
+store opened with the marker present is deleted, and the member rebuilds its
+state from its snapshot and the Raft log (coord.raft.snapdriver's start-up:
+the log is only compacted behind a durable snapshot, so the two always
+cover the state).  The state is a deterministic function of the committed
+log, so nothing is lost; what a rebuild costs is the replay (at most
+`snapshot_every` + `keep_tail` entries) and the watch events below the
+snapshot (a watcher from before it gets COMPACTED).  This is etcd's choice
+too (its backend commits in the background; the WAL is what is durable):
+measured with tools/raftprobe at 64 clients, quiet machine, 2 interleaved
+pairs: 4,594/4,420 writes/s instead of 4,310/4,016, total CPU per write
+0.33-0.34 ms instead of 0.35-0.37, because the leader's apply thread no
+longer waits ~1-2 ms for a sync before its next batch.
 
 No transaction outlives a `with` block; a trio driver runs `apply` (and so
 `writer()`) in `trio.to_thread.run_sync`.
@@ -62,6 +79,8 @@ the same transaction.
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -84,6 +103,8 @@ from coord.kv.types import (
     WatchEvent,
 )
 from coord.raft.types import LogIndex
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: the fixed-width kv record (no deployed data had 1)
 DEFAULT_MAP_SIZE = 1 << 30
@@ -495,18 +516,56 @@ class LmdbSnapshotSource:
             self._txn = None
 
 
+#: Present while a store with unsynced commits (`sync_commits=False`) is open.
+DIRTY_MARKER = "dirty"
+_ENV_FILES = ("data.mdb", "lock.mdb")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_touch(path: Path) -> None:
+    with open(path, "wb") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(path.parent)
+
+
+def _discard_if_dirty(path: Path) -> None:
+    """A store with unsynced commits that was not closed cleanly may be torn (LMDB
+    without its data sync can corrupt on a power loss): drop it, so the member
+    rebuilds the state from its snapshot and the Raft log (coord.raft.snapdriver)."""
+    if not (path / DIRTY_MARKER).exists():
+        return
+    log.warning("KV store %s was not closed cleanly: discarding it; the state is rebuilt "
+                "from the snapshot and the Raft log", path)
+    for name in _ENV_FILES:
+        (path / name).unlink(missing_ok=True)
+    _fsync_dir(path)
+
+
 class LmdbKVStore:
     """KVStore on LMDB; see the module docstring for the layout and durability."""
 
     def __init__(
-        self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE, *, tables: Iterable[str] = ()
+        self, path: Path | str, map_size: int = DEFAULT_MAP_SIZE, *, tables: Iterable[str] = (),
+        sync_commits: bool = True,
     ) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
+        self._path = Path(path)
+        self._sync_commits = sync_commits
+        if not sync_commits:
+            _discard_if_dirty(self._path)
+            _durable_touch(self._path / DIRTY_MARKER)  # before the first unsynced commit
         self._env: lmdb.Environment | None = lmdb.open(
             str(path),
             map_size=map_size,
             max_dbs=MAX_DBS,
-            sync=True,
+            sync=sync_commits,
             metasync=False,  # ACI per commit; D at checkpoint() - see the module docstring
             writemap=False,
             readahead=False,
@@ -599,9 +658,16 @@ class LmdbKVStore:
         return applied
 
     def close(self) -> None:
+        """Close; a store with unsynced commits syncs first and then drops its dirty
+        marker, so the next open keeps the state."""
         if self._env is not None:
-            self._env.close()
-            self._env = None
+            env, self._env = self._env, None
+            if not self._sync_commits:
+                env.sync(True)
+            env.close()
+            if not self._sync_commits:
+                (self._path / DIRTY_MARKER).unlink(missing_ok=True)
+                _fsync_dir(self._path)
 
     def __enter__(self) -> LmdbKVStore:
         return self

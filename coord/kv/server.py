@@ -146,7 +146,8 @@ def _open_stores(
     storage = WalRaftStorage(config.data_dir / "raft")
     try:
         tables = [t for p in plugins for t in p.tables]
-        return storage, LmdbKVStore(config.data_dir / "kv", tables=tables)
+        # Unsynced state commits: the Raft log is what is durable (lmdb_state docstring).
+        return storage, LmdbKVStore(config.data_dir / "kv", tables=tables, sync_commits=False)
     except BaseException:
         storage.close()
         raise

@@ -3,6 +3,7 @@ and replay after losing non-checkpointed commits."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lmdb
@@ -10,7 +11,13 @@ import msgpack
 import pytest
 
 from coord.kv.commands import Put
-from coord.kv.lmdb_state import FORMAT_VERSION, KVStoreError, KVStoreFullError, LmdbKVStore
+from coord.kv.lmdb_state import (
+    DIRTY_MARKER,
+    FORMAT_VERSION,
+    KVStoreError,
+    KVStoreFullError,
+    LmdbKVStore,
+)
 from coord.kv.machine import KVStateMachine
 from coord.kv.store import MemoryKVStore
 from coord.kv.types import ClientId, KeyValue, LogTime, SeqNo, SessionRecord
@@ -224,3 +231,39 @@ def test_lmdb_closed_store_refuses_use(tmp_path: Path) -> None:
     with pytest.raises(KVStoreError):
         store.applied_index()
     store.close()
+
+
+# --- unsynced commits (sync_commits=False, what `ddfs meta` uses) ----------------------------
+
+
+def test_unsynced_store_is_kept_after_a_clean_close(tmp_path: Path) -> None:
+    log = build_log()
+    with LmdbKVStore(tmp_path, map_size=MAP_SIZE, sync_commits=False) as store:
+        env = store._env
+        assert env is not None and not env.flags()["sync"]
+        assert (tmp_path / DIRTY_MARKER).exists()  # before any commit can be torn
+        machine = KVStateMachine(store, CONFIG)
+        machine.apply(log.entries[:9])
+        before = machine.dump()
+    assert not (tmp_path / DIRTY_MARKER).exists()
+    with LmdbKVStore(tmp_path, map_size=MAP_SIZE, sync_commits=False) as store:
+        assert KVStateMachine(store, CONFIG).dump() == before
+
+
+def test_unsynced_store_left_dirty_is_discarded_and_rebuilt_from_the_log(
+    tmp_path: Path,
+) -> None:
+    log = build_log()
+    reference = KVStateMachine(MemoryKVStore(), CONFIG)
+    reference.apply(log.entries)
+    crashed = tmp_path / "crashed"
+    with LmdbKVStore(tmp_path / "live", map_size=MAP_SIZE, sync_commits=False) as store:
+        KVStateMachine(store, CONFIG).apply(log.entries[:9])
+        # The image a crash leaves: the files as they are while the store is open,
+        # dirty marker included (nothing says whether the commits reached the disk).
+        shutil.copytree(tmp_path / "live", crashed)
+    with LmdbKVStore(crashed, map_size=MAP_SIZE, sync_commits=False) as store:
+        machine = KVStateMachine(store, CONFIG)
+        assert machine.applied_index == 0  # discarded, not trusted
+        machine.apply(log.entries)  # the driver replays the Raft log
+        assert machine.dump() == reference.dump()

@@ -363,6 +363,10 @@ class RaftDriver(Generic[A]):
         early = self._early_messages(rd) if persist else ()
         for msg in early:  # a leader's appends need not wait for its own fsync
             self._enqueue(msg)
+        # 3. (early) apply what is already durable here, before this Ready's persist.
+        applied_early = self._durable_here(rd)
+        if applied_early:
+            await self._queue_apply(rd)
         if persist:
             await self._persist(rd)
         if rd.snapshot_chunks:
@@ -371,13 +375,35 @@ class RaftDriver(Generic[A]):
         self._send_rest(rd, early)
         # 3. apply, and 4. serve reads (their index is <= what is applied once
         # the job's entries are): queued to the applier, which keeps their order.
-        if rd.committed_entries or rd.read_states:
-            self._apply_pending += 1
-            await self._apply_jobs.send((rd.committed_entries, rd.read_states))
+        if not applied_early:
+            await self._queue_apply(rd)
         for ctx in rd.failed_reads:
             self._finish_read(ctx, None)
         self._note_leader(rd)
         self._note_membership()
+
+    @staticmethod
+    def _durable_here(rd: Ready) -> bool:
+        """Whether every committed entry of `rd` is already in this node's durable log
+        (all below what this Ready writes), so the applier may take them before
+        the Ready's persist.  Committed entries are durable on a majority anyway;
+        this also keeps the state store from ever running ahead of the local log.
+        It is the common case on a leader under load: the entries an ack commits
+        were persisted by the previous Ready, and waiting for this Ready's fsync
+        (entries proposed meanwhile) cost every write one more persist cycle.
+        Measured with tools/raftprobe at 64 clients, quiet machine: see the commit."""
+        if not (rd.committed_entries or rd.read_states) or rd.snapshot_chunks:
+            return False
+        if not rd.committed_entries:
+            return True
+        writes = [i for i in (rd.truncate_from, rd.entries[0].index if rd.entries else None)
+                  if i is not None]
+        return not writes or rd.committed_entries[-1].index < min(writes)
+
+    async def _queue_apply(self, rd: Ready) -> None:
+        if rd.committed_entries or rd.read_states:
+            self._apply_pending += 1
+            await self._apply_jobs.send((rd.committed_entries, rd.read_states))
 
     async def _persist(self, rd: Ready) -> None:
         if rd.soft_state.role is not Role.LEADER and (

@@ -16,7 +16,9 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,8 +45,53 @@ _WRAPPER = (
 )
 
 
+# Ports handed out by this process lately: a port is not handed out twice while
+# the process that was given it may still be starting.
+_RECENT: collections.deque[int] = collections.deque(maxlen=4096)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
+    """n distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range.
+
+    Why not `bind(0)`: that hands out a port of the ephemeral range, the one the
+    kernel also takes source ports of outgoing connections from, so between our
+    choice and the server's bind another process's connect could take it ("Address
+    already in use": a clean CI run lost a chunk server that way).  Ports below
+    the range are never taken implicitly; `_RECENT` keeps this process from handing
+    one out twice.  Falls back to `bind(0)` where the range starts too low."""
+    low = _ephemeral_low()
+    if low < 12_000:
+        return _kernel_ports(n)
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(100 * n):  # bounded: a busy range falls back below
+        port = rng.randrange(10_000, low)
+        if port in ports or port in _RECENT or not _bindable(port):
+            continue
+        ports.append(port)
+        if len(ports) == n:
+            _RECENT.extend(ports)
+            return ports
+    return _kernel_ports(n)
+
+
+def _kernel_ports(n: int) -> list[int]:
     socks = []
     try:
         for _ in range(n):

@@ -102,6 +102,7 @@ from coord.kv.types import (
     StateDump,
     WatchEvent,
 )
+from coord.raft.snapfile import fsync_dir
 from coord.raft.types import LogIndex
 
 log = logging.getLogger(__name__)
@@ -521,18 +522,10 @@ DIRTY_MARKER = "dirty"
 _ENV_FILES = ("data.mdb", "lock.mdb")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _durable_touch(path: Path) -> None:
     with open(path, "wb") as f:
         os.fsync(f.fileno())
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _discard_if_dirty(path: Path) -> None:
@@ -545,7 +538,7 @@ def _discard_if_dirty(path: Path) -> None:
                 "from the snapshot and the Raft log", path)
     for name in _ENV_FILES:
         (path / name).unlink(missing_ok=True)
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 class LmdbKVStore:
@@ -667,7 +660,7 @@ class LmdbKVStore:
             env.close()
             if not self._sync_commits:
                 (self._path / DIRTY_MARKER).unlink(missing_ok=True)
-                _fsync_dir(self._path)
+                fsync_dir(self._path)
 
     def __enter__(self) -> LmdbKVStore:
         return self

@@ -109,7 +109,8 @@ def partial_state(folder: Path) -> tuple[SnapshotMeta, int] | None:
     return None if meta is None else (meta, max(0, min(meta.size, size - HEADER)))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (creations, renames, removals) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -220,7 +221,7 @@ class SnapshotFiles:
 
     def _publish(self, path: Path) -> None:
         os.replace(path, self._current)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         self._open_current()
 
     # -- receiving a snapshot from a leader ---------------------------------

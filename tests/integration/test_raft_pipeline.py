@@ -8,7 +8,8 @@ known, before its commit):
   commit, so it never misses the write it follows;
 * the Ready loop does not wait for the apply: a later proposal is persisted
   (reaches the Raft log) while the earlier apply is still held;
-* the Raft log's fsync counter moves with every persist.
+* the Raft log's fsync counter moves with every persist;
+* a leader applies small batches on the trio thread, big ones in the worker.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ async def test_early_answers_reads_wait_and_the_loop_keeps_persisting(tmp_path: 
     driver: RaftDriver[Applied] = RaftDriver(
         ME, [ME], CONFIG, storage, fsm, NoPeers(), rng=random.Random(1)
     )
+    driver.INLINE_APPLY_ENTRIES = 0  # the worker's path: a held apply must not hold the loop
     try:
         async with trio.open_nursery() as nursery:
             # A failing assertion must not leave the applier's thread held: the
@@ -149,3 +151,61 @@ async def test_early_answers_reads_wait_and_the_loop_keeps_persisting(tmp_path: 
     finally:
         fsm.release.set()
         storage.close()
+
+
+class ThreadNotingMachine:
+    """A KV state machine that notes the thread of every apply, and announces."""
+
+    def __init__(self) -> None:
+        self.inner = KVStateMachine(MemoryKVStore())
+        self.threads: list[tuple[int, str, bool]] = []  # (entries, thread, announce given)
+
+    @property
+    def applied_index(self) -> LogIndex:
+        return self.inner.applied_index
+
+    def apply(
+        self, entries: Sequence[Entry], announce: Callable[[Sequence[Applied]], None] | None = None
+    ) -> list[Applied]:
+        self.threads.append((len(entries), threading.current_thread().name, announce is not None))
+        return self.inner.apply(entries, announce)
+
+
+async def test_a_leader_applies_small_batches_inline_and_big_ones_in_the_worker(
+    tmp_path: Path,
+) -> None:
+    fsm = ThreadNotingMachine()
+    storage = WalRaftStorage(tmp_path / "raft")
+    driver: RaftDriver[Applied] = RaftDriver(
+        ME, [ME], CONFIG, storage, fsm, NoPeers(), rng=random.Random(1)
+    )
+    driver.INLINE_APPLY_ENTRIES = 4
+    here = threading.current_thread().name
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        with trio.fail_after(10):
+            while not driver.is_leader:
+                await trio.sleep(0.01)
+        reg = (await driver.propose(stamp(RegisterClient(), 1))).result
+        assert isinstance(reg, RegisterResult)
+        first = await driver.propose(stamp(_put(reg.client_id, 1, b"v1"), 2), early=True)
+        assert isinstance(first.result, PutResult)
+        assert fsm.threads[-1] == (1, here, True)  # inline, and still answered early
+
+        # Twenty proposals made at once commit together: too many to apply inline.
+        results: list[object] = []
+
+        async def put(seq: int) -> None:
+            req = ClientRequest(reg.client_id, SeqNo(seq), SeqNo(1), Put(b"k%d" % seq, b"x"))
+            out = await driver.propose(stamp(req, seq + 1))
+            results.append(out.result)
+
+        async with trio.open_nursery() as burst:
+            for seq in range(2, 22):
+                burst.start_soon(put, seq)
+        assert len(results) == 20 and all(isinstance(r, PutResult) for r in results)
+        big = [t for t in fsm.threads if t[0] > 4]
+        assert big and all(name == "raft-apply-1" for _, name, _ in big)
+        assert all(name == here for n, name, _ in fsm.threads if n <= 4)
+        assert fsm.inner.applied_index == storage.last_index()
+        nursery.cancel_scope.cancel()

@@ -15,10 +15,12 @@ Invariants:
   (one long-lived `coord.raft.worker.Worker` each; `trio.to_thread` for the
   rare snapshot calls), at most one of each at a time, and no LMDB
   transaction is ever held across an await (each call opens and closes its
-  own).  The
-  one exception: a follower persists a small Ready (<= INLINE_PERSIST_BYTES)
-  on the trio thread, blocking it for one fdatasync, because its loop would
-  wait for that persist anyway and the hand-off costs more (see _persist).
+  own).  Two
+  exceptions, both because the hand-off to a Python thread costs more than
+  the work: a follower persists a small Ready (<= INLINE_PERSIST_BYTES) on
+  the trio thread, blocking it for one fdatasync, because its loop would
+  wait for that persist anyway (see _persist); a leader applies a small
+  batch on the trio thread (see _inline_apply).
 * Messages leave only after the Ready that produced them was persisted: a
   vote or an append acknowledgement is a promise about durable state.  The
   one exception is a leader's AppendEntries and Heartbeats (thesis §10.2.1):

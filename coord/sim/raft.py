@@ -70,6 +70,11 @@ class SimParams:
     seed: int
     nodes: int = 3
     ticks: int = 300  # the faulty phase; convergence ticks come on top
+    # A schedule so harsh that fewer client commands were acknowledged goes on
+    # (random drops and delays, no new faults) until it has, up to max_ticks:
+    # every run then checks safety over at least this many commits.
+    min_commits: int = 50
+    max_ticks: int = 1200
     min_faults: int = 3
     max_faults: int = 6
     fault_ticks: tuple[int, int] = (10, 60)  # bounds of one fault's duration
@@ -165,6 +170,8 @@ class RaftSim:
         self.report = SimReport(params.seed, params.nodes)
         self.trace: deque[tuple[int, str, object]] = deque(maxlen=40)
         self.now = 0
+        self.faulty = True  # the faulty phase (clients, faults); False while converging
+        self.last_tick = 0  # the faulty phase's last tick
         self.pending: dict[tuple[int, int], bytes] = {}  # (index, term) -> proposed command
         self.acked: dict[int, bytes] = {}  # index -> command acknowledged to its client
         self.acked_max = 0
@@ -185,9 +192,12 @@ class RaftSim:
     # ------------------------------------------------------------------ running
     def run(self) -> SimReport:
         try:
-            for tick in range(1, self.p.ticks + 1):
+            p, tick = self.p, 0
+            while tick < p.ticks or (self.report.commits < p.min_commits and tick < p.max_ticks):
+                tick += 1
                 self._tick(tick, clients=True)
-            self.report.ticks = self.p.ticks
+            self.report.ticks = self.last_tick = tick
+            self.faulty = False
             self._converge()
         except (AssertionError, RuntimeError, LookupError) as exc:
             raise SafetyViolation(self._describe(exc)) from exc
@@ -237,7 +247,7 @@ class RaftSim:
             if self.cores[nid] is None:
                 self._start(nid)
         for k in range(1, self.p.convergence_ticks + 1):
-            self._tick(self.p.ticks + k, clients=False)
+            self._tick(self.last_tick + k, clients=False)
             target = max(self.acked_max, self.checker.commit_index)
             members = self.checker.membership.members  # removed nodes need not catch up
             if all(len(self.applied[i]) >= target for i in members):
@@ -331,7 +341,7 @@ class RaftSim:
             disk.snaps.write(chunk)
             if chunk.last:
                 complete = chunk.meta
-            elif self.interrupts and self.now <= self.p.ticks and self.rng.random() < 0.2:
+            elif self.interrupts and self.faulty and self.rng.random() < 0.2:
                 self.interrupts -= 1
                 self._at(self.now + 1, f"interrupt transfer to {nid}", self._crash_node(nid, 15))
         for m in rd.messages:
@@ -407,7 +417,7 @@ class RaftSim:
         if data is not None:
             self.acked[entry.index] = data
             self.acked_max = max(self.acked_max, entry.index)
-            if self.now <= self.p.ticks:
+            if self.faulty:
                 self.report.commits += 1
 
     def _serve_reads(self, nid: NodeId, states: Sequence[ReadState]) -> None:

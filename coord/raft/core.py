@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable
 
 from coord.raft.config import RaftConfig
 from coord.raft.lease import LeaderLease
-from coord.raft.logview import LogUnavailable, LogView, entry_size
+from coord.raft.logview import LogView, entry_size
 from coord.raft.membership import Membership, snapshot_membership, tracker_from_log
 from coord.raft.messages import (
     AppendEntries,
@@ -90,6 +90,7 @@ from coord.raft.ready import (
     SoftState,
 )
 from coord.raft.reconfig import ReconfigMixin
+from coord.raft.snapcore import SnapshotMixin
 from coord.raft.snapshot import SnapshotChunk, SnapshotMeta, SnapshotReader
 from coord.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
@@ -115,11 +116,12 @@ class ReadyOutstanding(RuntimeError):
     """`ready()` was called before the previous Ready was advanced (or advance misused)."""
 
 
-class RaftNode(ReconfigMixin):
+class RaftNode(ReconfigMixin, SnapshotMixin):
     """One Raft member.  Not thread-safe; the driver serialises all calls.
 
     Membership changes, leadership transfer and lease reads live in
-    `coord.raft.reconfig.ReconfigMixin`."""
+    `coord.raft.reconfig.ReconfigMixin`, snapshots in
+    `coord.raft.snapcore.SnapshotMixin`."""
 
     def __init__(
         self,
@@ -271,45 +273,6 @@ class RaftNode(ReconfigMixin):
             self._send(ReadIndexRequest(self.id, self.leader, self.term, ctx))
             return ReadQueued(ctx)
         return NotLeader(None)
-
-    def snapshot_taken(self, meta: SnapshotMeta) -> None:
-        """The driver durably stored a snapshot of this member's state (the newest)."""
-        if self.snapshot is None or meta.index > self.snapshot.index:
-            self.snapshot = meta
-
-    def compact(self, index: LogIndex) -> Term:
-        """Stop reading entries <= index (<= applied); returns term(index) for the store's
-        `truncate_prefix`, which the driver calls after this."""
-        return self.log.compact_to(index)
-
-    def snapshot_installed(self, meta: SnapshotMeta) -> None:
-        """The driver verified the received snapshot and, if meta.index > the applied
-        index, replaced the state machine's state with it.  Call this *before* the
-        store's `truncate_prefix(meta.index, meta.term)`: the core decides from its
-        log as it stands whether the entries after the snapshot are kept, by the
-        store's rule (§7), and from here on it never reads below the new floor.
-        The "done" goes out in the next Ready, after that truncation."""
-        if self.installing is None or self.installing[0] != meta:
-            return
-        leader = self.installing[1]
-        self.installing = self.receiving = None
-        if meta.index > self.log.applied:  # the driver replaced the state in exactly this case
-            self.log.restore(meta.index, meta.term)
-            # The snapshot's configuration, then any CONFIG entries kept after it.
-            self.conf = tracker_from_log(
-                self.log, self.log.committed, snapshot_membership(meta), meta.index
-            )
-            self._use_membership()
-        self.snapshot_taken(meta)
-        self._send(InstallSnapshotResponse(self.id, leader, self.term, meta.index, meta.size, True))
-
-    def snapshot_corrupt(self, meta: SnapshotMeta) -> None:
-        """The assembled snapshot failed its digest: forget it and ask for it from byte 0."""
-        if self.installing is None or self.installing[0] != meta:
-            return
-        leader = self.installing[1]
-        self.installing = self.receiving = None
-        self._send(InstallSnapshotResponse(self.id, leader, self.term, meta.index, 0, False))
 
     # ------------------------------------------------------------------ outputs
     def has_ready(self) -> bool:
@@ -726,57 +689,6 @@ class RaftNode(ReconfigMixin):
         )
         pr.sent(entries[-1].index if entries else prev, nbytes)
         pr.commit_sent = self.log.committed
-
-    # ------------------------------------------------------------------ snapshots
-    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
-        """Send the chunk the follower asked for; switch to our newest snapshot when the
-        one being streamed is gone (a new snapshot id restarts at byte 0)."""
-        meta = self.snapshot
-        if meta is None or self.snapshots is None:
-            raise LogUnavailable(f"follower {peer} needs entry {pr.next}: compacted, no snapshot")
-        if pr.state is not ProgressState.SNAPSHOT or pr.snapshot is None:
-            pr.become_snapshot(meta)
-        assert pr.snapshot is not None
-        size = self.config.snapshot_chunk_bytes
-        data = self.snapshots.read(pr.snapshot, pr.snap_offset, size)
-        if data is None and pr.snapshot != meta:
-            pr.become_snapshot(meta)
-            data = self.snapshots.read(meta, 0, size)
-        if data is None:
-            return  # our own snapshot is unreadable right now: retried next heartbeat
-        self._send(InstallSnapshot(self.id, peer, self.term, pr.snapshot, pr.snap_offset, data))
-        pr.probe_sent = True
-
-    def _handle_snapshot_response(self, m: InstallSnapshotResponse, pr: Progress) -> None:
-        if m.done:
-            if m.index > pr.match or pr.state is ProgressState.SNAPSHOT:
-                pr.snapshot_done(m.index)
-        elif pr.snapshot is not None and m.index == pr.snapshot.index:
-            pr.snapshot_progress(m.offset)  # pr.snapshot is set only in SNAPSHOT
-        self._needs_flush = True
-
-    def _handle_snapshot(self, m: InstallSnapshot) -> None:
-        """Follower: take the chunk at the offset we expect, answer with the next one."""
-        meta = m.meta
-        if meta.index <= self.log.committed:  # we hold all it covers already
-            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, 0, True))
-            return
-        if self.installing is not None:
-            return  # the complete snapshot is being installed; its "done" follows
-        have = self.receiving[1] if self.receiving and self.receiving[0] == meta else 0
-        end = m.offset + len(m.data)
-        if m.offset != have or end > meta.size or (m.offset == end < meta.size):
-            # Not the bytes we need next (lost, duplicated or a new snapshot mid-way):
-            # say where we are; a new snapshot restarts from 0.
-            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, have, False))
-            return
-        self.receiving = (meta, end)
-        last = end == meta.size
-        self._snapshot_writes.append(SnapshotChunk(meta, m.offset, m.data, last))
-        if last:
-            self.installing = (meta, m.src)
-        else:
-            self._send(InstallSnapshotResponse(self.id, m.src, self.term, meta.index, end, False))
 
     # ------------------------------------------------------------------ heartbeats, reads
     def _heartbeat_round(self) -> None:

@@ -63,14 +63,29 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic
 
 import trio
 
 from coord.raft.config import RaftConfig
 from coord.raft.core import RaftNode
+from coord.raft.driverapi import (
+    A,
+    Applied,
+    ApplyJob,
+    Busy,
+    ChangeRefused,
+    DriverStatus,
+    Proposal,
+    ProposalLost,
+    RaftUnavailable,
+    ReadWaiter,
+    StateMachine,
+    Transport,
+    Waiter,
+    status_dict,
+)
 from coord.raft.logview import entry_size
 from coord.raft.membership import ConfChange, Membership
 from coord.raft.messages import (
@@ -80,7 +95,6 @@ from coord.raft.messages import (
     ReadCtx,
     RequestVoteResponse,
 )
-from coord.raft.readindex import ReadState
 from coord.raft.ready import (
     NotLeader,
     Overloaded,
@@ -95,128 +109,10 @@ from coord.raft.snapdriver import SnapshotKeeper, SnapshotStateMachine
 from coord.raft.snapfile import SnapshotFiles
 from coord.raft.snapshot import SnapshotChunk, SnapshotMeta
 from coord.raft.storage import RaftStorage
-from coord.raft.types import Entry, HardState, LogIndex, NodeId, Term
+from coord.raft.types import Entry, HardState, LogIndex, NodeId
 from coord.raft.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-class Applied(Protocol):
-    """What a state machine reports for one applied entry."""
-
-    @property
-    def index(self) -> LogIndex: ...
-
-
-A = TypeVar("A", bound=Applied)
-A_co = TypeVar("A_co", bound=Applied, covariant=True)
-
-
-class StateMachine(Protocol[A_co]):
-    """A replicated state machine whose applied index commits with its state."""
-
-    @property
-    def applied_index(self) -> LogIndex: ...
-
-    def apply(
-        self,
-        entries: Sequence[Entry],
-        announce: Callable[[Sequence[A_co]], None] | None = None,
-    ) -> Sequence[A_co]:
-        """Apply in one transaction; call `announce(outcomes)` (if given) before
-        it commits, so clients can be answered during the state store's fsync."""
-        ...
-
-
-class Transport(Protocol):
-    """Sends a batch of Raft messages to one peer (best effort, may raise)."""
-
-    async def send(self, peer: NodeId, messages: Sequence[Message]) -> None: ...
-
-
-class RaftUnavailable(Exception):
-    """The request could not be served here; `leader` is where to retry (None: unknown)."""
-
-    def __init__(self, message: str, leader: NodeId | None) -> None:
-        super().__init__(message)
-        self.leader = leader
-
-
-class ProposalLost(RaftUnavailable):
-    """The proposal's entry was overwritten by a new leader: it was not committed."""
-
-
-class Busy(RaftUnavailable):
-    """The leader holds too many uncommitted bytes, or a transfer runs; retry shortly."""
-
-
-class ChangeRefused(RaftUnavailable):
-    """The leader refused a membership change or a transfer; the message says why."""
-
-
-@dataclass(slots=True)
-class _Waiter(Generic[A]):
-    term: Term
-    early: bool = False  # answer before the state store commits (see propose)
-    done: trio.Event | None = None  # `propose` waits on it ...
-    on_done: Callable[[A | ProposalLost], None] | None = None  # ... `propose_nowait` is called
-    result: A | None = None
-    lost: bool = False
-    finished: bool = False
-    index: int = 0  # the LogIndex it was proposed at
-    leader: Callable[[], NodeId | None] | None = None  # for ProposalLost's hint
-
-    def finish(self) -> None:
-        """Answer the proposer, once (called on the trio thread)."""
-        if self.finished:
-            return
-        self.finished = True
-        if self.done is not None:
-            self.done.set()
-        if self.on_done is not None:
-            if self.lost or self.result is None:
-                hint = self.leader() if self.leader is not None else None
-                outcome: A | ProposalLost = ProposalLost(
-                    f"entry {self.index} was overwritten by a new leader", hint)
-            else:
-                outcome = self.result
-            try:
-                self.on_done(outcome)
-            except Exception:  # the proposer's bug must not break the applier
-                log.exception("proposal callback failed")
-
-
-Proposal = _Waiter  # what `propose_nowait` returns: a handle to `abandon` it
-
-
-@dataclass(slots=True)
-class _ReadWaiter:
-    done: trio.Event = field(default_factory=trio.Event)
-    index: LogIndex | None = None  # None with done set: the read failed
-
-
-# Committed entries to apply and the reads to release once they are applied.
-_ApplyJob = tuple[tuple[Entry, ...], tuple[ReadState, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class DriverStatus:
-    node_id: NodeId
-    role: str
-    term: int
-    leader: NodeId | None
-    commit_index: int
-    applied_index: int
-    last_index: int
-    peers: tuple[NodeId, ...]
-    match: Mapping[NodeId, int]  # leader only: replicated index per follower
-    fsyncs: int = 0  # durable commits of the Raft log so far (storage adapters that count)
-    voters: tuple[NodeId, ...] = ()
-    learners: tuple[NodeId, ...] = ()
-    first_index: int = 1  # first entry still in the log (compaction point + 1)
-    snapshot_index: int = 0  # newest snapshot this member holds (0: none)
-    snapshots_taken: int = 0  # since start
-    snapshots_installed: int = 0  # received from a leader, since start
 
 
 class RaftDriver(Generic[A]):
@@ -274,12 +170,12 @@ class RaftDriver(Generic[A]):
         self._peers = self.core.peers
         self.on_membership: list[Callable[[Membership], None]] = []  # called on every change
         self._wake = trio.Event()
-        self._proposals: dict[LogIndex, _Waiter[A]] = {}
-        self._reads: dict[ReadCtx, _ReadWaiter] = {}
+        self._proposals: dict[LogIndex, Waiter[A]] = {}
+        self._reads: dict[ReadCtx, ReadWaiter] = {}
         self._read_seq = 0
         self._applied = applied
         self._outboxes: dict[NodeId, trio.MemorySendChannel[Message]] = {}
-        self._apply_jobs: trio.MemorySendChannel[_ApplyJob]  # set by run()
+        self._apply_jobs: trio.MemorySendChannel[ApplyJob]  # set by run()
         self._leader_changed = trio.Event()
         self._last_leader: NodeId | None = None
         self.dropped_messages = 0
@@ -304,7 +200,7 @@ class RaftDriver(Generic[A]):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._apply_jobs, jobs = trio.open_memory_channel[_ApplyJob](self.APPLY_QUEUE)
+                self._apply_jobs, jobs = trio.open_memory_channel[ApplyJob](self.APPLY_QUEUE)
                 nursery.start_soon(self._applier, jobs, name="raft-apply")
                 self._sync_peers()
                 task_status.started()
@@ -430,7 +326,7 @@ class RaftDriver(Generic[A]):
         if rd.hard_state is not None:
             self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
 
-    async def _applier(self, jobs: trio.MemoryReceiveChannel[_ApplyJob]) -> None:
+    async def _applier(self, jobs: trio.MemoryReceiveChannel[ApplyJob]) -> None:
         """Applies committed entries in log order, then releases the reads queued
         behind them.  Runs beside the Ready loop, so the next Ready's persist (and
         its fsync) overlaps this apply's commit instead of waiting for it."""
@@ -447,8 +343,8 @@ class RaftDriver(Generic[A]):
                 self._drained.set()
 
     async def _gather(
-        self, first: _ApplyJob, jobs: trio.MemoryReceiveChannel[_ApplyJob]
-    ) -> list[_ApplyJob]:
+        self, first: ApplyJob, jobs: trio.MemoryReceiveChannel[ApplyJob]
+    ) -> list[ApplyJob]:
         """`first` and the jobs that queue up behind it, for one transaction (one
         state-store fsync instead of one each), within the apply budget.
 
@@ -465,7 +361,7 @@ class RaftDriver(Generic[A]):
         if not first[1] and self._may_defer_apply():
             deadline = self._clock() + self.core.config.follower_apply_delay
         while size < budget:
-            job: _ApplyJob | None = None
+            job: ApplyJob | None = None
             try:
                 job = jobs.receive_nowait()
             except trio.WouldBlock:
@@ -736,7 +632,7 @@ class RaftDriver(Generic[A]):
     def _start_proposal(
         self, data: bytes, early: bool, done: trio.Event | None,
         on_done: Callable[[A | ProposalLost], None] | None,
-    ) -> _Waiter[A]:
+    ) -> Waiter[A]:
         result = self.core.propose(data)
         match result:
             case NotLeader(hint):
@@ -746,7 +642,7 @@ class RaftDriver(Generic[A]):
             case Refused(reason):
                 raise Busy(reason, self.id)
             case Proposed(index, term):
-                waiter: _Waiter[A] = _Waiter(term, early, done, on_done, index=index,
+                waiter: Waiter[A] = Waiter(term, early, done, on_done, index=index,
                                              leader=self._leader_hint)
                 self._proposals[index] = waiter
         self._wake.set()
@@ -755,7 +651,7 @@ class RaftDriver(Generic[A]):
     def _leader_hint(self) -> NodeId | None:
         return self.leader
 
-    def _withdraw(self, waiter: _Waiter[A]) -> None:
+    def _withdraw(self, waiter: Waiter[A]) -> None:
         # Only this waiter: after a leader change another proposal may own the index.
         index = LogIndex(waiter.index)
         if self._proposals.get(index) is waiter:
@@ -776,7 +672,7 @@ class RaftDriver(Generic[A]):
                 raise Busy("too many uncommitted bytes", self.id)
             case Proposed(index, term):
                 done = trio.Event()
-                waiter: _Waiter[A] = _Waiter(term, done=done)
+                waiter: Waiter[A] = Waiter(term, done=done)
                 self._proposals[index] = waiter
         self._wake.set()
         try:
@@ -823,7 +719,7 @@ class RaftDriver(Generic[A]):
         started = self.core.read_index(ctx, self._clock())
         if not isinstance(started, ReadQueued):
             raise RaftUnavailable("no leader to confirm a read", started.leader_hint)
-        waiter = _ReadWaiter()
+        waiter = ReadWaiter()
         self._reads[ctx] = waiter
         self._wake.set()
         try:
@@ -839,7 +735,7 @@ class RaftDriver(Generic[A]):
             raise RaftUnavailable("leadership changed during the read", self.leader)
         return waiter.index
 
-    async def _cancel_on_leader_change(self, waiter: _ReadWaiter, scope: trio.CancelScope) -> None:
+    async def _cancel_on_leader_change(self, waiter: ReadWaiter, scope: trio.CancelScope) -> None:
         await self._leader_changed.wait()
         waiter.done.set()
 
@@ -869,15 +765,16 @@ class RaftDriver(Generic[A]):
         )
 
 
-def status_dict(st: DriverStatus) -> dict[str, Any]:
-    """A JSON-friendly form of the status (for `ddfs raft status`)."""
-    return {
-        "id": st.node_id, "role": st.role, "term": st.term, "leader": st.leader,
-        "commit_index": st.commit_index, "applied_index": st.applied_index,
-        "last_index": st.last_index, "peers": list(st.peers),
-        "voters": list(st.voters), "learners": list(st.learners),
-        "lag": {str(p): st.last_index - m for p, m in st.match.items()},
-        "fsyncs": st.fsyncs,
-        "first_index": st.first_index, "snapshot_index": st.snapshot_index,
-        "snapshots_taken": st.snapshots_taken, "snapshots_installed": st.snapshots_installed,
-    }
+__all__ = [
+    "Applied",
+    "Busy",
+    "ChangeRefused",
+    "DriverStatus",
+    "Proposal",
+    "ProposalLost",
+    "RaftDriver",
+    "RaftUnavailable",
+    "StateMachine",
+    "Transport",
+    "status_dict",
+]

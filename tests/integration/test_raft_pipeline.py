@@ -153,16 +153,12 @@ async def test_early_answers_reads_wait_and_the_loop_keeps_persisting(tmp_path: 
         storage.close()
 
 
-class ThreadNotingMachine:
-    """A KV state machine that notes the thread of every apply, and announces."""
+class ThreadNotingMachine(HeldMachine):
+    """A KV state machine that notes the thread of every apply (and never holds)."""
 
     def __init__(self) -> None:
-        self.inner = KVStateMachine(MemoryKVStore())
+        super().__init__()
         self.threads: list[tuple[int, str, bool]] = []  # (entries, thread, announce given)
-
-    @property
-    def applied_index(self) -> LogIndex:
-        return self.inner.applied_index
 
     def apply(
         self, entries: Sequence[Entry], announce: Callable[[Sequence[Applied]], None] | None = None

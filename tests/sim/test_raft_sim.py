@@ -4,10 +4,11 @@ Each run: 3 or 5 nodes, >= 300 ticks, >= 3 faults (crashes that lose all that
 was not fsynced, symmetric/asymmetric partitions, leader isolation) on top of
 random drops, duplicates, delays and reordering; >= 50 client commands
 acknowledged (a schedule so harsh that fewer were by tick 300 goes on, with
-random drops and delays but no new faults, until they are); then healing and a convergence check that every acknowledged
-command is on every node.  Nodes snapshot every 16 entries and compact their
-logs, so lagging nodes catch up by InstallSnapshot, whose transfers are cut
-by drops, partitions and crashes of the receiver mid-stream.  A failure names
+random drops and delays but no new faults, until they are); then healing
+and a convergence check that every acknowledged command is on every node.
+Nodes snapshot every 16 entries and compact their logs, so lagging nodes
+catch up by InstallSnapshot, whose transfers are cut by drops, partitions
+and crashes of the receiver mid-stream.  A failure names
 its seed: reproduce it with `coord.sim.raft.run_raft_sim(seed, nodes)`.
 
 The default suite runs SEEDS_PER_CASE x CASES x 2 cluster sizes = 2,000 runs;

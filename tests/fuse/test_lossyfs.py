@@ -135,12 +135,35 @@ def _child(code: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
         proc.stdout.close()
 
 
-def _read_line(proc: subprocess.Popen[str], deadline: float) -> str:
+def _where(pid: int | None, name: str) -> str:
+    """Where a process is stuck, from /proc: its state, wait channel and kernel stack."""
+    if pid is None:
+        return f"{name}: not running"
+    parts = []
+    for item in ("status", "wchan", "stack"):
+        try:
+            text = Path(f"/proc/{pid}/{item}").read_text(errors="replace")
+        except OSError as exc:
+            text = f"({exc.strerror})"
+        if item == "status":
+            text = next((ln for ln in text.splitlines() if ln.startswith("State:")), text)
+        parts.append(f"{item}: {text.strip()}")
+    return f"{name} {pid}: " + "; ".join(parts)
+
+
+def _read_line(
+    proc: subprocess.Popen[str], deadline: float, mount: LossyMount | None = None
+) -> str:
     assert proc.stdout is not None
     left = deadline - time.monotonic()
     ready, _, _ = select.select([proc.stdout], [], [], max(0.0, left))
     if not ready:
-        pytest.fail("helper program went silent")
+        # It happened once in a CI run (a loaded machine) and never again in many
+        # tries: say where the helper and the file system were stuck.
+        seen = [_where(proc.pid, "helper")]
+        if mount is not None:
+            seen += [_where(mount.pid, "lossyfs"), "lossyfs log tail:\n" + mount.log_text()[-3000:]]
+        pytest.fail("helper program went silent\n" + "\n".join(seen))
     line = proc.stdout.readline()
     if not line:
         pytest.fail(f"helper program exited with {proc.wait()}")
@@ -383,7 +406,7 @@ def test_killed_lmdb_writer_keeps_every_acknowledged_commit(lossy_mount: LossyMo
     with _child(_LMDB_SYNC_WRITER, lossy_mount.mountpoint) as proc:
         deadline = time.monotonic() + CHILD_TIMEOUT
         for _ in range(40):
-            last_ack = int(_read_line(proc, deadline).split()[1])
+            last_ack = int(_read_line(proc, deadline, lossy_mount).split()[1])
         # The writer keeps committing while we read: the kill lands anywhere.
         proc.send_signal(signal.SIGKILL)
     lossy_mount.crash()
@@ -411,7 +434,7 @@ _LMDB_STALLING_WRITER = """
 def test_killed_lmdb_writer_loses_its_unsynced_commits(lossy_mount: LossyMount) -> None:
     with _child(_LMDB_STALLING_WRITER, lossy_mount.mountpoint) as proc:
         deadline = time.monotonic() + CHILD_TIMEOUT
-        lines = [_read_line(proc, deadline) for _ in range(11)]
+        lines = [_read_line(proc, deadline, lossy_mount) for _ in range(11)]
         assert lines[-2:] == ["acked 9", "stalled 11"]
         # Another process sees the two unsynced commits before the crash.
         assert len(_lmdb_items(lossy_mount.mountpoint / "db")) == 12
@@ -436,7 +459,7 @@ _LOG_WRITER = """
 def test_killed_appender_keeps_fsynced_records_only(lossy_mount: LossyMount) -> None:
     with _child(_LOG_WRITER, lossy_mount.mountpoint) as proc:
         deadline = time.monotonic() + CHILD_TIMEOUT
-        lines = [_read_line(proc, deadline) for _ in range(16)]
+        lines = [_read_line(proc, deadline, lossy_mount) for _ in range(16)]
         assert lines[-2:] == ["acked 149", "stalled 199"]
         assert (lossy_mount.mountpoint / "log").read_bytes().count(b"\n") == 200
         proc.send_signal(signal.SIGKILL)

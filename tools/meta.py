@@ -143,4 +143,27 @@ def run(args: argparse.Namespace) -> int:
         trio.run(main)
     except OSError as exc:
         raise UserError(f"meta {config.node_id}: {exc}") from None
+    except Exception as exc:
+        failed = _storage_failure(exc)
+        if failed is None:
+            raise
+        # Fail-stop: a member that cannot make its state durable must not go on
+        # answering (it would acknowledge what it cannot keep).  One clear line.
+        raise UserError(f"meta {config.node_id}: stopped, its storage failed: {failed}") from None
     return 0
+
+
+def _storage_failure(exc: BaseException) -> Exception | None:
+    """The Raft-log or state-store error inside `exc` (trio wraps task errors in
+    exception groups), if that is what ended the member."""
+    from coord.kv.lmdb_state import KVStoreError
+    from coord.raft.storage import StorageError
+
+    if isinstance(exc, StorageError | KVStoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _storage_failure(inner)
+            if found is not None:
+                return found
+    return None

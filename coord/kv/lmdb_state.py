@@ -600,6 +600,8 @@ class LmdbKVStore:
                     view.flush()  # the write-back copies, inside the transaction
         except lmdb.MapFullError as exc:
             raise KVStoreFullError(f"KV store full (map size {env.info()['map_size']})") from exc
+        except lmdb.Error as exc:  # ENOSPC reaches LMDB's commit as EIO, for one
+            raise KVStoreError(f"KV store {env.path()}: write failed: {exc} (disk full?)") from exc
 
     def reader(self) -> AbstractContextManager[KVReadView]:
         return self._txn(write=False)

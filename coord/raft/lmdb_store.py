@@ -73,6 +73,8 @@ def _write(env: lmdb.Environment) -> Iterator[lmdb.Transaction]:
             yield txn
     except lmdb.MapFullError as exc:
         raise StorageFullError(f"raft store full (map size {env.info()['map_size']})") from exc
+    except lmdb.Error as exc:  # ENOSPC reaches LMDB's commit as EIO, for one
+        raise StorageError(f"raft store {env.path()}: write failed: {exc} (disk full?)") from exc
 
 
 def index_key(index: int) -> bytes:

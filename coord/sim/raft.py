@@ -170,8 +170,7 @@ class RaftSim:
         self.report = SimReport(params.seed, params.nodes)
         self.trace: deque[tuple[int, str, object]] = deque(maxlen=40)
         self.now = 0
-        self.faulty = True  # the faulty phase (clients, faults); False while converging
-        self.last_tick = 0  # the faulty phase's last tick
+        self.last_tick = 0  # the faulty phase's last tick, once it is over (0 until then)
         self.pending: dict[tuple[int, int], bytes] = {}  # (index, term) -> proposed command
         self.acked: dict[int, bytes] = {}  # index -> command acknowledged to its client
         self.acked_max = 0
@@ -197,13 +196,16 @@ class RaftSim:
                 tick += 1
                 self._tick(tick, clients=True)
             self.report.ticks = self.last_tick = tick
-            self.faulty = False
             self._converge()
         except (AssertionError, RuntimeError, LookupError) as exc:
             raise SafetyViolation(self._describe(exc)) from exc
         self.report.leaders = len(self.checker.leaders)
         self.report.messages = self.net.stats.sent
         return self.report
+
+    def faulty(self) -> bool:
+        """In the faulty phase (clients, faults), not converging."""
+        return self.last_tick == 0
 
     def _tick(self, tick: int, clients: bool) -> None:
         self.now = tick
@@ -341,7 +343,7 @@ class RaftSim:
             disk.snaps.write(chunk)
             if chunk.last:
                 complete = chunk.meta
-            elif self.interrupts and self.faulty and self.rng.random() < 0.2:
+            elif self.interrupts and self.faulty() and self.rng.random() < 0.2:
                 self.interrupts -= 1
                 self._at(self.now + 1, f"interrupt transfer to {nid}", self._crash_node(nid, 15))
         for m in rd.messages:
@@ -417,7 +419,7 @@ class RaftSim:
         if data is not None:
             self.acked[entry.index] = data
             self.acked_max = max(self.acked_max, entry.index)
-            if self.faulty:
+            if self.faulty():
                 self.report.commits += 1
 
     def _serve_reads(self, nid: NodeId, states: Sequence[ReadState]) -> None:

@@ -77,6 +77,16 @@ async def _wait_thread_event(event: threading.Event) -> None:
             await trio.sleep(0.005)
 
 
+async def _lead_and_register(driver: RaftDriver[Applied]) -> ClientId:
+    """Wait until the one-member group leads, then register a client session."""
+    with trio.fail_after(10):
+        while not driver.is_leader:
+            await trio.sleep(0.01)
+    reg = (await driver.propose(stamp(RegisterClient(), 1))).result
+    assert isinstance(reg, RegisterResult)
+    return reg.client_id
+
+
 async def _release_on_exit(fsm: HeldMachine) -> None:
     try:
         await trio.sleep_forever()
@@ -97,12 +107,7 @@ async def test_early_answers_reads_wait_and_the_loop_keeps_persisting(tmp_path: 
             # nursery could not finish (worker threads are not abandoned).
             nursery.start_soon(_release_on_exit, fsm)
             await nursery.start(driver.run)
-            with trio.fail_after(10):
-                while not driver.is_leader:
-                    await trio.sleep(0.01)
-            reg = (await driver.propose(stamp(RegisterClient(), 1))).result
-            assert isinstance(reg, RegisterResult)
-            client = reg.client_id
+            client = await _lead_and_register(driver)
             fsyncs = storage.fsyncs
 
             # 1. An early proposal is answered while its apply's commit is held.
@@ -179,12 +184,8 @@ async def test_a_leader_applies_small_batches_inline_and_big_ones_in_the_worker(
     here = threading.current_thread().name
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
-        with trio.fail_after(10):
-            while not driver.is_leader:
-                await trio.sleep(0.01)
-        reg = (await driver.propose(stamp(RegisterClient(), 1))).result
-        assert isinstance(reg, RegisterResult)
-        first = await driver.propose(stamp(_put(reg.client_id, 1, b"v1"), 2), early=True)
+        client = await _lead_and_register(driver)
+        first = await driver.propose(stamp(_put(client, 1, b"v1"), 2), early=True)
         assert isinstance(first.result, PutResult)
         assert fsm.threads[-1] == (1, here, True)  # inline, and still answered early
 
@@ -192,7 +193,7 @@ async def test_a_leader_applies_small_batches_inline_and_big_ones_in_the_worker(
         results: list[object] = []
 
         async def put(seq: int) -> None:
-            req = ClientRequest(reg.client_id, SeqNo(seq), SeqNo(1), Put(b"k%d" % seq, b"x"))
+            req = ClientRequest(client, SeqNo(seq), SeqNo(1), Put(b"k%d" % seq, b"x"))
             out = await driver.propose(stamp(req, seq + 1))
             results.append(out.result)
 
